@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what galley, its tests and its demo need on a fresh Debian bookworm machine.
+# Idempotent: every step checks first and does nothing when its part is already there.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# --- Debian packages -------------------------------------------------------------------------
+apt_pkgs=(skopeo umoci busybox-static docker-registry git gcc libc6-dev)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+need_upx=0
+command -v upx >/dev/null 2>&1 || need_upx=1
+if [ ${#missing[@]} -gt 0 ] || [ $need_upx = 1 ]; then
+  if [ $need_upx = 1 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding the bookworm-backports suite (UPX 4 lives there)"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+  fi
+  log "apt-get install ${missing[*]} ${need_upx:+upx-ucl}"
+  $SUDO apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ $need_upx = 1 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports upx-ucl >/dev/null
+  fi
+fi
+
+# --- zig and cargo-zigbuild (PyPI) -------------------------------------------------------------
+ZIGLANG_VERSION=0.14.1
+ZIGBUILD_VERSION=0.24.0
+if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >/dev/null 2>&1; then
+  log "pip install ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
+  python3 -m pip install -q "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+
+# --- Rust targets -----------------------------------------------------------------------------
+installed=$(rustup target list --installed)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  if ! grep -qx "$t" <<<"$installed"; then
+    log "rustup target add $t"
+    rustup target add "$t" >/dev/null
+  fi
+done
+
+log "ready: $(cargo-zigbuild --version 2>/dev/null | head -1), zig $(python3 -m ziglang version), $(upx --version | head -1)"

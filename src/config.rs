@@ -1,0 +1,169 @@
+//! Project settings from `galley.toml` at the project root, as typed values.
+//!
+//! Everything here is raw input: `spec` validates it against allow-lists before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The parsed `galley.toml`. Every field is optional; flags override it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The cargo binary target to package (default: the package's only binary, or its name).
+    pub binary: Option<String>,
+    /// Variants by name. A variant not listed here, say `sqlite`, means the feature `db_sqlite`.
+    #[serde(default)]
+    pub variants: BTreeMap<String, VariantConfig>,
+    /// Target triples (default: x86_64-unknown-linux-musl). Several give an image index per variant.
+    pub targets: Option<Vec<String>>,
+    /// Tag templates; placeholders `{variant}` and `{version}` (default: `{variant}-{version}`).
+    pub tags: Option<Vec<String>>,
+    /// Base image reference (default: docker.io/library/alpine:3.20).
+    pub base: Option<String>,
+    /// Whether to compress binaries with UPX (default true).
+    pub compress: Option<bool>,
+    #[serde(default)]
+    pub image: ImageConfig,
+}
+
+/// One variant: the cargo features it is built with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// Settings of the runtime image.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Working directory (default `/app`).
+    pub workdir: Option<String>,
+    /// Entrypoint (default `["/app/<binary>"]`).
+    pub entrypoint: Option<Vec<String>>,
+    /// Default arguments (default none: the base image's Cmd is cleared).
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub expose: Vec<u16>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub user: Option<String>,
+    /// Value of the `org.opencontainers.image.source` annotation.
+    pub source: Option<String>,
+    /// Arguments that make the binary exit 0 quickly (default `["--version"]`): used to prove a
+    /// UPX-packed binary still runs.
+    pub smoke_args: Option<Vec<String>>,
+    /// Set false to skip running the binary after packing (then only `upx -t` checks it).
+    pub smoke: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The name of the settings file at a project's root.
+pub const FILE_NAME: &str = "galley.toml";
+
+impl ProjectConfig {
+    /// Reads `galley.toml` from the project root; a project without one gets the defaults.
+    pub fn load(project: &Path) -> Result<ProjectConfig, ConfigError> {
+        let path = project.join(FILE_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse { path, message }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProjectConfig::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses the text of a `galley.toml`.
+    pub fn parse(text: &str) -> Result<ProjectConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+}
+
+/// The facts galley reads from the project's Cargo.toml.
+#[derive(Debug, Clone, Default)]
+pub struct CargoPackage {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// Names of `[[bin]]` targets declared explicitly.
+    pub bins: Vec<String>,
+}
+
+impl CargoPackage {
+    /// Reads `[package] name/version` and `[[bin]] name` from `<project>/Cargo.toml`.
+    pub fn load(project: &Path) -> Result<CargoPackage, ConfigError> {
+        let path = project.join("Cargo.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path,
+            message: e.to_string(),
+        })?;
+        let package = value.get("package").and_then(|p| p.as_table());
+        let field = |k: &str| {
+            package
+                .and_then(|p| p.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let bins = value
+            .get("bin")
+            .and_then(|b| b.as_array())
+            .map(|arr| {
+                arr.iter()
+                    .filter_map(|b| b.get("name")?.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(CargoPackage {
+            name: field("name"),
+            version: field("version"),
+            bins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let cfg = ProjectConfig::parse(
+            r#"
+            binary = "svc"
+            tags = ["{variant}-{version}", "{variant}"]
+            [variants.postgres]
+            features = ["db_psql"]
+            [image]
+            expose = [8080]
+            env = { A = "1" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.binary.as_deref(), Some("svc"));
+        assert_eq!(cfg.variants["postgres"].features, ["db_psql"]);
+        assert_eq!(cfg.image.expose, [8080]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_ignored() {
+        let err = ProjectConfig::parse("binnary = \"svc\"").unwrap_err();
+        assert!(err.contains("binnary"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! The OCI image layout on disk: `oci-layout`, `index.json` and `blobs/sha256/<hex>`.
+//!
+//! Tags are index.json entries annotated with `org.opencontainers.image.ref.name`, the convention
+//! skopeo (`oci:DIR:TAG`) and umoci (`DIR:TAG`) read.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::digest::{Digest, HashingWriter};
+use super::json::{canonical, JsonError};
+use super::layer::{tempfile_in, write_bytes_blob};
+use super::{Descriptor, Index, ANNOTATION_REF_NAME};
+
+/// Manifests, configs and indexes larger than this are refused (registries cap them at 4 MiB).
+pub const MAX_JSON_BLOB: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{dir} is not an OCI image layout (no oci-layout file): build one or point at the right directory")]
+    NotALayout { dir: PathBuf },
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} is not valid {what} JSON: {source}")]
+    Json {
+        what: &'static str,
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Canonical(#[from] JsonError),
+    #[error("blob {digest} is missing from {dir}: the layout is incomplete")]
+    MissingBlob { digest: Digest, dir: PathBuf },
+    #[error("blob {expected} in {dir} is corrupt: its content hashes to {actual}")]
+    Corrupt {
+        expected: Digest,
+        actual: Digest,
+        dir: PathBuf,
+    },
+    #[error("blob {digest} is {size} bytes, over the {limit}-byte limit for JSON documents")]
+    TooLarge {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
+    #[error("no image tagged {tag:?} in {dir} (tags there: {available})")]
+    NoSuchTag {
+        tag: String,
+        dir: PathBuf,
+        available: String,
+    },
+}
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayoutError + 'a {
+    move |source| LayoutError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Layout {
+    /// Opens an existing layout.
+    pub fn open(root: &Path) -> Result<Layout, LayoutError> {
+        if !root.join("oci-layout").is_file() {
+            return Err(LayoutError::NotALayout {
+                dir: root.to_path_buf(),
+            });
+        }
+        Ok(Layout {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens the layout at `root`, creating an empty one if there is none.
+    pub fn create(root: &Path) -> Result<Layout, LayoutError> {
+        let blobs = root.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
+        let marker = root.join("oci-layout");
+        if !marker.is_file() {
+            write_atomic(root, &marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let layout = Layout {
+            root: root.to_path_buf(),
+        };
+        if !root.join("index.json").is_file() {
+            layout.write_index(&Index::empty())?;
+        }
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory holding sha256 blobs.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Writes bytes as a blob and returns their digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, LayoutError> {
+        let dir = self.blob_dir();
+        write_bytes_blob(&dir, bytes).map_err(io_err("write a blob into", &dir))
+    }
+
+    /// Reads a JSON blob whole, checking its size limit and digest.
+    pub fn read_json_blob(&self, digest: &Digest) -> Result<Vec<u8>, LayoutError> {
+        let path = self.blob_path(digest);
+        let f = File::open(&path).map_err(|_| LayoutError::MissingBlob {
+            digest: digest.clone(),
+            dir: self.root.clone(),
+        })?;
+        let size = f.metadata().map_err(io_err("read", &path))?.len();
+        if size > MAX_JSON_BLOB {
+            return Err(LayoutError::TooLarge {
+                digest: digest.clone(),
+                size,
+                limit: MAX_JSON_BLOB,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        f.take(MAX_JSON_BLOB)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+        let actual = Digest::of(&bytes);
+        if &actual != digest {
+            return Err(LayoutError::Corrupt {
+                expected: digest.clone(),
+                actual,
+                dir: self.root.clone(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Parses a JSON blob after checking its digest.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        digest: &Digest,
+    ) -> Result<T, LayoutError> {
+        let bytes = self.read_json_blob(digest)?;
+        serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+            what,
+            path: self.blob_path(digest),
+            source,
+        })
+    }
+
+    /// Copies a blob from another layout, streaming and verifying its digest; skips blobs already here.
+    pub fn copy_blob_from(&self, other: &Layout, digest: &Digest) -> Result<(), LayoutError> {
+        if self.has_blob(digest) {
+            return Ok(());
+        }
+        let src = other.blob_path(digest);
+        let mut input = File::open(&src).map_err(|_| LayoutError::MissingBlob {
+            digest: digest.clone(),
+            dir: other.root.clone(),
+        })?;
+        let dir = self.blob_dir();
+        let tmp = tempfile_in(&dir).map_err(io_err("write into", &dir))?;
+        let out = File::create(&tmp.0).map_err(io_err("write into", &dir))?;
+        let mut w = HashingWriter::new(out);
+        io::copy(&mut input, &mut w).map_err(io_err("copy", &src))?;
+        let (out, actual, _) = w.finish();
+        out.sync_all().map_err(io_err("write into", &dir))?;
+        if &actual != digest {
+            return Err(LayoutError::Corrupt {
+                expected: digest.clone(),
+                actual,
+                dir: other.root.clone(),
+            });
+        }
+        tmp.persist(&self.blob_path(digest))
+            .map_err(io_err("write into", &dir))
+    }
+
+    /// Reads index.json.
+    pub fn index(&self) -> Result<Index, LayoutError> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+            what: "index.json",
+            path,
+            source,
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), LayoutError> {
+        let bytes = canonical("index.json", index)?;
+        write_atomic(&self.root, &self.root.join("index.json"), &bytes)
+    }
+
+    /// Finds the descriptor tagged `tag` in index.json.
+    pub fn resolve(&self, tag: &str) -> Result<Descriptor, LayoutError> {
+        let index = self.index()?;
+        if let Some(d) = index
+            .manifests
+            .iter()
+            .find(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(tag))
+        {
+            return Ok(d.clone());
+        }
+        let tags: Vec<&str> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str))
+            .collect();
+        Err(LayoutError::NoSuchTag {
+            tag: tag.to_string(),
+            dir: self.root.clone(),
+            available: if tags.is_empty() {
+                "none".into()
+            } else {
+                tags.join(", ")
+            },
+        })
+    }
+
+    /// Points each tag at its descriptor, replacing earlier entries with the same tag. Entries are
+    /// kept sorted by tag so index.json does not depend on build order. Call only after every blob
+    /// the descriptors reach has been written: a tag never points at an incomplete image.
+    pub fn set_tags(&self, tagged: &[(String, Descriptor)]) -> Result<(), LayoutError> {
+        let mut index = self.index()?;
+        index.manifests.retain(|d| {
+            let tag = d.annotations.get(ANNOTATION_REF_NAME);
+            !tagged.iter().any(|(t, _)| Some(t) == tag)
+        });
+        for (tag, desc) in tagged {
+            let mut d = desc.clone();
+            d.annotations
+                .insert(ANNOTATION_REF_NAME.to_string(), tag.clone());
+            index.manifests.push(d);
+        }
+        index.manifests.sort_by(|a, b| {
+            a.annotations
+                .get(ANNOTATION_REF_NAME)
+                .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
+        });
+        self.write_index(&index)
+    }
+}
+
+fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let tmp = tempfile_in(dir).map_err(io_err("write into", dir))?;
+    let mut f = File::create(&tmp.0).map_err(io_err("write into", dir))?;
+    f.write_all(bytes).map_err(io_err("write", dest))?;
+    f.sync_all().map_err(io_err("write", dest))?;
+    drop(f);
+    tmp.persist(dest).map_err(io_err("write", dest))
+}

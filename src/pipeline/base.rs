@@ -1,0 +1,125 @@
+//! The base image: resolved once per build, per target platform, and its blobs copied (verified)
+//! into the output layout.
+
+use crate::oci::layout::{Layout, LayoutError};
+use crate::oci::{is_index, is_manifest, Descriptor, Digest, Index, Manifest, PlatformSpec};
+use crate::spec::BaseRef;
+use crate::target::Target;
+
+/// The base image for one platform.
+#[derive(Debug, Clone)]
+pub struct BasePlatform {
+    pub target: Target,
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    pub config: Vec<u8>,
+}
+
+/// The base image resolved for every target of a build.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// The annotation name (`org.opencontainers.image.base.name`).
+    pub name: String,
+    /// What the reference resolved to (index or manifest).
+    pub digest: Digest,
+    pub platforms: Vec<BasePlatform>,
+}
+
+impl BaseImage {
+    pub fn for_target(&self, target: Target) -> Option<&BasePlatform> {
+        self.platforms.iter().find(|p| p.target == target)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error("base image {name}: {source}")]
+    Layout { name: String, source: LayoutError },
+    #[error("base image {name} has no image for {platform} (it has: {available}): pick a base image that includes it")]
+    NoPlatform {
+        name: String,
+        platform: String,
+        available: String,
+    },
+    #[error("base image {name} is a {media_type}, not an image manifest or index")]
+    UnknownMediaType { name: String, media_type: String },
+    #[error("pulling base image {0} from a registry is not supported by this build of galley yet: use --base oci:DIR:TAG with an OCI image layout (skopeo copy docker://{0} oci:DIR:TAG makes one)")]
+    RegistryUnsupported(String),
+}
+
+fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
+    entry.os == want.os
+        && entry.architecture == want.architecture
+        // An arm64 entry without a variant is v8 in practice.
+        && (entry.variant.is_none() || want.variant.is_none() || entry.variant == want.variant)
+}
+
+/// Resolves the base reference for each target and copies its blobs into `out`.
+pub fn load(base: &BaseRef, targets: &[Target], out: &Layout) -> Result<BaseImage, BaseError> {
+    let name = base.display_name();
+    let BaseRef::Layout { dir, tag } = base else {
+        return Err(BaseError::RegistryUnsupported(name));
+    };
+    let lerr = |source| BaseError::Layout {
+        name: name.clone(),
+        source,
+    };
+    let src = Layout::open(dir).map_err(lerr)?;
+    let top = src.resolve(tag).map_err(lerr)?;
+    let mut platforms = Vec::new();
+    for &target in targets {
+        let want: PlatformSpec = target.platform().into();
+        let desc: Descriptor = if is_index(&top.media_type) {
+            let index: Index = src.read_json("image index", &top.digest).map_err(lerr)?;
+            let found = index.manifests.iter().find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| platform_matches(p, &want))
+            });
+            match found {
+                Some(d) => d.clone(),
+                None => {
+                    let available: Vec<String> = index
+                        .manifests
+                        .iter()
+                        .filter_map(|d| {
+                            d.platform
+                                .as_ref()
+                                .map(|p| format!("{}/{}", p.os, p.architecture))
+                        })
+                        .collect();
+                    return Err(BaseError::NoPlatform {
+                        name,
+                        platform: format!("{}/{}", want.os, want.architecture),
+                        available: available.join(", "),
+                    });
+                }
+            }
+        } else if is_manifest(&top.media_type) {
+            top.clone()
+        } else {
+            return Err(BaseError::UnknownMediaType {
+                name,
+                media_type: top.media_type.clone(),
+            });
+        };
+        let manifest: Manifest = src
+            .read_json("image manifest", &desc.digest)
+            .map_err(lerr)?;
+        let config = src.read_json_blob(&manifest.config.digest).map_err(lerr)?;
+        for layer in &manifest.layers {
+            out.copy_blob_from(&src, &layer.digest).map_err(lerr)?;
+        }
+        platforms.push(BasePlatform {
+            target,
+            manifest_digest: desc.digest.clone(),
+            manifest,
+            config,
+        });
+    }
+    Ok(BaseImage {
+        name,
+        digest: top.digest,
+        platforms,
+    })
+}

@@ -1,0 +1,197 @@
+//! The build report: per variant its status, digest, tags, sizes at every stage, the time of
+//! every stage and the warnings. Printed as a human summary and as JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::compress::Compression;
+use super::strip::StripOutcome;
+use crate::elf::ElfFacts;
+use crate::oci::Digest;
+
+/// The whole build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub galley_version: &'static str,
+    pub project: String,
+    pub binary: String,
+    pub version: String,
+    pub source_date_epoch: u64,
+    pub created: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub base: BaseReport,
+    pub output: String,
+    pub toolchain: String,
+    pub succeeded: bool,
+    pub variants: Vec<VariantReport>,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseReport {
+    pub name: String,
+    /// The digest the base reference resolved to (an index or a manifest).
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+/// One variant: one image, or an image index when it has several platforms.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantReport {
+    pub variant: String,
+    pub features: Vec<String>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the tags point at: the manifest, or the index of several platforms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// Tags given to the image (empty when the variant failed: no tag moves to a broken image).
+    pub tags: Vec<String>,
+    pub platforms: Vec<PlatformReport>,
+    pub warnings: Vec<String>,
+}
+
+/// One platform image of a variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformReport {
+    pub target: String,
+    pub platform: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<Digest>,
+    pub sizes: Sizes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip: Option<StripOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elf: Option<ElfFacts>,
+    /// sha256 of the binary after each stage: raw, stripped, packed.
+    pub binary_digests: Vec<(String, Digest)>,
+    pub stages: Vec<StageTiming>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Sizes in bytes; absent when the stage did not run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sizes {
+    pub raw: Option<u64>,
+    pub stripped: Option<u64>,
+    /// The UPX-packed binary, when compression was applied.
+    pub compressed: Option<u64>,
+    /// galley's layer: uncompressed tar, and gzip as stored and pushed.
+    pub layer_tar: Option<u64>,
+    pub layer: Option<u64>,
+    /// The image as stored and pushed: manifest + config + every layer (gzip), base included.
+    pub image: Option<u64>,
+    /// The base image's share of `image` (its layers and nothing else).
+    pub base_layers: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: &'static str,
+    pub ms: u64,
+}
+
+fn human(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-".into(),
+        Some(b) if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        Some(b) => format!("{b} B"),
+    }
+}
+
+impl Report {
+    /// The human summary printed on stderr.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "galley {}: {} {} on {} ({})",
+            self.galley_version, self.binary, self.version, self.base.name, self.base.digest
+        );
+        let _ = writeln!(
+            s,
+            "created {} (SOURCE_DATE_EPOCH={}), output {}",
+            self.created, self.source_date_epoch, self.output
+        );
+        for v in &self.variants {
+            match v.status {
+                Status::Succeeded => {
+                    let _ = writeln!(
+                        s,
+                        "\n✔ {} [{}] {}",
+                        v.variant,
+                        v.features.join(","),
+                        v.digest.as_ref().map(|d| d.as_str()).unwrap_or("")
+                    );
+                    let _ = writeln!(s, "  tags: {}", v.tags.join(", "));
+                }
+                Status::Failed => {
+                    let _ = writeln!(
+                        s,
+                        "\n✘ {} [{}] FAILED: {}",
+                        v.variant,
+                        v.features.join(","),
+                        v.error.as_deref().unwrap_or("see above")
+                    );
+                }
+            }
+            for p in &v.platforms {
+                let z = &p.sizes;
+                let _ = writeln!(
+                    s,
+                    "  {}: binary {} raw, {} stripped, {} compressed; layer {}; image {}",
+                    p.platform,
+                    human(z.raw),
+                    human(z.stripped),
+                    human(z.compressed),
+                    human(z.layer),
+                    human(z.image)
+                );
+                let times: Vec<String> = p
+                    .stages
+                    .iter()
+                    .map(|t| format!("{} {:.1}s", t.stage, t.ms as f64 / 1000.0))
+                    .collect();
+                let _ = writeln!(s, "  time: {}", times.join(", "));
+                if let Some(e) = &p.error {
+                    let _ = writeln!(s, "  error: {e}");
+                }
+            }
+            for w in &v.warnings {
+                let _ = writeln!(s, "  warning: {w}");
+            }
+        }
+        let ok = self
+            .variants
+            .iter()
+            .filter(|v| v.status == Status::Succeeded)
+            .count();
+        let _ = writeln!(
+            s,
+            "\n{ok} of {} variants built in {:.1}s",
+            self.variants.len(),
+            self.total_ms as f64 / 1000.0
+        );
+        s
+    }
+}

@@ -1,0 +1,598 @@
+//! `BuildSpec`: a build request validated once, at the edge. Every string that reaches a child
+//! process, a tag or a file path has passed an allow-list here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{CargoPackage, ConfigError, ProjectConfig};
+use crate::oci::image::ImageSettings;
+use crate::oci::time::{parse_epoch, rfc3339, BadEpoch};
+use crate::proc;
+use crate::target::{Target, UnknownTarget};
+
+/// The base image users get when they name none.
+pub const DEFAULT_BASE: &str = "docker.io/library/alpine:3.20";
+/// The tag template used when none is configured.
+pub const DEFAULT_TAG: &str = "{variant}-{version}";
+
+/// Raw inputs of a build, as given on the command line (or later, the API). All optional values
+/// fall back to galley.toml, then to defaults.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    pub project: PathBuf,
+    pub variants: Vec<String>,
+    pub version: Option<String>,
+    pub base: Option<String>,
+    pub output: PathBuf,
+    pub targets: Vec<String>,
+    pub tags: Vec<String>,
+    pub no_compress: bool,
+    /// `SOURCE_DATE_EPOCH` from the caller's environment, if set.
+    pub source_date_epoch: Option<String>,
+    /// The UPX program (default `upx` on PATH).
+    pub upx: Option<PathBuf>,
+}
+
+/// Where the base image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseRef {
+    /// An OCI image layout on disk: `oci:DIR[:TAG]`.
+    Layout { dir: PathBuf, tag: String },
+    /// A registry reference (`host/repo:tag` or `@sha256:…`), pulled by the registry module.
+    Registry(String),
+}
+
+impl BaseRef {
+    /// Parses a base reference.
+    pub fn parse(s: &str) -> Result<BaseRef, SpecError> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((dir, tag)) if !tag.contains('/') => (dir, tag),
+                _ => (rest, "latest"),
+            };
+            if dir.is_empty() || !is_tag(tag) {
+                return Err(SpecError::BadBase(s.to_string()));
+            }
+            return Ok(BaseRef::Layout {
+                dir: PathBuf::from(dir),
+                tag: tag.to_string(),
+            });
+        }
+        let ok = !s.is_empty()
+            && s.len() <= 512
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+        if ok {
+            Ok(BaseRef::Registry(s.to_string()))
+        } else {
+            Err(SpecError::BadBase(s.to_string()))
+        }
+    }
+
+    /// A name for the `org.opencontainers.image.base.name` annotation that does not depend on
+    /// where the build runs: a layout is named by its directory's last component.
+    pub fn display_name(&self) -> String {
+        match self {
+            BaseRef::Layout { dir, tag } => {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "layout".into());
+                format!("oci:{name}:{tag}")
+            }
+            BaseRef::Registry(r) => r.clone(),
+        }
+    }
+}
+
+/// One variant to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantSpec {
+    pub name: String,
+    pub features: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// How to compress binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressSpec {
+    pub enabled: bool,
+    pub upx: PathBuf,
+    /// Arguments for the smoke run of the packed binary; `None` skips the run.
+    pub smoke_args: Option<Vec<String>>,
+    pub smoke_timeout: Duration,
+}
+
+/// A validated build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub project: PathBuf,
+    pub binary: String,
+    pub version: String,
+    pub variants: Vec<VariantSpec>,
+    pub targets: Vec<Target>,
+    pub base: BaseRef,
+    pub output: PathBuf,
+    pub image: ImageSettings,
+    pub source_date_epoch: u64,
+    /// `SOURCE_DATE_EPOCH` as RFC 3339: the `created` time of configs, history and annotations.
+    pub created: String,
+    pub revision: Option<String>,
+    pub source: Option<String>,
+    pub compress: CompressSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("project directory {0} does not exist or has no Cargo.toml")]
+    NoProject(PathBuf),
+    #[error(transparent)]
+    Epoch(#[from] BadEpoch),
+    #[error("SOURCE_DATE_EPOCH is not set and {0} is not in a git repository with commits: set SOURCE_DATE_EPOCH to the build's timestamp in seconds")]
+    NoEpoch(PathBuf),
+    #[error("no variants to build: pass --variants (e.g. --variants sqlite,postgres) or list [variants.NAME] in galley.toml")]
+    NoVariants,
+    #[error("variant name {0:?} is not allowed: use lowercase letters, digits, `_` and `-` (at most 63), starting with a letter or digit")]
+    BadVariant(String),
+    #[error("variant {0:?} is listed twice")]
+    DuplicateVariant(String),
+    #[error("cargo feature {feature:?} of variant {variant:?} is not allowed: use letters, digits, `_`, `-` and `/`, not starting with `-`")]
+    BadFeature { variant: String, feature: String },
+    #[error("binary name {0:?} is not allowed: use letters, digits, `_` and `-`")]
+    BadBinary(String),
+    #[error("cannot tell which binary to package: set `binary = \"NAME\"` in galley.toml")]
+    NoBinary,
+    #[error("version {0:?} is not allowed: use letters, digits, `.`, `_` and `-` (at most 128), e.g. 1.4.2; or pass --version")]
+    BadVersion(String),
+    #[error("no version: pass --version or set [package] version in Cargo.toml")]
+    NoVersion,
+    #[error(transparent)]
+    Target(#[from] UnknownTarget),
+    #[error("tag template {template:?} gives {tag:?} for variant {variant:?}, which is not a valid tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}); placeholders are {{variant}} and {{version}}")]
+    BadTag {
+        template: String,
+        variant: String,
+        tag: String,
+    },
+    #[error("tag {tag:?} would be given to both variant {first:?} and {second:?}: add {{variant}} to the tag template")]
+    TagClash {
+        tag: String,
+        first: String,
+        second: String,
+    },
+    #[error("base image {0:?} is not a valid reference: use host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG")]
+    BadBase(String),
+    #[error("image setting {field} is not allowed: {why}")]
+    BadImage { field: String, why: String },
+}
+
+/// Checks an OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+fn is_variant(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn is_feature(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-/".contains(&c))
+}
+
+fn is_binary(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+fn is_env_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Facts read from git about the project's HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitFacts {
+    pub revision: Option<String>,
+    pub commit_time: Option<u64>,
+}
+
+/// Reads the HEAD commit and its time; an empty result outside a git repository.
+pub fn git_facts(project: &Path) -> GitFacts {
+    let run = |args: &[&str]| -> Option<String> {
+        let mut cmd = proc::command("git");
+        cmd.arg("-C").arg(project).args(args);
+        let out = proc::run_captured(&mut cmd, Duration::from_secs(30)).ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let revision = run(&["rev-parse", "--verify", "HEAD"])
+        .filter(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let commit_time = revision
+        .as_ref()
+        .and_then(|_| run(&["log", "-1", "--format=%ct"]))
+        .and_then(|s| s.parse().ok());
+    GitFacts {
+        revision,
+        commit_time,
+    }
+}
+
+impl BuildSpec {
+    /// Validates a request against the project's files and git facts.
+    pub fn resolve(req: &BuildRequest) -> Result<BuildSpec, SpecError> {
+        let project = req
+            .project
+            .canonicalize()
+            .map_err(|_| SpecError::NoProject(req.project.clone()))?;
+        if !project.join("Cargo.toml").is_file() {
+            return Err(SpecError::NoProject(req.project.clone()));
+        }
+        let config = ProjectConfig::load(&project)?;
+        let package = CargoPackage::load(&project)?;
+        let git = git_facts(&project);
+        Self::from_parts(req, project, &config, &package, &git)
+    }
+
+    /// Validates a request from already-read parts (no I/O): the testable core of `resolve`.
+    pub fn from_parts(
+        req: &BuildRequest,
+        project: PathBuf,
+        config: &ProjectConfig,
+        package: &CargoPackage,
+        git: &GitFacts,
+    ) -> Result<BuildSpec, SpecError> {
+        let source_date_epoch = match &req.source_date_epoch {
+            Some(v) => parse_epoch(v)?,
+            None => git
+                .commit_time
+                .ok_or_else(|| SpecError::NoEpoch(project.clone()))?,
+        };
+
+        let binary = match (&config.binary, package.bins.as_slice(), &package.name) {
+            (Some(b), _, _) => b.clone(),
+            (None, [only], _) => only.clone(),
+            (None, [], Some(name)) => name.clone(),
+            _ => return Err(SpecError::NoBinary),
+        };
+        if !is_binary(&binary) {
+            return Err(SpecError::BadBinary(binary));
+        }
+
+        let version = req
+            .version
+            .clone()
+            .or_else(|| package.version.clone())
+            .ok_or(SpecError::NoVersion)?;
+        if !is_tag(&version) {
+            return Err(SpecError::BadVersion(version));
+        }
+
+        let names: Vec<String> = if req.variants.is_empty() {
+            config.variants.keys().cloned().collect()
+        } else {
+            req.variants.clone()
+        };
+        if names.is_empty() {
+            return Err(SpecError::NoVariants);
+        }
+        let templates: Vec<String> = if !req.tags.is_empty() {
+            req.tags.clone()
+        } else {
+            config
+                .tags
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()])
+        };
+        let mut variants: Vec<VariantSpec> = Vec::new();
+        let mut tag_owner: BTreeMap<String, String> = BTreeMap::new();
+        for name in names {
+            if !is_variant(&name) {
+                return Err(SpecError::BadVariant(name));
+            }
+            if variants.iter().any(|v| v.name == name) {
+                return Err(SpecError::DuplicateVariant(name));
+            }
+            let features = match config.variants.get(&name) {
+                Some(v) => v.features.clone(),
+                None => vec![format!("db_{name}")],
+            };
+            for f in &features {
+                if !is_feature(f) {
+                    return Err(SpecError::BadFeature {
+                        variant: name.clone(),
+                        feature: f.clone(),
+                    });
+                }
+            }
+            let mut tags = Vec::new();
+            for t in &templates {
+                let tag = t.replace("{variant}", &name).replace("{version}", &version);
+                if !is_tag(&tag) {
+                    return Err(SpecError::BadTag {
+                        template: t.clone(),
+                        variant: name.clone(),
+                        tag,
+                    });
+                }
+                if let Some(first) = tag_owner.insert(tag.clone(), name.clone()) {
+                    if first != name {
+                        return Err(SpecError::TagClash {
+                            tag,
+                            first,
+                            second: name.clone(),
+                        });
+                    }
+                }
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            }
+            variants.push(VariantSpec {
+                name,
+                features,
+                tags,
+            });
+        }
+
+        let target_names: Vec<String> = if !req.targets.is_empty() {
+            req.targets.clone()
+        } else {
+            config
+                .targets
+                .clone()
+                .unwrap_or_else(|| vec![Target::X86_64Musl.triple().to_string()])
+        };
+        let mut targets: Vec<Target> = Vec::new();
+        for t in &target_names {
+            let t: Target = t.parse()?;
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+
+        let base = BaseRef::parse(
+            req.base
+                .as_deref()
+                .or(config.base.as_deref())
+                .unwrap_or(DEFAULT_BASE),
+        )?;
+        let image = image_settings(config, &binary)?;
+        let compress_enabled = !req.no_compress && config.compress.unwrap_or(true);
+        let smoke_args = if config.image.smoke == Some(false) {
+            None
+        } else {
+            Some(
+                config
+                    .image
+                    .smoke_args
+                    .clone()
+                    .unwrap_or_else(|| vec!["--version".to_string()]),
+            )
+        };
+
+        Ok(BuildSpec {
+            project,
+            binary,
+            version,
+            variants,
+            targets,
+            base,
+            output: req.output.clone(),
+            image,
+            source_date_epoch,
+            created: rfc3339(source_date_epoch),
+            revision: git.revision.clone(),
+            source: config.image.source.clone(),
+            compress: CompressSpec {
+                enabled: compress_enabled,
+                upx: req.upx.clone().unwrap_or_else(|| PathBuf::from("upx")),
+                smoke_args,
+                smoke_timeout: Duration::from_secs(10),
+            },
+        })
+    }
+}
+
+fn image_settings(config: &ProjectConfig, binary: &str) -> Result<ImageSettings, SpecError> {
+    let c = &config.image;
+    let bad = |field: &str, why: &str| SpecError::BadImage {
+        field: field.to_string(),
+        why: why.to_string(),
+    };
+    let workdir = c.workdir.clone().unwrap_or_else(|| "/app".to_string());
+    if !workdir.starts_with('/') || workdir.contains('\0') {
+        return Err(bad("workdir", "must be an absolute path"));
+    }
+    let entrypoint = c
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| vec![format!("/app/{binary}")]);
+    if entrypoint.is_empty() || entrypoint.iter().any(|a| a.contains('\0')) {
+        return Err(bad(
+            "entrypoint",
+            "must be a non-empty list of arguments without NUL",
+        ));
+    }
+    for (k, v) in &c.env {
+        if !is_env_key(k) || v.contains('\0') {
+            return Err(bad(
+                &format!("env.{k}"),
+                "keys are [A-Za-z_][A-Za-z0-9_]*, values have no NUL",
+            ));
+        }
+    }
+    for (k, v) in &c.labels {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(bad(
+                &format!("labels.{k}"),
+                "keys are non-empty, nothing contains NUL",
+            ));
+        }
+    }
+    if c.expose.contains(&0) {
+        return Err(bad("expose", "port 0 cannot be exposed"));
+    }
+    Ok(ImageSettings {
+        workdir,
+        entrypoint,
+        cmd: c.cmd.clone(),
+        expose: c.expose.clone(),
+        env: c.env.clone(),
+        labels: c.labels.clone(),
+        user: c.user.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> BuildRequest {
+        BuildRequest {
+            project: "/p".into(),
+            variants: vec!["sqlite".into(), "postgres".into()],
+            version: Some("1.4.2".into()),
+            base: Some("oci:/tmp/base:3.20".into()),
+            output: "out".into(),
+            source_date_epoch: Some("1700000000".into()),
+            ..Default::default()
+        }
+    }
+
+    fn resolve(req: &BuildRequest, toml: &str) -> Result<BuildSpec, SpecError> {
+        let config = ProjectConfig::parse(toml).unwrap();
+        let package = CargoPackage {
+            name: Some("svc".into()),
+            version: Some("0.1.0".into()),
+            bins: vec![],
+        };
+        BuildSpec::from_parts(req, "/p".into(), &config, &package, &GitFacts::default())
+    }
+
+    #[test]
+    fn maps_variants_to_features_and_tags() {
+        let spec = resolve(&req(), "[variants.postgres]\nfeatures = [\"db_psql\"]").unwrap();
+        assert_eq!(spec.variants[0].features, ["db_sqlite"]);
+        assert_eq!(spec.variants[1].features, ["db_psql"]);
+        assert_eq!(spec.variants[1].tags, ["postgres-1.4.2"]);
+        assert_eq!(spec.binary, "svc");
+        assert_eq!(spec.created, "2023-11-14T22:13:20Z");
+        assert_eq!(
+            spec.base,
+            BaseRef::Layout {
+                dir: "/tmp/base".into(),
+                tag: "3.20".into()
+            }
+        );
+        assert_eq!(spec.image.entrypoint, ["/app/svc"]);
+        assert_eq!(spec.targets, [Target::X86_64Musl]);
+    }
+
+    #[test]
+    fn refuses_injection_in_every_field() {
+        for bad in [
+            "sqlite;id",
+            "$(id)",
+            "a b",
+            "--features=x",
+            "Sqlite",
+            "../x",
+            "a\nb",
+        ] {
+            let mut r = req();
+            r.variants = vec![bad.into()];
+            assert!(
+                matches!(resolve(&r, ""), Err(SpecError::BadVariant(_))),
+                "{bad:?}"
+            );
+        }
+        let err = resolve(
+            &req(),
+            "[variants.sqlite]\nfeatures = [\"--config=build.rustc-wrapper=/x\"]",
+        )
+        .unwrap_err();
+        assert!(matches!(err, SpecError::BadFeature { .. }), "{err}");
+        let mut r = req();
+        r.version = Some("1.0;rm -rf".into());
+        assert!(matches!(resolve(&r, ""), Err(SpecError::BadVersion(_))));
+        assert!(matches!(
+            resolve(&req(), "binary = \"-x\""),
+            Err(SpecError::BadBinary(_))
+        ));
+        let mut r = req();
+        r.targets = vec!["x86_64-unknown-linux-gnu".into()];
+        assert!(matches!(resolve(&r, ""), Err(SpecError::Target(_))));
+    }
+
+    #[test]
+    fn malformed_epoch_is_an_error_never_now() {
+        for bad in ["abc", "-1", "1e9", ""] {
+            let mut r = req();
+            r.source_date_epoch = Some(bad.into());
+            assert!(
+                matches!(resolve(&r, ""), Err(SpecError::Epoch(_))),
+                "{bad:?}"
+            );
+        }
+        let mut r = req();
+        r.source_date_epoch = None;
+        assert!(matches!(resolve(&r, ""), Err(SpecError::NoEpoch(_))));
+    }
+
+    #[test]
+    fn tag_templates_must_give_distinct_valid_tags() {
+        let mut r = req();
+        r.tags = vec!["{version}".into()];
+        assert!(matches!(resolve(&r, ""), Err(SpecError::TagClash { .. })));
+        r.tags = vec!["{variant}:{version}".into()];
+        assert!(matches!(resolve(&r, ""), Err(SpecError::BadTag { .. })));
+        r.tags = vec!["{variant}-{version}".into(), "{variant}".into()];
+        assert_eq!(
+            resolve(&r, "").unwrap().variants[0].tags,
+            ["sqlite-1.4.2", "sqlite"]
+        );
+    }
+
+    #[test]
+    fn parses_base_references() {
+        assert_eq!(
+            BaseRef::parse("oci:dir").unwrap(),
+            BaseRef::Layout {
+                dir: "dir".into(),
+                tag: "latest".into()
+            }
+        );
+        assert_eq!(
+            BaseRef::parse("oci:a/b:1").unwrap().display_name(),
+            "oci:b:1"
+        );
+        assert!(BaseRef::parse("docker.io/library/alpine:3.20").is_ok());
+        for bad in ["", "-x", "a b", "oci:", "oci:d:bad tag", "x;id"] {
+            assert!(BaseRef::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

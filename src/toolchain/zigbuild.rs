@@ -1,0 +1,171 @@
+//! `cargo zigbuild`, run as argv with an allow-listed environment, its binary found in cargo's
+//! JSON artifact messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{CompileError, CompileRequest, Compiled, Toolchain};
+use crate::proc;
+
+/// The real toolchain: `cargo zigbuild --release --locked --target T --no-default-features --features F`.
+#[derive(Debug, Clone, Default)]
+pub struct CargoZigbuild {
+    /// `--target-dir`; default `<project>/target`.
+    pub target_dir: Option<PathBuf>,
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+impl CargoZigbuild {
+    /// The rustc flags that make output independent of where the project and cargo's caches live.
+    fn remap_flags(project: &Path, target_dir: &Path) -> String {
+        let mut flags = Vec::new();
+        if let Some(home) = cargo_home() {
+            flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+        }
+        flags.push(format!("--remap-path-prefix={}=/build", project.display()));
+        // Later flags win in rustc, so the target dir (often inside the project) comes last.
+        flags.push(format!(
+            "--remap-path-prefix={}=/target",
+            target_dir.display()
+        ));
+        flags.join("\x1f")
+    }
+}
+
+impl Toolchain for CargoZigbuild {
+    fn compile(
+        &self,
+        req: &CompileRequest<'_>,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<Compiled, CompileError> {
+        let target_dir = self
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| req.project.join("target"));
+        let mut cmd = proc::command("cargo");
+        cmd.current_dir(req.project)
+            .args([
+                "zigbuild",
+                "--release",
+                "--locked",
+                "--target",
+                req.target.triple(),
+                "--no-default-features",
+            ])
+            .arg("--features")
+            .arg(req.features.join(","))
+            .arg("--bin")
+            .arg(req.binary)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .arg("--message-format=json-render-diagnostics")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                Self::remap_flags(req.project, &target_dir),
+            )
+            .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
+            .env("CARGO_TERM_COLOR", "never");
+
+        let executables: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+        let tail: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let status = proc::run_streaming(
+            &mut cmd,
+            |line| {
+                let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                    return;
+                };
+                if msg["reason"] != "compiler-artifact" {
+                    return;
+                }
+                let is_bin = msg["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|v| v == "bin"));
+                if let (true, Some(name), Some(exe)) = (
+                    is_bin,
+                    msg["target"]["name"].as_str(),
+                    msg["executable"].as_str(),
+                ) {
+                    executables
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name.to_string(), PathBuf::from(exe)));
+                }
+            },
+            |line| {
+                log(line);
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.push(line.to_string());
+                if t.len() > 12 {
+                    t.remove(0);
+                }
+            },
+        )
+        .map_err(CompileError::Tool)?;
+
+        let tail = tail.into_inner().unwrap_or_else(|e| e.into_inner());
+        if !status.success() {
+            let useful: Vec<&String> = tail
+                .iter()
+                .filter(|l| l.starts_with("error") || l.contains("error:"))
+                .collect();
+            let text = if useful.is_empty() {
+                tail.join(" | ")
+            } else {
+                useful
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            };
+            return Err(CompileError::Failed {
+                status: status.to_string(),
+                tail: text,
+            });
+        }
+        let executables = executables.into_inner().unwrap_or_else(|e| e.into_inner());
+        match executables.iter().find(|(name, _)| name == req.binary) {
+            Some((_, path)) => Ok(Compiled { path: path.clone() }),
+            None => Err(CompileError::NoBinary {
+                binary: req.binary.to_string(),
+                built: if executables.is_empty() {
+                    "none".into()
+                } else {
+                    executables
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let version = |program: &str, args: &[&str]| -> String {
+            let mut cmd = proc::command(program);
+            cmd.args(args);
+            match proc::run_captured(&mut cmd, Duration::from_secs(30)) {
+                Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+                _ => format!("{program}: unavailable"),
+            }
+        };
+        let zig = version("python3", &["-m", "ziglang", "version"]);
+        format!(
+            "{}; {}; zig {}",
+            version("rustc", &["--version"]),
+            version("cargo-zigbuild", &["--version"]),
+            zig
+        )
+    }
+}
