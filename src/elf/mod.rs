@@ -341,7 +341,7 @@ mod tests {
             Err(ElfError::Malformed(_))
         ));
         // Every prefix of a plausible header must be refused cleanly, never panic.
-        let mut header = vec![0u8; 64];
+        let mut header = [0u8; 64];
         header[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         for len in 0..header.len() {
             let _ = inspect(&header[..len]);

@@ -54,8 +54,8 @@ fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
         && (entry.variant.is_none() || want.variant.is_none() || entry.variant == want.variant)
 }
 
-/// Resolves the base reference for each target and copies its blobs into `out`.
-pub fn load(base: &BaseRef, targets: &[Target], out: &Layout) -> Result<BaseImage, BaseError> {
+/// Resolves the base reference for each target, reading its manifests and configs (digests checked).
+pub fn resolve(base: &BaseRef, targets: &[Target]) -> Result<(BaseImage, Layout), BaseError> {
     let name = base.display_name();
     let BaseRef::Layout { dir, tag } = base else {
         return Err(BaseError::RegistryUnsupported(name));
@@ -107,9 +107,6 @@ pub fn load(base: &BaseRef, targets: &[Target], out: &Layout) -> Result<BaseImag
             .read_json("image manifest", &desc.digest)
             .map_err(lerr)?;
         let config = src.read_json_blob(&manifest.config.digest).map_err(lerr)?;
-        for layer in &manifest.layers {
-            out.copy_blob_from(&src, &layer.digest).map_err(lerr)?;
-        }
         platforms.push(BasePlatform {
             target,
             manifest_digest: desc.digest.clone(),
@@ -117,9 +114,28 @@ pub fn load(base: &BaseRef, targets: &[Target], out: &Layout) -> Result<BaseImag
             config,
         });
     }
-    Ok(BaseImage {
-        name,
-        digest: top.digest,
-        platforms,
-    })
+    Ok((
+        BaseImage {
+            name,
+            digest: top.digest,
+            platforms,
+        },
+        src,
+    ))
+}
+
+impl BaseImage {
+    /// Copies every base layer into the output layout, streaming and verifying digests.
+    pub fn copy_layers(&self, src: &Layout, out: &Layout) -> Result<(), BaseError> {
+        for p in &self.platforms {
+            for layer in &p.manifest.layers {
+                out.copy_blob_from(src, &layer.digest)
+                    .map_err(|source| BaseError::Layout {
+                        name: self.name.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
 }

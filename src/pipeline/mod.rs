@@ -59,6 +59,8 @@ pub fn run(
     log: LogSink<'_>,
 ) -> Result<Report, PipelineError> {
     let started = Instant::now();
+    // The base first: a missing or corrupt base must not leave an output directory behind.
+    let (base, base_layout) = base::resolve(&spec.base, &spec.targets)?;
     let out = Layout::create(&spec.output).map_err(|source| PipelineError::Output {
         dir: spec.output.clone(),
         source,
@@ -74,7 +76,7 @@ pub fn run(
         dir: output.clone(),
         source,
     })?;
-    let base = base::load(&spec.base, &spec.targets, &out)?;
+    base.copy_layers(&base_layout, &out)?;
     let work = output.join(".galley-work");
     std::fs::create_dir_all(&work).map_err(|source| PipelineError::Work {
         dir: work.clone(),

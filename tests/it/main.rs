@@ -1,0 +1,23 @@
+//! galley's integration tests: one binary, one module per area.
+//!
+//! - `support`: the harness (fixtures, the shared base image, a lock so heavy builds never overlap).
+//! - `elf_verdicts`: verdicts of `galley verify` and the `elf` module on real binaries of every kind.
+//! - `strip`: the object-based stripper on x86_64 and aarch64 binaries with symbols.
+//! - `golden`: golden digests for a fixed layer and config, so a dependency moving digests fails.
+//! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
+//! - `reproducible`: the same build from two directories gives identical digests.
+//! - `upx`: UPX missing, refusing or producing a broken binary leaves a warning and a working image.
+//! - `bad_input`: clear errors, exit codes and nothing written for malformed requests.
+//! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
+//! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
+
+mod authd;
+mod bad_input;
+mod build_e2e;
+mod dockerfile;
+mod elf_verdicts;
+mod golden;
+mod reproducible;
+mod strip;
+mod support;
+mod upx;
