@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs galley's checks and tests: installs what they need (idempotent), then fmt, clippy and the
+# test suite. The tests build real fixtures with cargo-zigbuild, UPX, skopeo, umoci and chroot
+# (chroot needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# One zig cache for every build the tests run (the first musl link fills it once, ~40 s).
+export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
