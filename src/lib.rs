@@ -10,6 +10,7 @@ pub mod elf;
 pub mod oci;
 pub mod pipeline;
 pub mod proc;
+pub mod registry;
 pub mod spec;
 pub mod target;
 pub mod toolchain;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => cli::build::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Push(args) => cli::push::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use crate::config::{CargoPackage, ConfigError, ProjectConfig};
 use crate::oci::image::ImageSettings;
 use crate::oci::time::{parse_epoch, rfc3339, BadEpoch};
 use crate::proc;
+use crate::registry::{Credential, Reference, RegistryOptions};
 use crate::target::{Target, UnknownTarget};
 
 /// The base image users get when they name none.
@@ -32,6 +33,18 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<String>,
     /// The UPX program (default `upx` on PATH).
     pub upx: Option<PathBuf>,
+    /// Repository to push the images to (`host/repo`), if any.
+    pub push: Option<String>,
+    /// Registries spoken to over plain HTTP (loopback always is).
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates for private TLS registries.
+    pub ca_bundle: Option<PathBuf>,
+    /// Credentials from the command line (else Docker's config.json).
+    pub credential: Option<Credential>,
+    /// Re-resolve the base image's tag instead of using the cached resolution.
+    pub refresh_base: bool,
+    /// Where pulled base images are cached (default `BlobCache::default_dir()`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Where the base image comes from.
@@ -40,7 +53,7 @@ pub enum BaseRef {
     /// An OCI image layout on disk: `oci:DIR[:TAG]`.
     Layout { dir: PathBuf, tag: String },
     /// A registry reference (`host/repo:tag` or `@sha256:…`), pulled by the registry module.
-    Registry(String),
+    Registry(Reference),
 }
 
 impl BaseRef {
@@ -59,16 +72,9 @@ impl BaseRef {
                 tag: tag.to_string(),
             });
         }
-        let ok = !s.is_empty()
-            && s.len() <= 512
-            && !s.starts_with('-')
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
-        if ok {
-            Ok(BaseRef::Registry(s.to_string()))
-        } else {
-            Err(SpecError::BadBase(s.to_string()))
-        }
+        Reference::parse(s)
+            .map(BaseRef::Registry)
+            .map_err(|_| SpecError::BadBase(s.to_string()))
     }
 
     /// A name for the `org.opencontainers.image.base.name` annotation that does not depend on
@@ -82,7 +88,7 @@ impl BaseRef {
                     .unwrap_or_else(|| "layout".into());
                 format!("oci:{name}:{tag}")
             }
-            BaseRef::Registry(r) => r.clone(),
+            BaseRef::Registry(r) => r.to_string(),
         }
     }
 }
@@ -122,6 +128,11 @@ pub struct BuildSpec {
     pub revision: Option<String>,
     pub source: Option<String>,
     pub compress: CompressSpec,
+    /// The repository images are pushed to.
+    pub push: Option<Reference>,
+    pub registry: RegistryOptions,
+    pub refresh_base: bool,
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +177,8 @@ pub enum SpecError {
     },
     #[error("base image {0:?} is not a valid reference: use host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG")]
     BadBase(String),
+    #[error("--push {0:?} is not a repository: give host/repo without tag or digest (tags come from the tag templates)")]
+    BadPush(String),
     #[error("image setting {field} is not allowed: {why}")]
     BadImage { field: String, why: String },
 }
@@ -380,6 +393,19 @@ impl BuildSpec {
                 .or(config.base.as_deref())
                 .unwrap_or(DEFAULT_BASE),
         )?;
+        let push = match &req.push {
+            None => None,
+            Some(p) => match Reference::parse(p) {
+                Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+                _ => return Err(SpecError::BadPush(p.clone())),
+            },
+        };
+        let registry = RegistryOptions {
+            insecure: req.insecure_registries.clone(),
+            ca_bundle: req.ca_bundle.clone(),
+            credential: req.credential.clone(),
+            ..Default::default()
+        };
         let image = image_settings(config, &binary)?;
         let compress_enabled = !req.no_compress && config.compress.unwrap_or(true);
         let smoke_args = if config.image.smoke == Some(false) {
@@ -413,6 +439,13 @@ impl BuildSpec {
                 smoke_args,
                 smoke_timeout: Duration::from_secs(10),
             },
+            push,
+            registry,
+            refresh_base: req.refresh_base,
+            cache_dir: req
+                .cache_dir
+                .clone()
+                .unwrap_or_else(crate::registry::pull::BlobCache::default_dir),
         })
     }
 }
@@ -578,6 +611,23 @@ mod tests {
     }
 
     #[test]
+    fn push_takes_a_repository_only() {
+        let mut r = req();
+        r.push = Some("127.0.0.1:5000/team/tiny".into());
+        assert_eq!(
+            resolve(&r, "").unwrap().push.unwrap().repository,
+            "team/tiny"
+        );
+        for bad in ["127.0.0.1:5000/team/tiny:1", "Team/Tiny", "x;id"] {
+            r.push = Some(bad.into());
+            assert!(
+                matches!(resolve(&r, ""), Err(SpecError::BadPush(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_base_references() {
         assert_eq!(
             BaseRef::parse("oci:dir").unwrap(),
@@ -590,7 +640,10 @@ mod tests {
             BaseRef::parse("oci:a/b:1").unwrap().display_name(),
             "oci:b:1"
         );
-        assert!(BaseRef::parse("docker.io/library/alpine:3.20").is_ok());
+        assert_eq!(
+            BaseRef::parse("alpine:3.20").unwrap().display_name(),
+            "docker.io/library/alpine:3.20"
+        );
         for bad in ["", "-x", "a b", "oci:", "oci:d:bad tag", "x;id"] {
             assert!(BaseRef::parse(bad).is_err(), "{bad:?}");
         }

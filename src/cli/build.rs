@@ -23,6 +23,12 @@ pub fn run(args: BuildArgs) -> anyhow::Result<bool> {
         no_compress: args.no_compress,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         upx: args.upx,
+        credential: super::credential(&args.registry)?,
+        push: args.push,
+        insecure_registries: args.registry.insecure_registries,
+        ca_bundle: args.registry.ca_bundle,
+        refresh_base: args.refresh_base,
+        cache_dir: None,
     };
     let spec = BuildSpec::resolve(&req)?;
     let stderr = Mutex::new(std::io::stderr());

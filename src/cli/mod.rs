@@ -1,6 +1,7 @@
 //! The command line: clap definitions, turned into validated requests here and nowhere else.
 
 pub mod build;
+pub mod push;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -21,6 +22,24 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the ELF facts of a binary and whether galley would ship it for a target.
     Verify(VerifyArgs),
+    /// Push the tagged images of an OCI layout (built earlier) to a repository.
+    Push(PushArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// The OCI image layout (e.g. out/).
+    pub layout: PathBuf,
+    /// The repository to push to (host/repo).
+    pub repository: String,
+    /// Push only these tags (default: every tag in the layout).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Print the push report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +74,52 @@ pub struct BuildArgs {
     /// Print the report as JSON on stdout (it is always written to OUTPUT/report.json).
     #[arg(long)]
     pub json: bool,
+    /// Push every image to this repository (host/repo), tags last.
+    #[arg(long)]
+    pub push: Option<String>,
+    /// Re-resolve the base image's tag instead of using the cached digest.
+    #[arg(long)]
+    pub refresh_base: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach and log in to registries.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// A registry (host[:port]) to reach over plain HTTP; loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// PEM file with extra CA certificates for private TLS registries.
+    #[arg(long, env = "GALLEY_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Registry user name (the password is read from stdin with --password-stdin);
+    /// without it, credentials come from Docker's config.json ($DOCKER_CONFIG honoured).
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+}
+
+/// Reads `--username` and the password from stdin, if given.
+pub fn credential(registry: &RegistryArgs) -> anyhow::Result<Option<crate::registry::Credential>> {
+    let Some(username) = &registry.username else {
+        return Ok(None);
+    };
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| anyhow::anyhow!("cannot read the password from stdin: {e}"))?;
+    let password = password.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "--password-stdin: stdin held no password"
+    );
+    Ok(Some(crate::registry::Credential::Basic {
+        username: username.clone(),
+        password: crate::registry::Secret::new(password),
+    }))
 }
 
 #[derive(Debug, clap::Args)]

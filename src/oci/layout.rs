@@ -172,26 +172,42 @@ impl Layout {
             return Ok(());
         }
         let src = other.blob_path(digest);
-        let mut input = File::open(&src).map_err(|_| LayoutError::MissingBlob {
+        let input = File::open(&src).map_err(|_| LayoutError::MissingBlob {
             digest: digest.clone(),
             dir: other.root.clone(),
         })?;
+        self.put_blob_from_reader(input, digest).map(|_| ())
+    }
+
+    /// Streams a blob into this layout, verifying it hashes to `digest` before it gets its name.
+    /// Returns its size. Memory stays flat whatever the blob's size.
+    pub fn put_blob_from_reader(
+        &self,
+        mut input: impl Read,
+        digest: &Digest,
+    ) -> Result<u64, LayoutError> {
         let dir = self.blob_dir();
         let tmp = tempfile_in(&dir).map_err(io_err("write into", &dir))?;
         let out = File::create(&tmp.0).map_err(io_err("write into", &dir))?;
-        let mut w = HashingWriter::new(out);
-        io::copy(&mut input, &mut w).map_err(io_err("copy", &src))?;
-        let (out, actual, _) = w.finish();
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 16, out));
+        io::copy(&mut input, &mut w).map_err(io_err("stream a blob into", &dir))?;
+        let (out, actual, size) = w.finish();
+        let out = out.into_inner().map_err(|e| LayoutError::Io {
+            what: "write into",
+            path: dir.clone(),
+            source: e.into_error(),
+        })?;
         out.sync_all().map_err(io_err("write into", &dir))?;
         if &actual != digest {
             return Err(LayoutError::Corrupt {
                 expected: digest.clone(),
                 actual,
-                dir: other.root.clone(),
+                dir: self.root.clone(),
             });
         }
         tmp.persist(&self.blob_path(digest))
-            .map_err(io_err("write into", &dir))
+            .map_err(io_err("write into", &dir))?;
+        Ok(size)
     }
 
     /// Reads index.json.

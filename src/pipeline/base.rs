@@ -3,6 +3,8 @@
 
 use crate::oci::layout::{Layout, LayoutError};
 use crate::oci::{is_index, is_manifest, Descriptor, Digest, Index, Manifest, PlatformSpec};
+use crate::registry::pull::{pull, BlobCache};
+use crate::registry::{Reference, RegistryError, RegistryOptions};
 use crate::spec::BaseRef;
 use crate::target::Target;
 
@@ -23,6 +25,10 @@ pub struct BaseImage {
     /// What the reference resolved to (index or manifest).
     pub digest: Digest,
     pub platforms: Vec<BasePlatform>,
+    /// The registry reference it came from, when it came from a registry.
+    pub reference: Option<Reference>,
+    /// Blobs downloaded for this build (0 when the cache had everything).
+    pub blobs_downloaded: u32,
 }
 
 impl BaseImage {
@@ -43,8 +49,11 @@ pub enum BaseError {
     },
     #[error("base image {name} is a {media_type}, not an image manifest or index")]
     UnknownMediaType { name: String, media_type: String },
-    #[error("pulling base image {0} from a registry is not supported by this build of galley yet: use --base oci:DIR:TAG with an OCI image layout (skopeo copy docker://{0} oci:DIR:TAG makes one)")]
-    RegistryUnsupported(String),
+    #[error("base image {name}: {source}")]
+    Registry {
+        name: String,
+        source: Box<RegistryError>,
+    },
 }
 
 fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
@@ -55,10 +64,42 @@ fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
 }
 
 /// Resolves the base reference for each target, reading its manifests and configs (digests checked).
-pub fn resolve(base: &BaseRef, targets: &[Target]) -> Result<(BaseImage, Layout), BaseError> {
+pub fn resolve(
+    base: &BaseRef,
+    targets: &[Target],
+    options: &RegistryOptions,
+    cache_dir: &std::path::Path,
+    refresh: bool,
+) -> Result<(BaseImage, Layout), BaseError> {
     let name = base.display_name();
-    let BaseRef::Layout { dir, tag } = base else {
-        return Err(BaseError::RegistryUnsupported(name));
+    let (dir, tag) = match base {
+        BaseRef::Layout { dir, tag } => (dir, tag),
+        BaseRef::Registry(reference) => {
+            let rerr = |source| BaseError::Registry {
+                name: name.clone(),
+                source: Box::new(source),
+            };
+            let cache = BlobCache::open(cache_dir).map_err(rerr)?;
+            let pulled = pull(reference, targets, options, &cache, refresh).map_err(rerr)?;
+            let platforms = pulled
+                .platforms
+                .into_iter()
+                .map(|p| BasePlatform {
+                    target: p.target,
+                    manifest_digest: p.manifest_digest,
+                    manifest: p.manifest,
+                    config: p.config,
+                })
+                .collect();
+            let image = BaseImage {
+                name,
+                digest: pulled.digest,
+                platforms,
+                reference: Some(reference.clone()),
+                blobs_downloaded: pulled.blobs_downloaded,
+            };
+            return Ok((image, cache.layout().clone()));
+        }
     };
     let lerr = |source| BaseError::Layout {
         name: name.clone(),
@@ -119,6 +160,8 @@ pub fn resolve(base: &BaseRef, targets: &[Target]) -> Result<(BaseImage, Layout)
             name,
             digest: top.digest,
             platforms,
+            reference: None,
+            blobs_downloaded: 0,
         },
         src,
     ))

@@ -15,11 +15,15 @@ use std::time::Instant;
 
 use crate::oci::layout::{Layout, LayoutError};
 use crate::oci::Descriptor;
+use crate::registry::push::{PushStats, Pusher};
+use crate::registry::RegistryError;
 use crate::spec::{BuildSpec, VariantSpec};
 use crate::target::Target;
 use crate::toolchain::{CompileRequest, Toolchain};
 use base::{BaseError, BaseImage};
-use report::{BaseReport, PlatformReport, Report, Sizes, StageTiming, Status, VariantReport};
+use report::{
+    BaseReport, PlatformReport, PushReport, Report, Sizes, StageTiming, Status, VariantReport,
+};
 
 /// A line of build log, tagged with where it comes from.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub enum PipelineError {
     Output { dir: PathBuf, source: LayoutError },
     #[error(transparent)]
     Base(#[from] BaseError),
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
     #[error("cannot create the work directory {dir}: {source}")]
     Work {
         dir: PathBuf,
@@ -60,7 +66,31 @@ pub fn run(
 ) -> Result<Report, PipelineError> {
     let started = Instant::now();
     // The base first: a missing or corrupt base must not leave an output directory behind.
-    let (base, base_layout) = base::resolve(&spec.base, &spec.targets)?;
+    let (base, base_layout) = base::resolve(
+        &spec.base,
+        &spec.targets,
+        &spec.registry,
+        &spec.cache_dir,
+        spec.refresh_base,
+    )?;
+    // Credentials are looked up now, so a missing helper fails before anything compiles.
+    let pusher = match &spec.push {
+        Some(target) => {
+            let mount = base.reference.as_ref().map(|r| {
+                let digests = base
+                    .platforms
+                    .iter()
+                    .flat_map(|p| p.manifest.layers.iter().map(|l| l.digest.clone()))
+                    .collect();
+                (r, digests)
+            });
+            Some(
+                Pusher::new(target, &spec.registry, mount)
+                    .map_err(|e| PipelineError::Registry(Box::new(e)))?,
+            )
+        }
+        None => None,
+    };
     let out = Layout::create(&spec.output).map_err(|source| PipelineError::Output {
         dir: spec.output.clone(),
         source,
@@ -102,6 +132,7 @@ pub fn run(
                     stages: Vec::new(),
                     error: None,
                     warnings: Vec::new(),
+                    push: None,
                 };
                 // Compiling happens here, on this thread: one cargo at a time.
                 let raw = match compile(spec, toolchain, variant, target, &dir, &mut report, log) {
@@ -112,12 +143,13 @@ pub fn run(
                         continue;
                     }
                 };
-                let (out, base) = (&out, &base);
+                let (out, base, pusher) = (&out, &base, pusher.as_ref());
                 workers.push(scope.spawn(move || {
                     let desc = package(
                         spec,
                         out,
                         base,
+                        pusher,
                         variant,
                         target,
                         &raw,
@@ -166,6 +198,7 @@ pub fn run(
             tags: Vec::new(),
             platforms,
             warnings,
+            push: None,
         };
         match descs {
             Some(descs) => {
@@ -182,6 +215,14 @@ pub fn run(
                         vr.tags = variant.tags.clone();
                         for t in &variant.tags {
                             tagged.push((t.clone(), top.clone()));
+                        }
+                        if let Some(pusher) = &pusher {
+                            let pushed = push_variant(pusher, &out, &top, variant, &vr.platforms);
+                            if let Some(e) = &pushed.error {
+                                vr.status = Status::Failed;
+                                vr.error = Some(format!("push: {e}"));
+                            }
+                            vr.push = Some(pushed);
                         }
                     }
                     Err(e) => vr.error = Some(e),
@@ -223,6 +264,7 @@ pub fn run(
         revision: spec.revision.clone(),
         base: BaseReport {
             name: base.name.clone(),
+            blobs_downloaded: base.blobs_downloaded,
             digest: base.digest.clone(),
         },
         output: output.display().to_string(),
@@ -295,12 +337,55 @@ fn compile(
     Ok(raw)
 }
 
+/// Pushes a variant's top descriptor (the index, when there are several platforms) and then its
+/// tags; the platform images were pushed by their workers.
+fn push_variant(
+    pusher: &Pusher,
+    out: &Layout,
+    top: &Descriptor,
+    variant: &VariantSpec,
+    platforms: &[PlatformReport],
+) -> PushReport {
+    let started = Instant::now();
+    let mut stats = PushStats::default();
+    for p in platforms {
+        if let Some(s) = &p.push {
+            stats.uploaded += s.uploaded;
+            stats.skipped += s.skipped;
+            stats.mounted += s.mounted;
+            stats.bytes_uploaded += s.bytes_uploaded;
+            stats.manifests += s.manifests;
+        }
+    }
+    let mut result = if platforms.len() > 1 {
+        pusher.push_content(out, top, &mut stats)
+    } else {
+        Ok(())
+    };
+    let mut references = Vec::new();
+    if result.is_ok() {
+        match pusher.push_tags(out, top, &variant.tags) {
+            Ok(r) => references = r,
+            Err(e) => result = Err(e),
+        }
+    }
+    PushReport {
+        repository: pusher.target().name(),
+        digest: top.digest.clone(),
+        references,
+        blobs: stats,
+        ms: started.elapsed().as_millis() as u64,
+        error: result.err().map(|e| e.to_string()),
+    }
+}
+
 /// Every stage after compiling, for one variant and target.
 #[allow(clippy::too_many_arguments)]
 fn package(
     spec: &BuildSpec,
     out: &Layout,
     base: &BaseImage,
+    pusher: Option<&Pusher>,
     variant: &VariantSpec,
     target: Target,
     raw: &Path,
@@ -393,6 +478,25 @@ fn package(
     report.sizes.base_layers = Some(assembled.base_layers_size);
     report.manifest_digest = Some(assembled.manifest.digest.clone());
     report.config_digest = Some(assembled.config.digest.clone());
+    if let Some(pusher) = pusher {
+        let mut stats = PushStats::default();
+        let pushed = timed(report, "push", || {
+            pusher.push_content(out, &assembled.manifest, &mut stats)
+        });
+        report.push = Some(stats);
+        pushed.map_err(|e| format!("push: {e}"))?;
+        say(
+            "push",
+            &format!(
+                "{}@{}: {} uploaded, {} skipped, {} mounted",
+                pusher.target().name(),
+                assembled.manifest.digest,
+                stats.uploaded,
+                stats.skipped,
+                stats.mounted
+            ),
+        );
+    }
     say(
         "assemble",
         &format!("manifest {}", assembled.manifest.digest),

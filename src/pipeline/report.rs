@@ -9,6 +9,7 @@ use super::compress::Compression;
 use super::strip::StripOutcome;
 use crate::elf::ElfFacts;
 use crate::oci::Digest;
+use crate::registry::push::PushStats;
 
 /// The whole build.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +33,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct BaseReport {
     pub name: String,
+    /// Base blobs downloaded by this build (0 when the local cache had them).
+    pub blobs_downloaded: u32,
     /// The digest the base reference resolved to (an index or a manifest).
     pub digest: Digest,
 }
@@ -60,6 +63,23 @@ pub struct VariantReport {
     pub tags: Vec<String>,
     pub platforms: Vec<PlatformReport>,
     pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushReport>,
+}
+
+/// What pushing a variant did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    pub repository: String,
+    /// The digest the tags point at: the sha256 of the manifest (or index) bytes sent.
+    pub digest: Digest,
+    /// `host/repo:tag@digest` for every tag pushed (empty when the push failed: no tag moved).
+    pub references: Vec<String>,
+    /// Blobs uploaded, skipped (already there) and mounted, all platforms together.
+    pub blobs: PushStats,
+    pub ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One platform image of a variant.
@@ -86,6 +106,8 @@ pub struct PlatformReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushStats>,
 }
 
 /// Sizes in bytes; absent when the stage did not run.
@@ -176,6 +198,24 @@ impl Report {
                 if let Some(e) = &p.error {
                     let _ = writeln!(s, "  error: {e}");
                 }
+            }
+            if let Some(p) = &v.push {
+                match &p.error {
+                    None => {
+                        let _ = writeln!(s, "  pushed: {}", p.references.join(", "));
+                    }
+                    Some(e) => {
+                        let _ = writeln!(s, "  push failed (no tag moved): {e}");
+                    }
+                }
+                let _ = writeln!(
+                    s,
+                    "  blobs: {} uploaded ({}), {} skipped, {} mounted",
+                    p.blobs.uploaded,
+                    human(Some(p.blobs.bytes_uploaded)),
+                    p.blobs.skipped,
+                    p.blobs.mounted
+                );
             }
             for w in &v.warnings {
                 let _ = writeln!(s, "  warning: {w}");

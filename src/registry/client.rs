@@ -1,0 +1,623 @@
+//! The HTTP side of the distribution API: one registry, its auth challenges (Basic, Bearer with
+//! token refresh), retries with backoff and jitter honouring `Retry-After`, bounded error bodies,
+//! and redaction of every secret from messages.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{StatusCode, Url};
+
+use super::credentials::{Credential, Secret};
+use super::{RegistryError, RegistryOptions};
+
+/// Error bodies are read up to this many bytes.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// Token responses are read up to this many bytes.
+const MAX_TOKEN_BODY: u64 = 1 << 20;
+
+/// How often and how long to retry transient failures.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The longest `Retry-After` honoured; longer asks fail instead of hanging a build.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A Bearer challenge: where to get a token, for which service.
+#[derive(Debug, Clone)]
+struct BearerChallenge {
+    realm: String,
+    service: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum AuthState {
+    None,
+    Basic,
+    Bearer { token: Secret },
+}
+
+/// A client for one registry, for a fixed set of token scopes.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    base: Url,
+    /// `host[:port]` as the user named it, for messages.
+    pub registry: String,
+    host: String,
+    credential: Option<Credential>,
+    scopes: Vec<String>,
+    auth: Mutex<AuthState>,
+    retry: RetryPolicy,
+    secrets: Mutex<Vec<String>>,
+}
+
+/// What a request is doing, for error messages: the repository and the step.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    pub repository: &'a str,
+    pub what: String,
+}
+
+impl Client {
+    /// A client for `registry` (the API host), asking tokens for `scopes`
+    /// (`repository:team/app:push,pull`, push first: some registries read only the first).
+    pub fn new(
+        registry: &str,
+        api_host: &str,
+        scopes: Vec<String>,
+        options: &RegistryOptions,
+        credential: Option<Credential>,
+    ) -> Result<Client, RegistryError> {
+        let insecure = options.is_insecure(registry) || options.is_insecure(api_host);
+        let scheme = if insecure { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{api_host}/"))
+            .map_err(|_| RegistryError::Config(format!("invalid registry host {api_host:?}")))?;
+        let mut builder = reqwest::blocking::Client::builder()
+            .user_agent(concat!("galley/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(3600))
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(path) = &options.ca_bundle {
+            let pem = std::fs::read(path).map_err(|e| {
+                RegistryError::Config(format!("cannot read the CA bundle {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::Config(format!("{} is not a PEM CA bundle: {e}", path.display()))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| RegistryError::Config(format!("cannot set up HTTP: {e}")))?;
+        let secrets = credential.as_ref().map(|c| c.secrets()).unwrap_or_default();
+        Ok(Client {
+            http,
+            base,
+            registry: registry.to_string(),
+            host: api_host.to_string(),
+            credential,
+            scopes,
+            auth: Mutex::new(AuthState::None),
+            retry: options.retry.clone(),
+            secrets: Mutex::new(secrets),
+        })
+    }
+
+    /// A URL on this registry from a path (`/v2/...`).
+    pub fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path.trim_start_matches('/'))
+            .expect("paths built by galley are valid")
+    }
+
+    /// Resolves a `Location` header against the URL it answered, as the spec says (relative or
+    /// absolute, query kept). Only http(s) is accepted.
+    pub fn resolve_location(&self, answered: &Url, location: &str) -> Result<Url, String> {
+        let url = answered.join(location).map_err(|_| {
+            format!(
+                "the registry sent an invalid Location ({})",
+                self.redact(location)
+            )
+        })?;
+        match url.scheme() {
+            "http" | "https" => Ok(url),
+            other => Err(format!(
+                "the registry sent a Location with scheme {other:?}"
+            )),
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    /// Replaces every known secret (password, basic header, tokens) in a text by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in self
+            .secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out = out.replace(s.as_str(), "***");
+        }
+        out
+    }
+
+    fn remember_secret(&self, s: &str) {
+        if s.len() >= 3 {
+            self.secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(s.to_string());
+        }
+    }
+
+    fn authorization(&self, url: &Url) -> Option<String> {
+        // Credentials only ever go to the registry host itself (never to a storage redirect).
+        if url.host_str().map(|h| match url.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_string(),
+        }) != Some(self.host.clone())
+        {
+            return None;
+        }
+        match &*self.auth.lock().unwrap_or_else(|e| e.into_inner()) {
+            AuthState::None => None,
+            AuthState::Basic => match &self.credential {
+                Some(Credential::Basic { username, password }) => {
+                    Some(basic_header(username, password))
+                }
+                _ => None,
+            },
+            AuthState::Bearer { token } => Some(format!("Bearer {}", token.expose())),
+        }
+    }
+
+    /// Sends a request built by `build` (called again for every try, so bodies are replayable),
+    /// answering auth challenges and retrying transient failures. Returns the final response,
+    /// whatever its status; transport failures become errors after the last try.
+    pub fn send(
+        &self,
+        step: &Step<'_>,
+        build: &dyn Fn(&reqwest::blocking::Client) -> Result<RequestBuilder, RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        self.send_tries(step, self.retry.attempts, build)
+    }
+
+    /// Like `send`, with at most `tries` tries (1: answer auth challenges but never retry; used
+    /// where a retry must start further back, as an upload restarts from its POST).
+    pub fn send_tries(
+        &self,
+        step: &Step<'_>,
+        tries: u32,
+        build: &dyn Fn(&reqwest::blocking::Client) -> Result<RequestBuilder, RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        let mut attempt = 0u32;
+        let mut reauthed = false;
+        loop {
+            let rb = build(&self.http)?;
+            let request = rb
+                .build()
+                .map_err(|e| self.transport(step, attempt + 1, &e))?;
+            let url = request.url().clone();
+            let mut request = request;
+            if let Some(auth) = self.authorization(&url) {
+                request.headers_mut().insert(
+                    AUTHORIZATION,
+                    auth.parse().map_err(|_| {
+                        RegistryError::Config(
+                            "credentials contain characters HTTP headers cannot carry".into(),
+                        )
+                    })?,
+                );
+            }
+            match self.http.execute(request) {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
+                    reauthed = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    drain(resp);
+                    let Some(challenge) = challenge else {
+                        return Err(RegistryError::Auth {
+                            registry: self.registry.clone(),
+                            detail: format!(
+                                "{}: 401 without a WWW-Authenticate challenge",
+                                step.what
+                            ),
+                        });
+                    };
+                    self.answer_challenge(&challenge, step)?;
+                }
+                Ok(resp) if is_transient(resp.status()) && attempt + 1 < tries => {
+                    let wait = self.delay(attempt, resp.headers());
+                    tracing::warn!(registry = %self.registry, step = %step.what, status = %resp.status(), "retrying in {wait:?}");
+                    drain(resp);
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if attempt + 1 < tries && !e.is_builder() && !e.is_redirect() => {
+                    let wait = self.delay(attempt, &HeaderMap::new());
+                    tracing::warn!(registry = %self.registry, step = %step.what, "transport error, retrying in {wait:?}: {}", self.redact(&e.to_string()));
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.transport(step, attempt + 1, &e)),
+            }
+        }
+    }
+
+    fn transport(&self, step: &Step<'_>, attempts: u32, e: &reqwest::Error) -> RegistryError {
+        let mut detail = e.to_string();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        RegistryError::Transport {
+            registry: self.registry.clone(),
+            repository: step.repository.to_string(),
+            step: step.what.clone(),
+            attempts,
+            detail: self.redact(&strip_query(&detail)),
+        }
+    }
+
+    /// Backoff with jitter, or the registry's `Retry-After` when it sent one.
+    fn delay(&self, attempt: u32, headers: &HeaderMap) -> Duration {
+        if let Some(secs) = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            return Duration::from_secs(secs).min(self.retry.max_retry_after);
+        }
+        let exp = self
+            .retry
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.retry.max_delay);
+        // ±25 % jitter so many clients do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
+        exp.mul_f64(factor)
+    }
+
+    fn answer_challenge(&self, header: &str, step: &Step<'_>) -> Result<(), RegistryError> {
+        let (scheme, params) = parse_challenge(header);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => match &self.credential {
+                Some(Credential::Basic { .. }) => {
+                    *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = AuthState::Basic;
+                    Ok(())
+                }
+                _ => Err(RegistryError::Auth { registry: self.registry.clone(), detail: format!("{} needs credentials: run `docker login {}` or pass --username and --password-stdin", step.what, self.registry) }),
+            },
+            "bearer" => {
+                let realm = params.get("realm").cloned().ok_or_else(|| RegistryError::Auth { registry: self.registry.clone(), detail: "Bearer challenge without a realm".into() })?;
+                let challenge = BearerChallenge { realm, service: params.get("service").cloned() };
+                let token = self.fetch_token(&challenge, step)?;
+                *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = AuthState::Bearer { token };
+                Ok(())
+            }
+            other => Err(RegistryError::Auth { registry: self.registry.clone(), detail: format!("unsupported auth scheme {other:?}") }),
+        }
+    }
+
+    fn fetch_token(
+        &self,
+        challenge: &BearerChallenge,
+        step: &Step<'_>,
+    ) -> Result<Secret, RegistryError> {
+        let auth_err = |detail: String| RegistryError::Auth {
+            registry: self.registry.clone(),
+            detail,
+        };
+        let mut realm = Url::parse(&challenge.realm).map_err(|_| {
+            auth_err(format!(
+                "the token realm {:?} is not a URL",
+                challenge.realm
+            ))
+        })?;
+        // Credentials go to the realm only over TLS, unless the registry itself is plain HTTP here.
+        if realm.scheme() != "https" && !(realm.scheme() == "http" && self.base.scheme() == "http")
+        {
+            return Err(auth_err(format!(
+                "the token realm {realm} is not https: refusing to send credentials"
+            )));
+        }
+        {
+            let mut q = realm.query_pairs_mut();
+            if let Some(s) = &challenge.service {
+                q.append_pair("service", s);
+            }
+            for s in &self.scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let what = Step {
+            repository: step.repository,
+            what: "get a token".into(),
+        };
+        let mut attempt = 0;
+        let resp = loop {
+            let rb = match &self.credential {
+                Some(Credential::IdentityToken(refresh)) => {
+                    let mut form = vec![
+                        ("grant_type", "refresh_token".to_string()),
+                        ("refresh_token", refresh.expose().to_string()),
+                        ("client_id", "galley".to_string()),
+                    ];
+                    if let Some(s) = &challenge.service {
+                        form.push(("service", s.clone()));
+                    }
+                    form.push(("scope", self.scopes.join(" ")));
+                    let body = form
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    self.http
+                        .post(realm.as_str().split('?').next().unwrap_or_default())
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                        .body(body)
+                }
+                Some(Credential::Basic { username, password }) => self
+                    .http
+                    .get(realm.clone())
+                    .header(AUTHORIZATION, basic_header(username, password)),
+                None => self.http.get(realm.clone()),
+            };
+            match rb.send() {
+                Ok(r) if is_transient(r.status()) && attempt + 1 < self.retry.attempts => {
+                    let wait = self.delay(attempt, r.headers());
+                    drain(r);
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                Ok(r) => break r,
+                Err(e) if attempt + 1 < self.retry.attempts => {
+                    let _ = e;
+                    std::thread::sleep(self.delay(attempt, &HeaderMap::new()));
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.transport(&what, attempt + 1, &e)),
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_bounded(resp, MAX_ERROR_BODY);
+            let (code, message) = error_code(&body);
+            let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                ": check the credentials (docker login, or --username and --password-stdin)"
+            } else {
+                ""
+            };
+            return Err(auth_err(self.redact(&format!(
+                "the token service answered {status} ({code}: {message}){hint}"
+            ))));
+        }
+        let body = read_bounded(resp, MAX_TOKEN_BODY);
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+            auth_err("the token service answered something that is not JSON".into())
+        })?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty());
+        let token =
+            token.ok_or_else(|| auth_err("the token service answered without a token".into()))?;
+        self.remember_secret(token);
+        Ok(Secret::new(token))
+    }
+
+    /// Turns a failed response into an error naming the registry, repository, step and the
+    /// registry's error code.
+    pub fn status_error(&self, step: &Step<'_>, resp: Response) -> RegistryError {
+        let status = resp.status();
+        let body = read_bounded(resp, MAX_ERROR_BODY);
+        let (code, message) = error_code(&body);
+        RegistryError::Status {
+            registry: self.registry.clone(),
+            repository: step.repository.to_string(),
+            step: step.what.clone(),
+            status: status.as_u16(),
+            code,
+            message: self.redact(&message),
+        }
+    }
+
+    /// Backoff before retry number `attempt` (0-based) of a multi-request sequence.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.delay(attempt, &HeaderMap::new())
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+}
+
+fn basic_header(username: &str, password: &Secret) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{username}:{}", password.expose()))
+    )
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// Reads and discards what is left of a response (so the connection can be reused).
+fn drain(resp: Response) {
+    let _ = read_bounded(resp, MAX_ERROR_BODY);
+}
+
+/// Reads at most `limit` bytes of a body.
+pub fn read_bounded(resp: Response, limit: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let _ = resp.take(limit).read_to_end(&mut out);
+    out
+}
+
+/// The first error code and message of a distribution error body.
+fn error_code(body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let first = &v["errors"][0];
+    let code = first["code"]
+        .as_str()
+        .unwrap_or("no error code")
+        .to_string();
+    let mut message = first["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+    message.truncate(300);
+    (code, message.trim().to_string())
+}
+
+/// Removes query strings from URLs in a text: upload URLs carry state and signatures.
+fn strip_query(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_query = false;
+    for c in text.chars() {
+        if c == '?' {
+            in_query = true;
+            out.push_str("?…");
+            continue;
+        }
+        if in_query && (c.is_whitespace() || c == ')' || c == '"') {
+            in_query = false;
+        }
+        if !in_query {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Parses `Bearer realm="...",service="...",scope="..."` into the scheme and its parameters.
+fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                value.push(*c);
+                chars.next();
+            }
+        }
+        params.insert(key, value.trim().to_string());
+    }
+    (scheme.to_string(), params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "Bearer");
+        assert_eq!(p["realm"], "https://auth.example.com/token");
+        assert_eq!(p["service"], "registry.example.com");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = parse_challenge(r#"Basic realm="x""#);
+        assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "x"));
+    }
+
+    #[test]
+    fn strips_queries_from_messages() {
+        assert_eq!(
+            strip_query(
+                "error sending request for url (http://h/v2/x?_state=abc&X-Amz-Signature=s)"
+            ),
+            "error sending request for url (http://h/v2/x?…)"
+        );
+    }
+
+    #[test]
+    fn error_bodies_give_code_and_message() {
+        let (c, m) = error_code(br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#);
+        assert_eq!(
+            (c.as_str(), m.as_str()),
+            ("DENIED", "requested access to the resource is denied")
+        );
+        let (c, _) = error_code(b"<html>");
+        assert_eq!(c, "no error code");
+    }
+}

@@ -1,0 +1,95 @@
+//! Registries over the OCI distribution API, without Docker: references, credentials, an HTTP
+//! client with auth and retries (`client`), pulling base images into a local blob cache (`pull`)
+//! and pushing OCI layouts (`push`).
+//!
+//! This module is the only one that speaks HTTP. It does not use `oci-client`: galley needs
+//! retries honouring `Retry-After`, a 202 answer to a mount treated as "upload here", uploads
+//! streamed from files and restarted from their POST, a token refresh on a 401 in the middle of a
+//! push, and the exact manifest bytes it hashed sent as they are; oci-client 0.18 has none of the
+//! first four, so a small client on reqwest is simpler than wrapping it.
+
+pub mod client;
+pub mod credentials;
+pub mod pull;
+pub mod push;
+pub mod reference;
+
+use std::path::PathBuf;
+
+pub use client::{Client, RetryPolicy};
+pub use credentials::{Credential, Secret};
+pub use reference::Reference;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback hosts always are.
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (PEM) for private TLS registries.
+    pub ca_bundle: Option<PathBuf>,
+    /// Credentials given on the command line; when absent, Docker's config.json is read.
+    pub credential: Option<Credential>,
+    pub retry: RetryPolicy,
+}
+
+impl RegistryOptions {
+    /// Whether `registry` is spoken to over plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = registry
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(h, _)| h)
+            .unwrap_or(registry);
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+            || host.starts_with("127.")
+            || self.insecure.iter().any(|i| i == registry)
+    }
+
+    /// The credential for a registry: the explicit one, else Docker's config.
+    pub fn credential_for(
+        &self,
+        registry: &str,
+    ) -> Result<Option<Credential>, credentials::CredentialError> {
+        match &self.credential {
+            Some(c) => Ok(Some(c.clone())),
+            None => credentials::from_docker_config(registry),
+        }
+    }
+}
+
+/// Registry failures. Every message names the registry, and where it applies the repository,
+/// the step and the registry's error code; none contains a credential or token.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{registry}/{repository}: {step} failed: HTTP {status} ({code}: {message})")]
+    Status {
+        registry: String,
+        repository: String,
+        step: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{registry}/{repository}: {step} failed after {attempts} tries: {detail}")]
+    Transport {
+        registry: String,
+        repository: String,
+        step: String,
+        attempts: u32,
+        detail: String,
+    },
+    #[error("{registry}: authentication failed: {detail}")]
+    Auth { registry: String, detail: String },
+    #[error(transparent)]
+    Credential(#[from] credentials::CredentialError),
+    #[error("{registry}/{repository}: {what}")]
+    Invalid {
+        registry: String,
+        repository: String,
+        what: String,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("local blob store: {0}")]
+    Local(String),
+}

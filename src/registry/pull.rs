@@ -1,0 +1,364 @@
+//! Pulling a base image: resolve the reference to a digest, pick each target's platform from an
+//! index, and stream blobs into a local content-addressed cache (an OCI layout), digests checked
+//! while writing. A warm build reads everything from the cache and does not touch the network;
+//! `refresh` re-resolves the tag.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+
+use super::client::{read_bounded, Client, Step};
+use super::{Reference, RegistryError, RegistryOptions};
+use crate::oci::layout::{Layout, MAX_JSON_BLOB};
+use crate::oci::{
+    is_index, Descriptor, Digest, Index, Manifest, PlatformSpec, DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST, MEDIA_INDEX, MEDIA_MANIFEST,
+};
+use crate::target::Target;
+
+/// The local blob cache: an OCI layout holding every blob pulled, plus tag resolutions.
+pub struct BlobCache {
+    root: PathBuf,
+    layout: Layout,
+}
+
+impl BlobCache {
+    /// Opens (creating) the cache at `root`.
+    pub fn open(root: &Path) -> Result<BlobCache, RegistryError> {
+        let layout =
+            Layout::create(&root.join("oci")).map_err(|e| RegistryError::Local(e.to_string()))?;
+        Ok(BlobCache {
+            root: root.to_path_buf(),
+            layout,
+        })
+    }
+
+    /// `$GALLEY_CACHE_DIR`, else `$XDG_CACHE_HOME/galley`, else `~/.cache/galley`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("GALLEY_CACHE_DIR") {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(d).join("galley");
+        }
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache").join("galley"))
+            .unwrap_or_else(|| PathBuf::from(".galley-cache"))
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn ref_file(&self, r: &Reference) -> PathBuf {
+        // Reference parts are validated (no `..`, no `/` in tags), so this stays inside the cache.
+        self.root
+            .join("refs")
+            .join(&r.registry)
+            .join(&r.repository)
+            .join(r.reference())
+    }
+
+    fn cached_resolution(&self, r: &Reference) -> Option<Digest> {
+        std::fs::read_to_string(self.ref_file(r))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn remember_resolution(&self, r: &Reference, d: &Digest) -> Result<(), RegistryError> {
+        let path = self.ref_file(r);
+        let local = |e: std::io::Error| {
+            RegistryError::Local(format!("cannot write {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(path.parent().expect("ref files have a parent")).map_err(local)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, d.as_str()).map_err(local)?;
+        std::fs::rename(&tmp, &path).map_err(local)
+    }
+}
+
+/// A base image resolved for each target.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// What the reference resolved to.
+    pub digest: Digest,
+    pub platforms: Vec<PulledPlatform>,
+    /// Blobs fetched over the network this time (0 on a warm build).
+    pub blobs_downloaded: u32,
+    pub bytes_downloaded: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PulledPlatform {
+    pub target: Target,
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    pub config: Vec<u8>,
+}
+
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+struct Puller<'a> {
+    reference: &'a Reference,
+    options: &'a RegistryOptions,
+    cache: &'a BlobCache,
+    client: Option<Client>,
+    blobs_downloaded: u32,
+    bytes_downloaded: u64,
+}
+
+impl Puller<'_> {
+    fn client(&mut self) -> Result<&Client, RegistryError> {
+        if self.client.is_none() {
+            let credential = self.options.credential_for(&self.reference.registry)?;
+            let scopes = vec![format!("repository:{}:pull", self.reference.repository)];
+            self.client = Some(Client::new(
+                &self.reference.registry,
+                self.reference.api_host(),
+                scopes,
+                self.options,
+                credential,
+            )?);
+        }
+        Ok(self.client.as_ref().expect("set above"))
+    }
+
+    fn invalid(&self, what: String) -> RegistryError {
+        RegistryError::Invalid {
+            registry: self.reference.registry.clone(),
+            repository: self.reference.repository.clone(),
+            what,
+        }
+    }
+
+    /// GETs a manifest by tag or digest; returns its digest (sha256 of the bytes received).
+    fn fetch_manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, RegistryError> {
+        let repo = self.reference.repository.clone();
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let client = self.client()?;
+        let url = client.url(&path);
+        let step = Step {
+            repository: &repo,
+            what: format!("get manifest {reference}"),
+        };
+        let resp = client.send(&step, &|http| {
+            Ok(http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS))
+        })?;
+        if !resp.status().is_success() {
+            return Err(client.status_error(&step, resp));
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = read_bounded(resp, MAX_JSON_BLOB + 1);
+        if body.len() as u64 > MAX_JSON_BLOB {
+            return Err(self.invalid(format!(
+                "manifest {reference} is over {MAX_JSON_BLOB} bytes"
+            )));
+        }
+        let digest = Digest::of(&body);
+        if let Some(e) = expected {
+            if &digest != e {
+                return Err(self.invalid(format!(
+                    "manifest {reference} hashes to {digest}, not the requested {e}"
+                )));
+            }
+        }
+        let known = [
+            MEDIA_MANIFEST,
+            MEDIA_INDEX,
+            DOCKER_MANIFEST,
+            DOCKER_MANIFEST_LIST,
+        ];
+        if !content_type.is_empty() && !known.iter().any(|k| content_type.starts_with(k)) {
+            return Err(self.invalid(format!(
+                "{reference} is a {content_type}, not an image manifest or index"
+            )));
+        }
+        self.cache
+            .layout()
+            .put_blob(&body)
+            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        self.blobs_downloaded += 1;
+        self.bytes_downloaded += body.len() as u64;
+        Ok(digest)
+    }
+
+    /// Makes sure a manifest blob is in the cache (fetching it by digest if not).
+    fn ensure_manifest(&mut self, digest: &Digest) -> Result<(), RegistryError> {
+        if !self.cache.layout().has_blob(digest) {
+            self.fetch_manifest(&digest.to_string(), Some(digest))?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure a blob is in the cache, streaming it to disk with its digest checked.
+    fn ensure_blob(&mut self, desc: &Descriptor) -> Result<(), RegistryError> {
+        if self.cache.layout().has_blob(&desc.digest) {
+            return Ok(());
+        }
+        let repo = self.reference.repository.clone();
+        let digest = desc.digest.clone();
+        let tries = self.options.retry.attempts.max(1);
+        for attempt in 0..tries {
+            let client = self.client()?;
+            let url = client.url(&format!("/v2/{repo}/blobs/{digest}"));
+            let step = Step {
+                repository: &repo,
+                what: format!("get blob {digest}"),
+            };
+            let resp = client.send(&step, &|http| Ok(http.get(url.clone())))?;
+            if !resp.status().is_success() {
+                return Err(client.status_error(&step, resp));
+            }
+            match self.cache.layout().put_blob_from_reader(resp, &digest) {
+                Ok(size) => {
+                    if size != desc.size {
+                        return Err(self.invalid(format!(
+                            "blob {digest} is {size} bytes, the manifest says {}",
+                            desc.size
+                        )));
+                    }
+                    self.blobs_downloaded += 1;
+                    self.bytes_downloaded += size;
+                    return Ok(());
+                }
+                // A connection cut mid-body shows up as a read error or a short, wrong digest.
+                Err(e) if attempt + 1 < tries => {
+                    tracing::warn!("retrying blob {digest}: {e}");
+                    std::thread::sleep(self.client()?.backoff(attempt));
+                }
+                Err(e) => return Err(self.invalid(format!("blob {digest}: {e}"))),
+            }
+        }
+        unreachable!("the loop returns on its last try")
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        digest: &Digest,
+    ) -> Result<T, RegistryError> {
+        self.cache
+            .layout()
+            .read_json(what, digest)
+            .map_err(|e| self.invalid(e.to_string()))
+    }
+}
+
+fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
+    entry.os == want.os
+        && entry.architecture == want.architecture
+        && (entry.variant.is_none() || want.variant.is_none() || entry.variant == want.variant)
+}
+
+/// Pulls a base image for `targets` into `cache`.
+pub fn pull(
+    reference: &Reference,
+    targets: &[Target],
+    options: &RegistryOptions,
+    cache: &BlobCache,
+    refresh: bool,
+) -> Result<Pulled, RegistryError> {
+    let mut p = Puller {
+        reference,
+        options,
+        cache,
+        client: None,
+        blobs_downloaded: 0,
+        bytes_downloaded: 0,
+    };
+    let top = match (
+        &reference.digest,
+        refresh,
+        cache.cached_resolution(reference),
+    ) {
+        (Some(d), _, _) => {
+            p.ensure_manifest(d)?;
+            d.clone()
+        }
+        (None, false, Some(d)) if cache.layout().has_blob(&d) => d,
+        _ => {
+            let d = p.fetch_manifest(&reference.reference(), None)?;
+            cache.remember_resolution(reference, &d)?;
+            d
+        }
+    };
+    let raw: serde_json::Value = p.read_json("manifest", &top)?;
+    let top_is_index = raw.get("manifests").is_some()
+        || raw
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .is_some_and(is_index);
+    let mut platforms = Vec::new();
+    for &target in targets {
+        let want: PlatformSpec = target.platform().into();
+        let manifest_digest = if top_is_index {
+            let index: Index = p.read_json("image index", &top)?;
+            let entry = index.manifests.iter().find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|pl| platform_matches(pl, &want))
+            });
+            let Some(entry) = entry else {
+                let have: Vec<String> = index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|pl| {
+                        format!(
+                            "{}/{}{}",
+                            pl.os,
+                            pl.architecture,
+                            pl.variant
+                                .as_deref()
+                                .map(|v| format!("/{v}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                return Err(p.invalid(format!(
+                    "{reference} has no image for {}/{} (it has {})",
+                    want.os,
+                    want.architecture,
+                    have.join(", ")
+                )));
+            };
+            let d = entry.digest.clone();
+            p.ensure_manifest(&d)?;
+            d
+        } else {
+            top.clone()
+        };
+        let manifest: Manifest = p.read_json("image manifest", &manifest_digest)?;
+        p.ensure_blob(&manifest.config)?;
+        let config = cache
+            .layout()
+            .read_json_blob(&manifest.config.digest)
+            .map_err(|e| p.invalid(e.to_string()))?;
+        for layer in &manifest.layers {
+            p.ensure_blob(layer)?;
+        }
+        platforms.push(PulledPlatform {
+            target,
+            manifest_digest,
+            manifest,
+            config,
+        });
+    }
+    Ok(Pulled {
+        digest: top,
+        platforms,
+        blobs_downloaded: p.blobs_downloaded,
+        bytes_downloaded: p.bytes_downloaded,
+    })
+}
