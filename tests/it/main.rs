@@ -17,6 +17,7 @@ mod build_e2e;
 mod dockerfile;
 mod elf_verdicts;
 mod golden;
+mod real_registry;
 mod reproducible;
 mod strip;
 mod support;
