@@ -10,6 +10,8 @@
 //! - `bad_input`: clear errors, exit codes and nothing written for malformed requests.
 //! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
+//! - `real_registry`: the harness starting Debian's docker-registry (anonymous, htpasswd, token auth).
+//! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
 
 mod authd;
 mod bad_input;
@@ -18,6 +20,7 @@ mod dockerfile;
 mod elf_verdicts;
 mod golden;
 mod real_registry;
+mod registry_e2e;
 mod reproducible;
 mod strip;
 mod support;
