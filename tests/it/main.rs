@@ -18,6 +18,8 @@ mod bad_input;
 mod build_e2e;
 mod dockerfile;
 mod elf_verdicts;
+#[allow(dead_code)]
+mod fake_registry;
 mod golden;
 mod real_registry;
 mod registry_e2e;
