@@ -11,6 +11,8 @@
 //! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
 //! - `real_registry`: the harness starting Debian's docker-registry (anonymous, htpasswd, token auth).
+//! - `fake_registry`: an in-process registry with fault injection.
+//! - `registry_faults`: 202 on mount, relative Location, token refresh, 429, 500, reset, refused manifest.
 //! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
 
 mod authd;
@@ -23,6 +25,7 @@ mod fake_registry;
 mod golden;
 mod real_registry;
 mod registry_e2e;
+mod registry_faults;
 mod reproducible;
 mod strip;
 mod support;

@@ -1,0 +1,366 @@
+//! Registry faults, injected by the in-process fake registry: each is survived or reported
+//! clearly, and no tag ever points at an incomplete image.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use galley::oci::image::{derive_config, manifest, AddedLayer, ImageSettings};
+use galley::oci::layer::{write_layer, Entry};
+use galley::oci::layout::Layout;
+use galley::oci::{
+    Descriptor, Digest, PlatformSpec, MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_MANIFEST,
+};
+use galley::registry::push::{PushStats, Pusher};
+use galley::registry::{Credential, Reference, RegistryOptions, RetryPolicy, Secret};
+
+use crate::fake_registry::{FakeRegistry, Faults};
+use crate::support::scratch;
+
+/// A two-layer image in a fresh layout: a "base" layer and an "app" layer. Returns the layout,
+/// the manifest descriptor and the base layer's bytes.
+fn image(name: &str) -> (Layout, Descriptor, Vec<u8>) {
+    let dir = scratch(name);
+    let layout = Layout::create(&dir.join("out")).unwrap();
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, content) in [
+        b"base layer contents".repeat(5000),
+        b"app binary".repeat(9000),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let src = dir.join(format!("file{i}"));
+        std::fs::write(&src, content).unwrap();
+        let blob = write_layer(
+            &[Entry::file(&format!("layer{i}/file"), 0o644, &src)],
+            1_700_000_000,
+            &layout.blob_dir(),
+        )
+        .unwrap();
+        layers.push(Descriptor::new(
+            MEDIA_LAYER_GZIP,
+            blob.digest.clone(),
+            blob.size,
+        ));
+        diff_ids.push(blob.diff_id.to_string());
+    }
+    let base_config = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_ids[0]]}}).to_string();
+    let diff = Digest::try_from(diff_ids[1].clone()).unwrap();
+    let platform = PlatformSpec {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+    };
+    let settings = ImageSettings {
+        workdir: "/app".into(),
+        entrypoint: vec!["/app/x".into()],
+        ..Default::default()
+    };
+    let config = derive_config(
+        base_config.as_bytes(),
+        1,
+        &platform,
+        &settings,
+        &AddedLayer {
+            diff_id: &diff,
+            created_by: "x".into(),
+        },
+        "2023-11-14T22:13:20Z",
+    )
+    .unwrap();
+    let config_digest = layout.put_blob(&config).unwrap();
+    let (_, bytes) = manifest(
+        Descriptor::new(MEDIA_CONFIG, config_digest, config.len() as u64),
+        layers.clone(),
+        Default::default(),
+    )
+    .unwrap();
+    let digest = layout.put_blob(&bytes).unwrap();
+    let base_bytes = std::fs::read(layout.blob_path(&layers[0].digest)).unwrap();
+    (
+        layout,
+        Descriptor::new(MEDIA_MANIFEST, digest, bytes.len() as u64),
+        base_bytes,
+    )
+}
+
+fn fast_retries() -> RegistryOptions {
+    RegistryOptions {
+        retry: RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            max_retry_after: Duration::from_secs(5),
+        },
+        ..Default::default()
+    }
+}
+
+/// Pushes the image and the tag `v1`; returns the stats or the error text.
+fn push(
+    fake: &FakeRegistry,
+    options: &RegistryOptions,
+    layout: &Layout,
+    desc: &Descriptor,
+    mount: Option<(&str, Digest)>,
+) -> Result<PushStats, String> {
+    let target = Reference::parse(&format!("{}/team/app", fake.host())).unwrap();
+    let source = mount
+        .as_ref()
+        .map(|(repo, _)| Reference::parse(&format!("{}/{repo}", fake.host())).unwrap());
+    let mount = source
+        .as_ref()
+        .zip(mount.as_ref())
+        .map(|(r, (_, d))| (r, HashSet::from([d.clone()])));
+    let pusher = Pusher::new(&target, options, mount).map_err(|e| e.to_string())?;
+    let mut stats = PushStats::default();
+    pusher
+        .push_content(layout, desc, &mut stats)
+        .map_err(|e| e.to_string())?;
+    pusher
+        .push_tags(layout, desc, &["v1".to_string()])
+        .map_err(|e| e.to_string())?;
+    Ok(stats)
+}
+
+/// The pushed image is complete: the tag holds the exact manifest bytes, every blob is linked.
+fn assert_complete(fake: &FakeRegistry, layout: &Layout, desc: &Descriptor) {
+    let (media_type, bytes) = fake.manifest("team/app", "v1").expect("tag v1 pushed");
+    assert_eq!(media_type, MEDIA_MANIFEST);
+    assert_eq!(Digest::of(&bytes), desc.digest);
+    let m: galley::oci::Manifest = serde_json::from_slice(&bytes).unwrap();
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        assert!(
+            fake.repo_has_blob("team/app", d.digest.as_str()),
+            "{} missing",
+            d.digest
+        );
+        assert_eq!(
+            fake.blob(d.digest.as_str()).unwrap(),
+            std::fs::read(layout.blob_path(&d.digest)).unwrap()
+        );
+    }
+}
+
+#[test]
+fn mounts_from_the_base_repository_and_skips_on_a_second_push() {
+    let fake = FakeRegistry::start(Faults::default());
+    let (layout, desc, base) = image("faults-mount");
+    let base_digest = Digest::try_from(fake.put_blob("library/base", &base)).unwrap();
+    let stats = push(
+        &fake,
+        &fast_retries(),
+        &layout,
+        &desc,
+        Some(("library/base", base_digest.clone())),
+    )
+    .unwrap();
+    assert_eq!((stats.mounted, stats.uploaded, stats.skipped), (1, 2, 0));
+    assert_complete(&fake, &layout, &desc);
+    let again = push(
+        &fake,
+        &fast_retries(),
+        &layout,
+        &desc,
+        Some(("library/base", base_digest)),
+    )
+    .unwrap();
+    assert_eq!((again.mounted, again.uploaded, again.skipped), (0, 0, 3));
+}
+
+#[test]
+fn a_202_answer_to_a_mount_uploads_into_that_session() {
+    let fake = FakeRegistry::start(Faults {
+        mount_returns_202: true,
+        ..Default::default()
+    });
+    let (layout, desc, base) = image("faults-mount-202");
+    let base_digest = Digest::try_from(fake.put_blob("library/base", &base)).unwrap();
+    let stats = push(
+        &fake,
+        &fast_retries(),
+        &layout,
+        &desc,
+        Some(("library/base", base_digest)),
+    )
+    .unwrap();
+    assert_eq!((stats.mounted, stats.uploaded), (0, 3));
+    assert_complete(&fake, &layout, &desc);
+    let log = fake.requests();
+    let mount = log
+        .iter()
+        .position(|r| r.method == "POST" && r.query.contains("mount="))
+        .expect("a mount was tried");
+    assert_eq!(log[mount].status, 202);
+    // The next request is the PUT into the session the 202 opened, not a new POST.
+    assert_eq!(log[mount + 1].method, "PUT", "{:?}", &log[mount..]);
+    assert_eq!(log[mount + 1].status, 201);
+}
+
+#[test]
+fn relative_locations_are_resolved_and_their_query_kept() {
+    let fake = FakeRegistry::start(Faults {
+        relative_location: true,
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-relative");
+    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
+    assert_complete(&fake, &layout, &desc);
+    let puts: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/"))
+        .collect();
+    assert_eq!(puts.len(), 3);
+    for p in puts {
+        assert!(
+            p.query.contains("_state=") && p.query.contains("digest=sha256"),
+            "{p:?}"
+        );
+        assert_eq!(p.status, 201);
+    }
+}
+
+#[test]
+fn an_expired_token_is_refreshed_mid_push_and_never_leaks() {
+    let password = "sentinel-token-pw-91c2";
+    let fake = FakeRegistry::start(Faults {
+        bearer: true,
+        token_valid_for_requests: Some(3),
+        basic_auth: Some(("alice".into(), password.into())),
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-token");
+    let mut options = fast_retries();
+    options.credential = Some(Credential::Basic {
+        username: "alice".into(),
+        password: Secret::new(password),
+    });
+    push(&fake, &options, &layout, &desc, None).unwrap();
+    assert_complete(&fake, &layout, &desc);
+    assert!(
+        fake.tokens_issued() >= 3,
+        "tokens issued: {}",
+        fake.tokens_issued()
+    );
+    for r in fake.requests() {
+        if r.path.starts_with("/v2/") {
+            // Registry requests carry only the token; the password goes to the token endpoint.
+            assert!(
+                r.authorization
+                    .as_deref()
+                    .is_none_or(|a| a.starts_with("Bearer ")),
+                "{r:?}"
+            );
+        }
+    }
+    // With a wrong password the error names the registry and says what to do, without the secret.
+    options.credential = Some(Credential::Basic {
+        username: "alice".into(),
+        password: Secret::new("wrong-sentinel-55"),
+    });
+    let err = push(&fake, &options, &layout, &desc, None).unwrap_err();
+    assert!(
+        err.contains(&fake.host()) && err.contains("check the credentials"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-sentinel-55") && !err.contains(password),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_429_waits_for_retry_after() {
+    let fake = FakeRegistry::start(Faults {
+        rate_limit_first_upload_post: true,
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-429");
+    let started = Instant::now();
+    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured ({:?})",
+        started.elapsed()
+    );
+    assert_complete(&fake, &layout, &desc);
+    let statuses: Vec<u16> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses[..2], [429, 202], "{statuses:?}");
+}
+
+#[test]
+fn a_500_then_success_is_survived() {
+    let fake = FakeRegistry::start(Faults {
+        fail_first_blob_put: true,
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-500");
+    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
+    assert_complete(&fake, &layout, &desc);
+    let puts: Vec<u16> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/uploads/"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(puts[0], 500);
+    assert!(puts[1..].iter().all(|s| *s == 201), "{puts:?}");
+}
+
+#[test]
+fn a_connection_reset_mid_upload_restarts_the_upload_from_its_post() {
+    let fake = FakeRegistry::start(Faults {
+        reset_first_blob_put: true,
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-reset");
+    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
+    assert_complete(&fake, &layout, &desc);
+    let log = fake.requests();
+    let reset = log
+        .iter()
+        .position(|r| r.method == "PUT" && r.status == 0)
+        .expect("the reset happened");
+    assert_eq!(
+        (log[reset + 1].method.as_str(), log[reset + 1].status),
+        ("POST", 202),
+        "{:?}",
+        &log[reset..]
+    );
+}
+
+#[test]
+fn a_refused_manifest_fails_clearly_and_moves_no_tag() {
+    let fake = FakeRegistry::start(Faults {
+        refuse_manifest_put: true,
+        ..Default::default()
+    });
+    let (layout, desc, _) = image("faults-manifest");
+    let err = push(&fake, &fast_retries(), &layout, &desc, None).unwrap_err();
+    assert!(err.contains(&format!("{}/team/app", fake.host())), "{err}");
+    assert!(
+        err.contains("put manifest")
+            && err.contains("HTTP 400")
+            && err.contains("MANIFEST_INVALID"),
+        "{err}"
+    );
+    assert!(
+        fake.tags("team/app").is_empty(),
+        "a tag moved to an image whose manifest was refused"
+    );
+    // One manifest PUT only: a 400 is not retried.
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.contains("/manifests/"))
+            .count(),
+        1
+    );
+}
