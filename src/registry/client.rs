@@ -87,9 +87,6 @@ impl Client {
         credential: Option<Credential>,
     ) -> Result<Client, RegistryError> {
         let insecure = options.is_insecure(registry) || options.is_insecure(api_host);
-        let scheme = if insecure { "http" } else { "https" };
-        let base = Url::parse(&format!("{scheme}://{api_host}/"))
-            .map_err(|_| RegistryError::Config(format!("invalid registry host {api_host:?}")))?;
         let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("galley/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
@@ -109,6 +106,26 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| RegistryError::Config(format!("cannot set up HTTP: {e}")))?;
+        // Registries allowed plain HTTP still get HTTPS when they speak it (a local registry with
+        // TLS): one probe at setup. A certificate error means TLS is spoken but not trusted: stay
+        // on HTTPS so the user sees that error (and passes --ca-bundle) instead of a confusing
+        // plain-HTTP failure.
+        let https = !insecure
+            || match http
+                .get(format!("https://{api_host}/v2/"))
+                .timeout(Duration::from_secs(5))
+                .send()
+            {
+                Ok(_) => true,
+                Err(e) => {
+                    let chain = error_chain(&e);
+                    tracing::debug!(registry, "HTTPS probe failed: {chain}");
+                    chain.to_ascii_lowercase().contains("certificate")
+                }
+            };
+        let scheme = if https { "https" } else { "http" };
+        let base = Url::parse(&format!("{scheme}://{api_host}/"))
+            .map_err(|_| RegistryError::Config(format!("invalid registry host {api_host:?}")))?;
         let secrets = credential.as_ref().map(|c| c.secrets()).unwrap_or_default();
         Ok(Client {
             http,
@@ -261,9 +278,9 @@ impl Client {
                     attempt += 1;
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if attempt + 1 < tries && !e.is_builder() && !e.is_redirect() => {
+                Err(e) if attempt + 1 < tries && is_transient_error(&e) => {
                     let wait = self.delay(attempt, &HeaderMap::new());
-                    tracing::warn!(registry = %self.registry, step = %step.what, "transport error, retrying in {wait:?}: {}", self.redact(&e.to_string()));
+                    tracing::warn!(registry = %self.registry, step = %step.what, "transport error, retrying in {wait:?}: {}", self.redact(&strip_query(&error_chain(&e))));
                     std::thread::sleep(wait);
                     attempt += 1;
                 }
@@ -273,13 +290,7 @@ impl Client {
     }
 
     fn transport(&self, step: &Step<'_>, attempts: u32, e: &reqwest::Error) -> RegistryError {
-        let mut detail = e.to_string();
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(s) = source {
-            detail.push_str(": ");
-            detail.push_str(&s.to_string());
-            source = s.source();
-        }
+        let detail = error_chain(e);
         RegistryError::Transport {
             registry: self.registry.clone(),
             repository: step.repository.to_string(),
@@ -467,12 +478,32 @@ impl Client {
     }
 }
 
+/// An error and its sources, joined: reqwest's top-level message alone hides the cause.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
+}
+
 fn basic_header(username: &str, password: &Secret) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD
             .encode(format!("{username}:{}", password.expose()))
     )
+}
+
+/// Whether a transport error may go away on a retry: not a bad request, a redirect loop or an
+/// untrusted certificate.
+fn is_transient_error(e: &reqwest::Error) -> bool {
+    !e.is_builder()
+        && !e.is_redirect()
+        && !error_chain(e).to_ascii_lowercase().contains("certificate")
 }
 
 fn is_transient(status: StatusCode) -> bool {

@@ -129,6 +129,52 @@ impl RealRegistry {
         }
     }
 
+    /// Starts an anonymous registry serving HTTPS with a fresh self-signed certificate for
+    /// 127.0.0.1; returns it with the certificate's PEM path (a CA bundle for clients).
+    pub fn start_tls() -> (RealRegistry, std::path::PathBuf) {
+        require("docker-registry");
+        require("openssl");
+        let dir = tempfile::TempDir::new().unwrap();
+        let tmp = dir.path();
+        run_ok(Command::new("openssl").current_dir(tmp).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // rustls refuses a CA certificate as a server's own certificate.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]));
+        // Appended right after the `http:` section's last key, so it lands inside it.
+        let yaml = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            tmp.join("tls.pem").display(),
+            tmp.join("tls.key").display()
+        );
+        let (child, port) = launch(tmp, &yaml);
+        let cert = tmp.join("tls.pem");
+        (
+            RealRegistry {
+                child,
+                port,
+                issuer: None,
+                dir,
+            },
+            cert,
+        )
+    }
+
     /// "127.0.0.1:PORT"
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -203,7 +249,9 @@ fn launch(tmp: &Path, auth_yaml: &str) -> (Child, u16) {
                 }
                 panic!("docker-registry exited; its log:\n{log}");
             }
-            if matches!(probe(port), Some(200 | 401)) {
+            // A TLS registry answers a plain HTTP probe with 400: it is up.
+            let tls = auth_yaml.starts_with("  tls:");
+            if matches!(probe(port), Some(200 | 401)) || (tls && probe(port) == Some(400)) {
                 return (child, port);
             }
             if Instant::now() > deadline {
@@ -229,6 +277,9 @@ fn probe(port: u16) -> Option<u16> {
     .ok()?;
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
+    if resp.contains("Client sent an HTTP request to an HTTPS server") {
+        return Some(400);
+    }
     if !resp
         .to_ascii_lowercase()
         .contains("docker-distribution-api-version: registry/2.0")

@@ -366,3 +366,48 @@ fn token_auth_through_the_registry_challenge() {
     let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(inspect["Digest"], variant(&report, "sqlite")["digest"]);
 }
+
+#[test]
+fn a_tls_registry_is_reached_with_a_ca_bundle() {
+    let _heavy = heavy();
+    let (registry, cert) = RealRegistry::start_tls();
+    let host = registry.host();
+    let dir = scratch("registry-tls");
+    // A layout to push: the base fixture itself.
+    let push = |extra: &[&str]| {
+        galley()
+            .arg("push")
+            .arg(base_layout())
+            .arg(format!("{host}/library/busybox"))
+            .args(extra)
+            .env("DOCKER_CONFIG", dir.join("none"))
+            .env_remove("GALLEY_CA_BUNDLE")
+            .output()
+            .unwrap()
+    };
+    // Without the CA, nothing is sent over a connection galley cannot trust.
+    let out = push(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&host) && err.to_ascii_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let out = push(&["--ca-bundle", cert.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // skopeo reads CA certificates as *.crt files of a directory.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&cert, certs.join("ca.crt")).unwrap();
+    let inspect = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--cert-dir"])
+            .arg(&certs)
+            .arg(format!("docker://{host}/library/busybox:3.20")),
+    );
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("\"Architecture\": \"amd64\""));
+}
