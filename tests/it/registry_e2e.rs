@@ -313,6 +313,39 @@ fn basic_auth_from_docker_config_and_stdin_never_leaks_the_password() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A credsStore helper that answers: galley runs `docker-credential-<name> get` with the
+    // server on stdin and uses what it prints.
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-galleytest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = \"{host}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"{SENTINEL}\"}}' \"$server\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        helper_cfg.join("config.json"),
+        r#"{"credsStore": "galleytest"}"#,
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (out, report) = build_push(
+        &dir,
+        &host,
+        &[],
+        &[
+            ("DOCKER_CONFIG", helper_cfg.to_str().unwrap()),
+            ("PATH", &path),
+        ],
+    );
+    assert_no_sentinel(&out, &dir);
+    let report = ok(&out, report);
+    assert_eq!(report["succeeded"], true);
 }
 
 #[test]
