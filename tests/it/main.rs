@@ -7,6 +7,7 @@
 //! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
 //! - `reproducible`: the same build from two directories gives identical digests.
 //! - `upx`: UPX missing, refusing or producing a broken binary leaves a warning and a working image.
+//! - `multi_platform`: two targets give an image index (linux/amd64, linux/arm64/v8).
 //! - `bad_input`: clear errors, exit codes and nothing written for malformed requests.
 //! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
@@ -23,6 +24,7 @@ mod elf_verdicts;
 #[allow(dead_code)]
 mod fake_registry;
 mod golden;
+mod multi_platform;
 mod real_registry;
 mod registry_e2e;
 mod registry_faults;

@@ -111,9 +111,10 @@ pub fn build(
         .arg(project)
         .arg("--output")
         .arg(output)
-        .arg("--base")
-        .arg(base_arg())
         .arg("--json");
+    if !args.contains(&"--base") {
+        cmd.arg("--base").arg(base_arg());
+    }
     cmd.args(args).env("SOURCE_DATE_EPOCH", EPOCH);
     for (k, v) in env {
         cmd.env(k, v);
