@@ -53,32 +53,16 @@ pub fn derive_config(
 ) -> Result<Vec<u8>, ImageError> {
     let mut cfg = ImageConfiguration::from_reader(base_config)
         .map_err(|e| ImageError::BaseConfig(e.to_string()))?;
-    let base_platform = format!(
-        "{}/{}{}",
-        cfg.os(),
-        cfg.architecture(),
-        cfg.variant()
-            .as_deref()
-            .map(|v| format!("/{v}"))
-            .unwrap_or_default()
-    );
-    let target_platform = format!(
-        "{}/{}{}",
-        platform.os,
-        platform.architecture,
-        platform
-            .variant
-            .as_deref()
-            .map(|v| format!("/{v}"))
-            .unwrap_or_default()
-    );
-    // An arm64 base without a variant is still arm64/v8 in practice.
-    let same_arch = cfg.os().to_string() == platform.os
-        && cfg.architecture().to_string() == platform.architecture;
-    if !same_arch {
+    let base_platform = PlatformSpec {
+        os: cfg.os().to_string(),
+        architecture: cfg.architecture().to_string(),
+        variant: cfg.variant().clone(),
+    };
+    // The variant is not compared: an arm64 base without one is arm64/v8 in practice.
+    if base_platform.os != platform.os || base_platform.architecture != platform.architecture {
         return Err(ImageError::PlatformMismatch {
-            base: base_platform,
-            target: target_platform,
+            base: base_platform.to_string(),
+            target: platform.to_string(),
         });
     }
     let diff_ids = cfg.rootfs().diff_ids().len();

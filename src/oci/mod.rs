@@ -39,6 +39,27 @@ pub struct PlatformSpec {
     pub variant: Option<String>,
 }
 
+impl PlatformSpec {
+    /// Whether an index entry with this platform serves `want`. An arm64 entry without a variant
+    /// is v8 in practice, so a missing variant on either side matches.
+    pub fn serves(&self, want: &PlatformSpec) -> bool {
+        self.os == want.os
+            && self.architecture == want.architecture
+            && (self.variant.is_none() || want.variant.is_none() || self.variant == want.variant)
+    }
+}
+
+impl std::fmt::Display for PlatformSpec {
+    /// `os/architecture[/variant]`, as `linux/arm64/v8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
 impl From<crate::target::Platform> for PlatformSpec {
     fn from(p: crate::target::Platform) -> Self {
         PlatformSpec {
@@ -100,6 +121,25 @@ pub struct Index {
 }
 
 impl Index {
+    /// The entry serving `want`; otherwise the platforms the index has, for an error message.
+    pub fn for_platform(&self, want: &PlatformSpec) -> Result<&Descriptor, String> {
+        self.manifests
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.serves(want)))
+            .ok_or_else(|| {
+                let have: Vec<String> = self
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                    .collect();
+                if have.is_empty() {
+                    "no platforms".to_string()
+                } else {
+                    have.join(", ")
+                }
+            })
+    }
+
     pub fn empty() -> Self {
         Index {
             schema_version: 2,

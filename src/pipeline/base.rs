@@ -56,13 +56,6 @@ pub enum BaseError {
     },
 }
 
-fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
-    entry.os == want.os
-        && entry.architecture == want.architecture
-        // An arm64 entry without a variant is v8 in practice.
-        && (entry.variant.is_none() || want.variant.is_none() || entry.variant == want.variant)
-}
-
 /// Resolves the base reference for each target, reading its manifests and configs (digests checked).
 pub fn resolve(
     base: &BaseRef,
@@ -112,27 +105,13 @@ pub fn resolve(
         let want: PlatformSpec = target.platform().into();
         let desc: Descriptor = if is_index(&top.media_type) {
             let index: Index = src.read_json("image index", &top.digest).map_err(lerr)?;
-            let found = index.manifests.iter().find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| platform_matches(p, &want))
-            });
-            match found {
-                Some(d) => d.clone(),
-                None => {
-                    let available: Vec<String> = index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| {
-                            d.platform
-                                .as_ref()
-                                .map(|p| format!("{}/{}", p.os, p.architecture))
-                        })
-                        .collect();
+            match index.for_platform(&want) {
+                Ok(d) => d.clone(),
+                Err(available) => {
                     return Err(BaseError::NoPlatform {
                         name,
-                        platform: format!("{}/{}", want.os, want.architecture),
-                        available: available.join(", "),
+                        platform: want.to_string(),
+                        available,
                     });
                 }
             }

@@ -125,33 +125,25 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
         );
     }
 
+    // Shipped packed but not executed: said in the report as a warning.
+    let unexecuted = |version: String, note: String| Compressed {
+        packed: true,
+        compression: Compression {
+            applied: true,
+            tool: Some(version),
+            checked: Some("upx -t".into()),
+            note: Some(note.clone()),
+        },
+        warning: Some(note),
+    };
     let Some(args) = &spec.smoke_args else {
         let note =
-            "packed binary not executed (smoke = false in galley.toml); checked by `upx -t` only"
-                .to_string();
-        return Compressed {
-            packed: true,
-            compression: Compression {
-                applied: true,
-                tool: Some(version),
-                checked: Some("upx -t".into()),
-                note: Some(note.clone()),
-            },
-            warning: Some(note),
-        };
+            "packed binary not executed (smoke = false in galley.toml); checked by `upx -t` only";
+        return unexecuted(version, note.to_string());
     };
     if !input.target().runs_on_host() {
         let note = format!("packed binary not executed: {} binaries cannot run on this host; checked by `upx -t` only", input.target());
-        return Compressed {
-            packed: true,
-            compression: Compression {
-                applied: true,
-                tool: Some(version),
-                checked: Some("upx -t".into()),
-                note: Some(note.clone()),
-            },
-            warning: Some(note),
-        };
+        return unexecuted(version, note);
     }
 
     let shown = args.join(" ");

@@ -280,11 +280,7 @@ pub fn run(
 }
 
 fn platform_name(target: Target) -> String {
-    let p = target.platform();
-    match p.variant {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
+    crate::oci::PlatformSpec::from(target.platform()).to_string()
 }
 
 fn timed<T>(report: &mut PlatformReport, stage: &'static str, f: impl FnOnce() -> T) -> T {

@@ -255,12 +255,6 @@ impl Puller<'_> {
     }
 }
 
-fn platform_matches(entry: &PlatformSpec, want: &PlatformSpec) -> bool {
-    entry.os == want.os
-        && entry.architecture == want.architecture
-        && (entry.variant.is_none() || want.variant.is_none() || entry.variant == want.variant)
-}
-
 /// Pulls a base image for `targets` into `cache`.
 pub fn pull(
     reference: &Reference,
@@ -304,35 +298,11 @@ pub fn pull(
         let want: PlatformSpec = target.platform().into();
         let manifest_digest = if top_is_index {
             let index: Index = p.read_json("image index", &top)?;
-            let entry = index.manifests.iter().find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|pl| platform_matches(pl, &want))
-            });
-            let Some(entry) = entry else {
-                let have: Vec<String> = index
-                    .manifests
-                    .iter()
-                    .filter_map(|d| d.platform.as_ref())
-                    .map(|pl| {
-                        format!(
-                            "{}/{}{}",
-                            pl.os,
-                            pl.architecture,
-                            pl.variant
-                                .as_deref()
-                                .map(|v| format!("/{v}"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                return Err(p.invalid(format!(
-                    "{reference} has no image for {}/{} (it has {})",
-                    want.os,
-                    want.architecture,
-                    have.join(", ")
-                )));
-            };
+            let entry = index.for_platform(&want).map_err(|have| {
+                p.invalid(format!(
+                    "{reference} has no image for {want} (it has {have})"
+                ))
+            })?;
             let d = entry.digest.clone();
             p.ensure_manifest(&d)?;
             d
