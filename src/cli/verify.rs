@@ -62,12 +62,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
                 f.needed.join(", ")
             };
             println!("  needed:       {needed}");
-            let libc = match &f.libc {
-                elf::Libc::Musl(e) => format!("musl ({e})"),
-                elf::Libc::Glibc(e) => format!("glibc ({e})"),
-                elf::Libc::NoMarker => "no glibc markers (static; musl or libc-free)".to_string(),
-            };
-            println!("  libc:         {libc}");
+            println!("  libc:         {}", f.libc);
             println!(
                 "  symbols:      {}",
                 if f.symbols { "present" } else { "stripped" }

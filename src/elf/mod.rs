@@ -45,6 +45,16 @@ pub enum Libc {
     NoMarker,
 }
 
+impl std::fmt::Display for Libc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Libc::Musl(e) => write!(f, "musl ({e})"),
+            Libc::Glibc(e) => write!(f, "glibc ({e})"),
+            Libc::NoMarker => f.write_str("no glibc markers (static; musl or libc-free)"),
+        }
+    }
+}
+
 /// Facts read from an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ElfFacts {

@@ -408,7 +408,7 @@ fn package(
     say(
         "verify",
         &format!(
-            "ok: {} {}, static, libc {:?}",
+            "ok: {} {}, static, libc: {}",
             verified.facts().machine,
             verified.facts().file_type,
             verified.facts().libc
