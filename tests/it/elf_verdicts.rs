@@ -323,3 +323,57 @@ fn verify_refuses_unknown_targets_and_missing_files() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("unsupported target \"x86_64-unknown-linux-gnu\""));
 }
+
+#[test]
+fn corrupted_binaries_are_refused_or_judged_never_a_panic() {
+    let samples = samples();
+    let (mut refused, mut judged) = (0, 0);
+    for name in [
+        "rust-musl-static-pie",
+        "c-glibc-dynamic",
+        "rust-musl-aarch64",
+    ] {
+        let original = std::fs::read(samples.path(name)).unwrap();
+        // A fixed xorshift sequence: the same corruptions every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..400 {
+            let mut data = original.clone();
+            // Corrupt a few bytes, mostly in the headers where the parser looks first.
+            for _ in 0..(1 + round % 8) {
+                let range = if round % 3 == 0 {
+                    data.len()
+                } else {
+                    4096.min(data.len())
+                };
+                let at = (next() as usize) % range;
+                data[at] = next() as u8;
+            }
+            if round % 5 == 0 {
+                data.truncate((next() as usize) % data.len());
+            }
+            // A panic here fails the test; every input must end in a refusal or a verdict.
+            match galley::elf::inspect(&data) {
+                Ok(facts) => {
+                    let verdict = galley::elf::judge(&facts, galley::target::Target::X86_64Musl);
+                    assert!(verdict.acceptable || !verdict.problems.is_empty());
+                    judged += 1;
+                }
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Both paths were exercised: some corruptions break the file, some leave it readable.
+    assert!(
+        refused > 50 && judged > 50,
+        "refused {refused}, judged {judged}"
+    );
+}

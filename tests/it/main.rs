@@ -1,7 +1,8 @@
 //! galley's integration tests: one binary, one module per area.
 //!
 //! - `support`: the harness (fixtures, the shared base image, a lock so heavy builds never overlap).
-//! - `elf_verdicts`: verdicts of `galley verify` and the `elf` module on real binaries of every kind.
+//! - `elf_verdicts`: verdicts of `galley verify` and the `elf` module on real binaries of every kind,
+//!   and 1,200 corrupted binaries that must be refused or judged, never panic.
 //! - `strip`: the object-based stripper on x86_64 and aarch64 binaries with symbols.
 //! - `golden`: golden digests for a fixed layer and config, so a dependency moving digests fails.
 //! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
