@@ -56,7 +56,7 @@ COLD_EMPTIES = {
     "galley-noupx": "same as galley",
     "zigbuild": "target dir, CARGO_HOME (crates downloaded again), zig cache",
 }
-STEP_RE = re.compile(r"^STEP \d+/\d+: (.*)")
+STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+/\d+: (.*)")
 
 
 def libc():
@@ -251,6 +251,8 @@ def main():
     ap.add_argument("--cold-flows", default=None,
                     help="flows of the cold scenario, each optionally FLOW:REPS (default: --flows, --reps each)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--first-rep", type=int, default=1,
+                    help="number of the first repetition (to add repetitions to an earlier run)")
     ap.add_argument("--out", required=True, help="JSON lines file (appended)")
     ap.add_argument("--timeout", type=int, default=3600, help="per run, seconds")
     ap.add_argument("--deadline", type=float, default=0, help="epoch seconds: start no run after it")
@@ -333,6 +335,8 @@ def main():
         out.write(json.dumps(rec) + "\n")
         out.flush()
         flag = " CONTENDED" if rec["other_cores_avg"] > 0.25 else ""
+        if rec["exit"] != 0:
+            flag += f" FAILED ({rec['exit']})"
         print(f"bench: {flow:13} {scenario:8} rep {rep} [{variants}] {rec['wall_s']:8.1f} s "
               f"(others used {rec['other_cores_avg']:.2f} cores){flag}", file=sys.stderr)
 
@@ -365,7 +369,7 @@ def main():
             print(f"bench: {flow:13} prime    [{args.variants}] {r['wall_s']:8.1f} s (not counted)", file=sys.stderr)
             if r["exit"] != 0:
                 sys.exit(1)
-        for rep in range(1, args.reps + 1):
+        for rep in range(args.first_rep, args.first_rep + args.reps):
             for flow in flows:
                 for scenario in warm:
                     if late():
@@ -373,16 +377,29 @@ def main():
                     if scenario == "change":
                         edits[flow] = edits.get(flow, 0) + 1
                         edit(flow, f"{flow}.{rep}.{edits[flow]}")
-                    r = action(flow, "build", args.variants, f"{scenario}{rep}")
-                    record(flow, scenario, rep, args.variants, r)
+                    # A failed build (buildah has transient failures) is recorded and tried once more.
+                    for attempt in (1, 2):
+                        r = action(flow, "build", args.variants, f"{scenario}{rep}")
+                        record(flow, scenario, rep, args.variants, r)
+                        if r["exit"] == 0:
+                            break
     if "cold" in scenarios:
-        for rep in range(1, max(cold_reps.values(), default=0) + 1):
+        for i in range(max(cold_reps.values(), default=0)):
+            rep = args.first_rep + i
             for flow in cold_flows:
-                if rep > cold_reps[flow] or late():
+                if i >= cold_reps[flow] or late():
                     continue
-                action(flow, "clean", args.cold_variants, f"clean{rep}")
-                r = action(flow, "build", args.cold_variants, f"cold{rep}")
-                record(flow, "cold", rep, args.cold_variants, r)
+                for attempt in (1, 2):
+                    c = action(flow, "clean", args.cold_variants, f"clean{rep}")
+                    if c["exit"] != 0:
+                        # Not emptied, so not cold: recorded as failed, never timed as cold.
+                        c["note"] = "clean failed: no cold build run"
+                        record(flow, "cold", rep, args.cold_variants, c)
+                        break
+                    r = action(flow, "build", args.cold_variants, f"cold{rep}")
+                    record(flow, "cold", rep, args.cold_variants, r)
+                    if r["exit"] == 0:
+                        break
     out.close()
 
 

@@ -55,12 +55,18 @@ def summarise(runs):
     for r in runs:
         groups.setdefault((r["flow"], r["scenario"], r["variants"]), []).append(r)
     out = []
-    for (flow, scen, variants), rs in groups.items():
+    for (flow, scen, variants), all_rs in groups.items():
+        # Failed runs are counted, never timed.
+        rs = [r for r in all_rs if r["exit"] == 0]
+        if not rs:
+            out.append({"flow": flow, "scenario": scen, "variants": variants, "n": 0,
+                        "failed": len(all_rs), "wall_median_s": None})
+            continue
         walls = [r["wall_s"] for r in rs]
         splits = [phase_split(r) for r in rs]
         out.append({
             "flow": flow, "scenario": scen, "variants": variants, "n": len(rs),
-            "failed": sum(1 for r in rs if r["exit"] != 0),
+            "failed": len(all_rs) - len(rs),
             "wall_median_s": med(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
             "compile_median_s": med([s[0] for s in splits]),
             "package_median_s": med([s[1] for s in splits]),
@@ -84,7 +90,7 @@ def ratios(summary):
         if flow not in ("galley", "galley-noupx"):
             continue
         z = by.get(("zigbuild", scen, variants))
-        if not z:
+        if not z or not z["n"] or not s["n"]:
             continue
         floor = z["wall_median_s"] if flow == "galley" else z["compile_median_s"]
         if floor:
@@ -116,7 +122,7 @@ def svg_chart(summary, path, title):
          'stroke-opacity="0.35" stroke-width="2"/></pattern></defs>']
     for i, sc in enumerate(scen):
         x0 = left + i * (pw + 40)
-        rows = {x["flow"]: x for x in summary if x["scenario"] == sc}
+        rows = {x["flow"]: x for x in summary if x["scenario"] == sc and x["n"]}
         vmax = max(x["wall_max_s"] for x in rows.values()) * 1.1 or 1
         variants = sorted({x["variants"] for x in rows.values()})
         o.append(f'<text x="{x0}" y="{top}" font-weight="bold">{SCEN_NAME[sc]} '
@@ -175,31 +181,43 @@ def markdown(data, name):
           "| scenario | flow | variants | n | wall s | compile | package | push | CPU s | peak PSS MiB | max RSS MiB | disk MiB | contended | other cores |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        fail = f" ({s['failed']} failed)" if s["failed"] else ""
+        fail = f" (+{s['failed']} failed)" if s["failed"] else ""
+        if not s["n"]:
+            L.append(f"| {SCEN_NAME[s['scenario']]} | {s['flow']} | {s['variants']} | 0{fail} | every run failed |||||||||")
+            continue
         L.append(f"| {SCEN_NAME[s['scenario']]} | {s['flow']} | {s['variants']} | {s['n']}{fail} | "
                  f"**{fmt_s(s['wall_median_s'])}** ({fmt_s(s['wall_min_s'])}-{fmt_s(s['wall_max_s'])}) | "
                  f"{fmt_s(s['compile_median_s'])} | {fmt_s(s['package_median_s'])} | {fmt_s(s['push_median_s'])} | "
                  f"{fmt_s(s['tree_cpu_median_s'])} | {s['peak_tree_pss_max_mb']:.0f} | "
                  f"{s['max_rss_single_process_max_mb']:.0f} | {mib(s['disk_median_bytes'])} | "
                  f"{s['contended_runs']}/{s['n']} | {s['other_cores_median']:.2f} |")
-    L += ["", "## Who wins", ""]
+    L += ["", "## Who wins", "",
+          "Medians, fastest first. Images with a UPX-packed binary (galley, manual) are compared "
+          "with each other, and galley-noupx with the flows whose images are not packed.", ""]
+    packed = {"galley", "manual"}
+    unpacked = {"galley-noupx", "manual-noupx", "naive", "depcache", "cachemount"}
     for sc in SCEN_ORDER:
         for variants in sorted({s["variants"] for s in summary if s["scenario"] == sc}):
             rows = [s for s in summary if s["scenario"] == sc and s["variants"] == variants
-                    and s["flow"] != "zigbuild" and not s["failed"]]
+                    and s["flow"] != "zigbuild" and s["n"]]
             if not rows:
                 continue
             rows.sort(key=lambda s: s["wall_median_s"])
             order = ", ".join(f"{s['flow']} {fmt_s(s['wall_median_s'])}" for s in rows)
-            g = [i for i, s in enumerate(rows) if s["flow"] == "galley"]
-            verdict = ""
-            if g:
-                if g[0] == 0:
-                    verdict = "galley is fastest."
+            verdicts = []
+            for me, group in (("galley", packed), ("galley-noupx", unpacked)):
+                g = [s for s in rows if s["flow"] in group]
+                mine = [s for s in g if s["flow"] == me]
+                if len(g) < 2 or not mine:
+                    continue
+                if g[0]["flow"] == me:
+                    nxt = g[1]
+                    verdicts.append(f"{me} is fastest of [{', '.join(x['flow'] for x in g)}] "
+                                    f"({nxt['wall_median_s'] / mine[0]['wall_median_s']:.2f}x ahead of {nxt['flow']})")
                 else:
-                    verdict = (f"galley is **not** fastest: {rows[0]['flow']} is "
-                               f"{rows[g[0]]['wall_median_s'] / rows[0]['wall_median_s']:.2f}x faster.")
-            L.append(f"- {SCEN_NAME[sc]} [{variants}]: {order}. {verdict}")
+                    verdicts.append(f"{me} **loses** to {g[0]['flow']} "
+                                    f"({mine[0]['wall_median_s'] / g[0]['wall_median_s']:.2f}x its time)")
+            L.append(f"- {SCEN_NAME[sc]} [{variants}]: {order}. " + "; ".join(verdicts) + ".")
     L += ["", "## galley over the floor", "",
           "galley's median wall time over bare `cargo zigbuild` of the same variants (with UPX: plus "
           "host `strip` and `upx --best --lzma`, as timed in the zigbuild flow).", "",
@@ -208,7 +226,7 @@ def markdown(data, name):
         L.append(f"| {SCEN_NAME[r['scenario']]} | {r['flow']} | {r['variants']} | {fmt_s(r['galley_s'])} | "
                  f"{r['floor']} | {fmt_s(r['floor_s'])} | **{r['ratio']:.2f}** |")
     L += ["", "## Sizes", "",
-          "After the last warm run, read back from the registry. Binary: `/app/authd` in the image. "
+          "The last image each flow pushed, read back from the registry at the end of the run. Binary: `/app/authd` in the image. "
           "Image: layers uncompressed (tar) and as pushed (manifest + config + compressed layers); "
           "the runtime base is one busybox layer in every image.", "",
           "| flow | variant | binary MiB | image uncompressed MiB | pushed MiB |", "|---|---|---|---|---|"]
@@ -224,6 +242,15 @@ def markdown(data, name):
     for flow in FLOW_ORDER:
         if any(s["flow"] == flow and s["scenario"] == "cold" for s in summary):
             L.append(f"- {flow}: {COLD_EMPTIES[flow]}.")
+    failed = [r for r in data["runs"] if r["exit"] != 0]
+    if failed:
+        L += ["", "## Failed runs", "",
+              "Counted in the tables as failed, left out of every median; the log of each is in "
+              "`$GALLEY_BENCH_DIR/logs/`.", "",
+              "| flow | scenario | rep | exit | note | log |", "|---|---|---|---|---|---|"]
+        for r in failed:
+            L.append(f"| {r['flow']} | {SCEN_NAME[r['scenario']]} | {r['rep']} | {r['exit']} | "
+                     f"{r.get('note', '')} | {r['log']} |")
     cont = [r for r in data["runs"] if r["other_cores_avg"] > CONTENDED]
     if cont:
         L += ["", "## Contended runs", "",
@@ -234,17 +261,25 @@ def markdown(data, name):
     return "\n".join(L) + "\n"
 
 
+def merge_sizes(paths):
+    out = {}
+    for path in paths:
+        for flow, per in json.load(open(path)).items():
+            out.setdefault(flow, {}).update(per)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", required=True)
-    ap.add_argument("--sizes", required=True)
+    ap.add_argument("--runs", required=True, action="append", help="JSON lines; may repeat (merged)")
+    ap.add_argument("--sizes", required=True, action="append", help="may repeat (merged per flow and variant)")
     ap.add_argument("--machine", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--args", default="")
     ap.add_argument("--quick", default="0")
     ap.add_argument("--notes", default="", help="file with one note per line for the results")
     a = ap.parse_args()
-    runs = [json.loads(line) for line in open(a.runs) if line.strip()]
+    runs = [json.loads(line) for path in a.runs for line in open(path) if line.strip()]
     summary = summarise(runs)
     name = os.path.basename(a.out)
     data = {
@@ -253,7 +288,7 @@ def main():
         "cold_empties": COLD_EMPTIES, "flows": {k: v[2] for k, v in FLOWS.items()},
         "notes": [n.strip() for n in open(a.notes)] if a.notes else [],
         "summary": summary, "ratios": ratios(summary),
-        "sizes": json.load(open(a.sizes)), "runs": runs,
+        "sizes": merge_sizes(a.sizes), "runs": runs,
     }
     with open(a.out + ".json", "w") as f:
         json.dump(data, f, indent=1)

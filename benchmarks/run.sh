@@ -5,19 +5,21 @@
 #   bash benchmarks/run.sh            # the full matrix: 8 flows x {change, nochange, cold} x 3 reps, 3 variants
 #   bash benchmarks/run.sh --quick    # smoke test: 1 rep, sqlite, no-change only, every flow end to end
 #
-# Options (after --quick they override it): --reps N, --flows a,b, --variants a,b (warm scenarios),
-# --cold-variants a,b, --cold-flows a,b, --scenarios change,nochange,cold, --deadline-min M (start
-# no run after M minutes), --results DIR (default benchmarks/results; --quick: $BENCH_DIR/quick).
+# Options (after --quick they override it): --reps N, --first-rep N, --flows a,b, --variants a,b (warm scenarios),
+# --cold-variants a,b, --cold-flows a:3,b:1, --scenarios change,nochange,cold, --deadline-min M (start
+# no run after M minutes), --results DIR (default benchmarks/results; --quick: $BENCH_DIR/quick),
+# --notes FILE (lines copied into the results, e.g. what a reduced run left out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-orig_args="$*"; quick=0; bench_args=(); results=""
+orig_args="$*"; quick=0; bench_args=(); results=""; notes=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; bench_args+=(--reps 1 --variants sqlite --scenarios nochange) ;;
-    --reps|--flows|--variants|--cold-variants|--cold-flows|--scenarios) bench_args+=("$1" "$2"); shift ;;
+    --reps|--first-rep|--flows|--variants|--cold-variants|--cold-flows|--scenarios) bench_args+=("$1" "$2"); shift ;;
     --deadline-min) bench_args+=(--deadline "$(( $(date +%s) + $2 * 60 ))"); shift ;;
     --results) results=$2; shift ;;
+    --notes) notes=$(realpath "$2"); shift ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -71,5 +73,5 @@ python3 benchmarks/bench.py --out "$runs" "${bench_args[@]}"
 python3 benchmarks/sizes.py "$runs" >"$BENCH_DIR/sizes-$stamp.json"
 python3 benchmarks/report.py --runs "$runs" --sizes "$BENCH_DIR/sizes-$stamp.json" \
   --machine "$BENCH_DIR/machine-$stamp.json" --out "$results/$stamp" \
-  --args "$orig_args" --quick "$quick"
+  --args="$orig_args" --quick "$quick" ${notes:+--notes "$notes"}
 echo "run.sh: done in $(( $(date +%s) - start )) s: $results/$stamp.md" >&2

@@ -37,7 +37,8 @@ load_bases() {
 reset_store() {
   fbh rm --all >/dev/null 2>&1 || true
   local keep id
-  keep=$(for ref in "$RUNTIME_LOCAL" "$BUILDER_IMAGE"; do fbh inspect --type image --format '{{.FromImageID}}' "$ref" 2>/dev/null; done)
+  # The manual flow's store has no builder image: a missing base is not an error here.
+  keep=$(for ref in "$RUNTIME_LOCAL" "$BUILDER_IMAGE"; do fbh inspect --type image --format '{{.FromImageID}}' "$ref" 2>/dev/null || true; done)
   for id in $(fbh images --all --noheading --no-trunc --format '{{.ID}}' | sed 's/^sha256://' | sort -u); do
     grep -q "$id" <<<"$keep" || fbh rmi --force "$id" >/dev/null 2>&1 || true
   done
