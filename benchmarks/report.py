@@ -102,35 +102,38 @@ def ratios(summary):
 
 
 def svg_chart(summary, path, title):
-    scen = [s for s in SCEN_ORDER if any(x["scenario"] == s for x in summary)]
+    """One panel per scenario and set of variants, three panels a row."""
+    panels = sorted({(x["scenario"], x["variants"]) for x in summary if x["n"]},
+                    key=lambda p: (SCEN_ORDER.index(p[0]), p[1].count(","), p[1]))
     flows = [f for f in FLOW_ORDER if any(x["flow"] == f for x in summary)]
     colors = {"naive": "#b2182b", "depcache": "#ef8a62", "cachemount": "#fddbc7",
               "manual": "#67a9cf", "manual-noupx": "#d1e5f0", "galley": "#1a9850",
               "galley-noupx": "#91cf60", "zigbuild": "#777777"}
-    pw, bar, gap, left, top = 300, 16, 4, 110, 50
-    ph = len(flows) * (bar + gap) + 40
-    width = left + len(scen) * (pw + 40) + 20
-    height = top + ph + 60
+    pw, bar, gap, left, top, cols = 260, 14, 4, 100, 50, 3
+    ph = len(flows) * (bar + gap) + 50
+    nrows = (len(panels) + cols - 1) // cols
+    width = left + cols * (pw + 60)
+    height = top + nrows * ph + 20
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
          f'font-family="sans-serif" font-size="11">',
          f'<rect width="{width}" height="{height}" fill="white"/>',
          f'<text x="10" y="20" font-size="14" font-weight="bold">{title}</text>',
-         '<text x="10" y="36" fill="#555">median wall time in seconds per flow (bar), min to max '
-         '(whisker); each panel has its own scale; hatched: some runs contended</text>',
+         '<text x="10" y="36" fill="#555">median wall time in seconds (bar), min to max '
+         '(whisker); each panel has its own scale; hatched: at least one run contended</text>',
          '<defs><pattern id="h" width="6" height="6" patternUnits="userSpaceOnUse" '
          'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="6" stroke="#000" '
          'stroke-opacity="0.35" stroke-width="2"/></pattern></defs>']
-    for i, sc in enumerate(scen):
-        x0 = left + i * (pw + 40)
-        rows = {x["flow"]: x for x in summary if x["scenario"] == sc and x["n"]}
+    for i, (sc, variants) in enumerate(panels):
+        x0 = left + (i % cols) * (pw + 60)
+        y0 = top + (i // cols) * ph
+        rows = {x["flow"]: x for x in summary
+                if x["scenario"] == sc and x["variants"] == variants and x["n"]}
         vmax = max(x["wall_max_s"] for x in rows.values()) * 1.1 or 1
-        variants = sorted({x["variants"] for x in rows.values()})
-        o.append(f'<text x="{x0}" y="{top}" font-weight="bold">{SCEN_NAME[sc]} '
-                 f'[{"; ".join(variants)}]</text>')
-        y = top + 12
+        o.append(f'<text x="{x0}" y="{y0 + 12}" font-weight="bold">{SCEN_NAME[sc]} [{variants}]</text>')
+        y = y0 + 20
         for f in flows:
-            if i == 0:
-                o.append(f'<text x="{left - 6}" y="{y + bar - 4}" text-anchor="end">{f}</text>')
+            if i % cols == 0:
+                o.append(f'<text x="{left - 6}" y="{y + bar - 3}" text-anchor="end">{f}</text>')
             s = rows.get(f)
             if s:
                 w = pw * s["wall_median_s"] / vmax
@@ -143,13 +146,13 @@ def svg_chart(summary, path, title):
                 o.append(f'<line x1="{x0 + a:.1f}" y1="{cy}" x2="{x0 + b:.1f}" y2="{cy}" stroke="#000"/>')
                 for v in (a, b):
                     o.append(f'<line x1="{x0 + v:.1f}" y1="{cy - 4}" x2="{x0 + v:.1f}" y2="{cy + 4}" stroke="#000"/>')
-                o.append(f'<text x="{x0 + b + 4:.1f}" y="{y + bar - 4}">{fmt_s(s["wall_median_s"])}</text>')
+                o.append(f'<text x="{x0 + b + 4:.1f}" y="{y + bar - 3}">{fmt_s(s["wall_median_s"])}</text>')
             y += bar + gap
-        o.append(f'<line x1="{x0}" y1="{top + 10}" x2="{x0}" y2="{y}" stroke="#333"/>')
+        o.append(f'<line x1="{x0}" y1="{y0 + 18}" x2="{x0}" y2="{y}" stroke="#333"/>')
         for t in range(5):
             v = vmax / 1.1 * t / 4
             xx = x0 + pw * v / vmax
-            o.append(f'<text x="{xx:.1f}" y="{y + 14}" text-anchor="middle" fill="#555">{fmt_s(v)}</text>')
+            o.append(f'<text x="{xx:.1f}" y="{y + 12}" text-anchor="middle" fill="#555">{fmt_s(v)}</text>')
     o.append("</svg>")
     with open(path, "w") as fh:
         fh.write("\n".join(o) + "\n")
@@ -158,7 +161,9 @@ def svg_chart(summary, path, title):
 def markdown(data, name):
     m, summary, sizes = data["machine"], data["summary"], data["sizes"]
     L = [f"# galley benchmark: {data['date']}{' (quick smoke run)' if data['quick'] else ''}", ""]
-    L += ["Measured by `bash benchmarks/run.sh " + data["args"] + "`; method and caveats in "
+    how = (data["args"].strip("()") if data["args"].startswith("(")
+           else "`bash benchmarks/run.sh " + data["args"] + "`")
+    L += ["Measured by " + how + "; method and caveats in "
           "[benchmarks/README.md](../README.md). Raw runs, machine and sizes: "
           f"[{name}.json]({name}.json). Chart: [{name}.svg]({name}.svg).", ""]
     L += ["## Machine", "",
@@ -167,7 +172,7 @@ def markdown(data, name):
           f"{m['buildah']} (storage driver: {m['buildah_storage'].get('driver')}); {m['skopeo']}; "
           f"docker-registry {m['docker_registry']}; {m['galley']}.", ""]
     if data.get("notes"):
-        L += ["## What this run covers", ""] + [f"- {n}" for n in data["notes"]] + [""]
+        L += ["## Notes on this run", ""] + [f"- {n}" for n in data["notes"]] + [""]
     ncont = sum(1 for r in data["runs"] if r["other_cores_avg"] > CONTENDED)
     L += ["## Times", "",
           f"Seconds, median over the repetitions (min to max). A run is **contended** when other "
@@ -217,7 +222,7 @@ def markdown(data, name):
                 else:
                     verdicts.append(f"{me} **loses** to {g[0]['flow']} "
                                     f"({mine[0]['wall_median_s'] / g[0]['wall_median_s']:.2f}x its time)")
-            L.append(f"- {SCEN_NAME[sc]} [{variants}]: {order}. " + "; ".join(verdicts) + ".")
+            L.append(f"- {SCEN_NAME[sc]} [{variants}]: {order}." + (" " + "; ".join(verdicts) + "." if verdicts else ""))
     L += ["", "## galley over the floor", "",
           "galley's median wall time over bare `cargo zigbuild` of the same variants (with UPX: plus "
           "host `strip` and `upx --best --lzma`, as timed in the zigbuild flow).", "",
