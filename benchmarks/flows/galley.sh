@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Flow 5, galley: one `galley build --push` for all the variants (UPX unless BENCH_UPX=0).
+#   galley.sh prepare|clean|build   (env from benchmarks/bench.py)
+set -euo pipefail
+. "$REPO_ROOT/benchmarks/lib/common.sh"
+# COMPILE_DIR: the flow's own directory, or its UPX sibling's for the -noupx flows.
+cdir=${COMPILE_DIR:-$FLOW_DIR}
+export CARGO_HOME="$cdir/cargo-home" ZIG_GLOBAL_CACHE_DIR="$cdir/zig-cache"
+export GALLEY_CACHE_DIR="$FLOW_DIR/galley-cache" SOURCE_DATE_EPOCH=1700000000
+case "$1" in
+  prepare)
+    mkdir -p "$FLOW_DIR" "$CARGO_HOME" ;;
+  clean)
+    [ "$cdir" = "$FLOW_DIR" ] || { echo "$FLOW shares $cdir: no cold run of its own" >&2; exit 2; }
+    rm -rf "$CARGO_HOME" "$ZIG_GLOBAL_CACHE_DIR" "$GALLEY_CACHE_DIR" "$PROJECT/target" "$FLOW_DIR/out"
+    mkdir -p "$CARGO_HOME"
+    reset_repo ;;
+  build)
+    extra=(); [ "${BENCH_UPX:-1}" = 1 ] || extra=(--no-compress)
+    phase galley
+    "$GALLEY_BIN" build --project "$PROJECT" --variants "$VARIANTS" --version "$VERSION" \
+      --base "$REGISTRY/library/busybox:$RUNTIME_TAG" --push "$REGISTRY/bench/$FLOW" \
+      --output "$FLOW_DIR/out" --json "${extra[@]}" >"$FLOW_DIR/report.json"
+    echo "@@galley-report $FLOW_DIR/report.json" ;;
+esac
