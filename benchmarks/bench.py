@@ -256,6 +256,8 @@ def main():
     ap.add_argument("--out", required=True, help="JSON lines file (appended)")
     ap.add_argument("--timeout", type=int, default=3600, help="per run, seconds")
     ap.add_argument("--deadline", type=float, default=0, help="epoch seconds: start no run after it")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 when a build failed on both attempts (the CI smoke test)")
     args = ap.parse_args()
 
     libc().prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -340,6 +342,8 @@ def main():
         print(f"bench: {flow:13} {scenario:8} rep {rep} [{variants}] {rec['wall_s']:8.1f} s "
               f"(others used {rec['other_cores_avg']:.2f} cores){flag}", file=sys.stderr)
 
+    failed = []
+
     def late():
         return args.deadline and time.time() > args.deadline
 
@@ -383,6 +387,8 @@ def main():
                         record(flow, scenario, rep, args.variants, r)
                         if r["exit"] == 0:
                             break
+                    else:
+                        failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
     if "cold" in scenarios:
         for i in range(max(cold_reps.values(), default=0)):
             rep = args.first_rep + i
@@ -400,7 +406,13 @@ def main():
                     record(flow, "cold", rep, args.cold_variants, r)
                     if r["exit"] == 0:
                         break
+                else:
+                    failed.append(f"{flow} cold rep {rep}: see {r['log']}")
     out.close()
+    if failed:
+        print("bench: builds that failed twice:\n  " + "\n  ".join(failed), file=sys.stderr)
+        if args.strict:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

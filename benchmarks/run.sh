@@ -15,7 +15,7 @@ repo=$PWD
 orig_args="$*"; quick=0; bench_args=(); results=""; notes=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) quick=1; bench_args+=(--reps 1 --variants sqlite --scenarios nochange) ;;
+    --quick) quick=1; bench_args+=(--reps 1 --variants sqlite --scenarios nochange --strict) ;;
     --reps|--first-rep|--flows|--variants|--cold-variants|--cold-flows|--scenarios) bench_args+=("$1" "$2"); shift ;;
     --deadline-min) bench_args+=(--deadline "$(( $(date +%s) + $2 * 60 ))"); shift ;;
     --results) results=$2; shift ;;

@@ -474,6 +474,10 @@ fn package(
     report.sizes.base_layers = Some(assembled.base_layers_size);
     report.manifest_digest = Some(assembled.manifest.digest.clone());
     report.config_digest = Some(assembled.config.digest.clone());
+    say(
+        "assemble",
+        &format!("manifest {}", assembled.manifest.digest),
+    );
     if let Some(pusher) = pusher {
         let mut stats = PushStats::default();
         let pushed = timed(report, "push", || {
@@ -493,9 +497,5 @@ fn package(
             ),
         );
     }
-    say(
-        "assemble",
-        &format!("manifest {}", assembled.manifest.digest),
-    );
     Ok(assembled.manifest)
 }
