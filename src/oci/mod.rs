@@ -150,6 +150,15 @@ impl Index {
     }
 }
 
+/// One image of a (possibly multi-platform) reference: its manifest and config, for a target.
+#[derive(Debug, Clone)]
+pub struct PlatformImage {
+    pub target: crate::target::Target,
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    pub config: Vec<u8>,
+}
+
 /// Whether a media type names an image manifest galley can build on.
 pub fn is_manifest(media_type: &str) -> bool {
     media_type == MEDIA_MANIFEST || media_type == DOCKER_MANIFEST

@@ -9,13 +9,7 @@ use crate::spec::BaseRef;
 use crate::target::Target;
 
 /// The base image for one platform.
-#[derive(Debug, Clone)]
-pub struct BasePlatform {
-    pub target: Target,
-    pub manifest_digest: Digest,
-    pub manifest: Manifest,
-    pub config: Vec<u8>,
-}
+pub use crate::oci::PlatformImage as BasePlatform;
 
 /// The base image resolved for every target of a build.
 #[derive(Debug, Clone)]
@@ -74,20 +68,10 @@ pub fn resolve(
             };
             let cache = BlobCache::open(cache_dir).map_err(rerr)?;
             let pulled = pull(reference, targets, options, &cache, refresh).map_err(rerr)?;
-            let platforms = pulled
-                .platforms
-                .into_iter()
-                .map(|p| BasePlatform {
-                    target: p.target,
-                    manifest_digest: p.manifest_digest,
-                    manifest: p.manifest,
-                    config: p.config,
-                })
-                .collect();
             let image = BaseImage {
                 name,
                 digest: pulled.digest,
-                platforms,
+                platforms: pulled.platforms,
                 reference: Some(reference.clone()),
                 blobs_downloaded: pulled.blobs_downloaded,
             };

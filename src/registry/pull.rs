@@ -11,7 +11,7 @@ use super::client::{read_bounded, Client, Step};
 use super::{Reference, RegistryError, RegistryOptions};
 use crate::oci::layout::{Layout, MAX_JSON_BLOB};
 use crate::oci::{
-    is_index, Descriptor, Digest, Index, Manifest, PlatformSpec, DOCKER_MANIFEST,
+    is_index, Descriptor, Digest, Index, Manifest, PlatformImage, PlatformSpec, DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST, MEDIA_INDEX, MEDIA_MANIFEST,
 };
 use crate::target::Target;
@@ -84,18 +84,10 @@ impl BlobCache {
 pub struct Pulled {
     /// What the reference resolved to.
     pub digest: Digest,
-    pub platforms: Vec<PulledPlatform>,
+    pub platforms: Vec<PlatformImage>,
     /// Blobs fetched over the network this time (0 on a warm build).
     pub blobs_downloaded: u32,
     pub bytes_downloaded: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct PulledPlatform {
-    pub target: Target,
-    pub manifest_digest: Digest,
-    pub manifest: Manifest,
-    pub config: Vec<u8>,
 }
 
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -318,7 +310,7 @@ pub fn pull(
         for layer in &manifest.layers {
             p.ensure_blob(layer)?;
         }
-        platforms.push(PulledPlatform {
+        platforms.push(PlatformImage {
             target,
             manifest_digest,
             manifest,
