@@ -345,16 +345,13 @@ fn push_variant(
     let started = Instant::now();
     let mut stats = PushStats::default();
     for p in platforms {
-        if let Some(s) = &p.push {
-            stats.uploaded += s.uploaded;
-            stats.skipped += s.skipped;
-            stats.mounted += s.mounted;
-            stats.bytes_uploaded += s.bytes_uploaded;
-            stats.manifests += s.manifests;
+        if let Some(s) = p.push {
+            stats += s;
         }
     }
+    // The platform images are in the repository already: only the index itself is left.
     let mut result = if platforms.len() > 1 {
-        pusher.push_content(out, top, &mut stats)
+        pusher.push_manifest(out, top, &mut stats)
     } else {
         Ok(())
     };

@@ -28,6 +28,16 @@ pub struct PushStats {
     pub manifests: u32,
 }
 
+impl std::ops::AddAssign for PushStats {
+    fn add_assign(&mut self, other: PushStats) {
+        self.uploaded += other.uploaded;
+        self.skipped += other.skipped;
+        self.mounted += other.mounted;
+        self.bytes_uploaded += other.bytes_uploaded;
+        self.manifests += other.manifests;
+    }
+}
+
 /// Pushes to one repository.
 pub struct Pusher {
     client: Client,
@@ -98,6 +108,20 @@ impl Pusher {
                 self.push_blob(layout, layer, stats)?;
             }
         }
+        self.push_manifest(layout, desc, stats)
+    }
+
+    /// Pushes only the manifest or index `desc` itself, by digest: what it references must already
+    /// be in the repository (an index whose platform images were pushed one by one).
+    pub fn push_manifest(
+        &self,
+        layout: &Layout,
+        desc: &Descriptor,
+        stats: &mut PushStats,
+    ) -> Result<(), RegistryError> {
+        let bytes = layout
+            .read_json_blob(&desc.digest)
+            .map_err(|e| RegistryError::Local(e.to_string()))?;
         self.put_manifest(
             &desc.digest.to_string(),
             &desc.media_type,

@@ -6,6 +6,7 @@ use std::process::Command;
 use galley::oci::layout::Layout;
 use galley::oci::{Index, PlatformSpec};
 
+use crate::real_registry::{Auth, RealRegistry};
 use crate::support::{
     base_layout, build, chroot_run, copy_fixture, heavy, require, run_ok, scratch, skopeo_inspect,
     unpack, variant,
@@ -82,10 +83,14 @@ fn two_targets_give_an_image_index_per_variant() {
     copy_fixture("tiny", &project);
     let out = dir.join("out");
     let base_arg = format!("oci:{}:multi", base.display());
+    let registry = RealRegistry::start(Auth::Anonymous);
+    let push = format!("{}/team/multi", registry.host());
     let (o, report) = build(
         &project,
         &out,
         &[
+            "--push",
+            &push,
             "--variants",
             "sqlite",
             "--version",
@@ -97,7 +102,7 @@ fn two_targets_give_an_image_index_per_variant() {
             "--target",
             "aarch64-unknown-linux-musl",
         ],
-        &[],
+        &[("DOCKER_CONFIG", dir.join("none").to_str().unwrap())],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report = report.unwrap();
@@ -144,6 +149,25 @@ fn two_targets_give_an_image_index_per_variant() {
             .unwrap()
             .contains(&arm["layer_digest"]),
         "{arm_inspect}"
+    );
+    // The index was pushed after its two platform images, each manifest once, then the tag.
+    let pushed = &v["push"];
+    assert_eq!(
+        pushed["references"],
+        serde_json::json!([format!(
+            "{push}:sqlite-1.0.0@{}",
+            v["digest"].as_str().unwrap()
+        )])
+    );
+    assert_eq!(pushed["blobs"]["manifests"], 3, "{pushed}");
+    let remote = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{push}:sqlite-1.0.0")),
+    );
+    assert_eq!(
+        galley::oci::Digest::of(&remote.stdout).as_str(),
+        v["digest"].as_str().unwrap()
     );
     // The amd64 image of the index runs (umoci 0.4 reads no index: skopeo picks the platform).
     let single = dir.join("amd64");
