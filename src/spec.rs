@@ -179,6 +179,8 @@ pub enum SpecError {
     BadBase(String),
     #[error("--push {0:?} is not a repository: give host/repo without tag or digest (tags come from the tag templates)")]
     BadPush(String),
+    #[error("`{0} = []` in galley.toml leaves nothing to build or tag: remove the line for the default or list at least one")]
+    EmptyList(&'static str),
     #[error("image setting {field} is not allowed: {why}")]
     BadImage { field: String, why: String },
 }
@@ -320,6 +322,10 @@ impl BuildSpec {
                 .clone()
                 .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()])
         };
+        // An empty list would report success for an untagged image.
+        if templates.is_empty() {
+            return Err(SpecError::EmptyList("tags"));
+        }
         let mut variants: Vec<VariantSpec> = Vec::new();
         let mut tag_owner: BTreeMap<String, String> = BTreeMap::new();
         for name in names {
@@ -379,6 +385,10 @@ impl BuildSpec {
                 .clone()
                 .unwrap_or_else(|| vec![Target::X86_64Musl.triple().to_string()])
         };
+        // An empty list would report success for a variant with no image at all.
+        if target_names.is_empty() {
+            return Err(SpecError::EmptyList("targets"));
+        }
         let mut targets: Vec<Target> = Vec::new();
         for t in &target_names {
             let t: Target = t.parse()?;
@@ -608,6 +618,22 @@ mod tests {
             resolve(&r, "").unwrap().variants[0].tags,
             ["sqlite-1.4.2", "sqlite"]
         );
+    }
+
+    /// Regression: `targets = []` or `tags = []` reported success for an empty or untagged image.
+    #[test]
+    fn targets_or_tags_empty_list_is_refused() {
+        for (toml, field) in [("targets = []", "targets"), ("tags = []", "tags")] {
+            let err = resolve(&req(), toml).unwrap_err();
+            assert!(
+                matches!(err, SpecError::EmptyList(f) if f == field),
+                "{toml}: {err}"
+            );
+            assert!(
+                err.to_string().contains(&format!("`{field} = []`")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Image configs and manifests derived from a base image: pure functions from bytes to bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use oci_spec::image::{Config, History, ImageConfiguration};
+use serde_json::{Map, Value};
 
 use super::json::{canonical, JsonError};
 use super::{Descriptor, Digest, Manifest, PlatformSpec, MEDIA_MANIFEST};
@@ -43,6 +43,10 @@ pub struct AddedLayer<'a> {
 
 /// Derives the runtime image config from the base config: the base's settings, then galley's, one
 /// more layer and one more history entry, timestamps from `created` (RFC 3339). Returns canonical JSON.
+///
+/// The config is edited as JSON, not through a typed model: whatever the base has that galley does
+/// not set (`Healthcheck`, `Shell`, `OnBuild`, `ArgsEscaped`, fields of future versions) is kept as
+/// the base wrote it.
 pub fn derive_config(
     base_config: &[u8],
     base_layers: usize,
@@ -51,12 +55,25 @@ pub fn derive_config(
     layer: &AddedLayer<'_>,
     created: &str,
 ) -> Result<Vec<u8>, ImageError> {
-    let mut cfg = ImageConfiguration::from_reader(base_config)
-        .map_err(|e| ImageError::BaseConfig(e.to_string()))?;
+    let bad = |why: &str| ImageError::BaseConfig(why.to_string());
+    let mut cfg: Value =
+        serde_json::from_slice(base_config).map_err(|e| ImageError::BaseConfig(e.to_string()))?;
+    let root = cfg
+        .as_object_mut()
+        .ok_or_else(|| bad("the config is not a JSON object"))?;
+    let text = |root: &Map<String, Value>, key: &str| -> Result<String, ImageError> {
+        root.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ImageError::BaseConfig(format!("missing string field `{key}`")))
+    };
     let base_platform = PlatformSpec {
-        os: cfg.os().to_string(),
-        architecture: cfg.architecture().to_string(),
-        variant: cfg.variant().clone(),
+        os: text(root, "os")?,
+        architecture: text(root, "architecture")?,
+        variant: root
+            .get("variant")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     // The variant is not compared: an arm64 base without one is arm64/v8 in practice.
     if base_platform.os != platform.os || base_platform.architecture != platform.architecture {
@@ -65,33 +82,65 @@ pub fn derive_config(
             target: platform.to_string(),
         });
     }
-    let diff_ids = cfg.rootfs().diff_ids().len();
-    if diff_ids != base_layers {
+    let diff_ids = root
+        .get_mut("rootfs")
+        .and_then(Value::as_object_mut)
+        .and_then(|r| r.get_mut("diff_ids"))
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| bad("missing `rootfs.diff_ids`"))?;
+    if diff_ids.len() != base_layers {
         return Err(ImageError::LayerCount {
-            diff_ids,
+            diff_ids: diff_ids.len(),
             layers: base_layers,
         });
     }
+    diff_ids.push(Value::String(layer.diff_id.to_string()));
 
-    let mut c: Config = cfg.config().clone().unwrap_or_default();
-    c.set_working_dir(Some(settings.workdir.clone()));
-    c.set_entrypoint(Some(settings.entrypoint.clone()));
-    c.set_cmd(settings.cmd.clone());
-    if let Some(user) = &settings.user {
-        c.set_user(Some(user.clone()));
-    }
-
-    let mut ports: Vec<String> = c.exposed_ports().clone().unwrap_or_default();
-    for p in &settings.expose {
-        let port = format!("{p}/tcp");
-        if !ports.contains(&port) {
-            ports.push(port);
+    let c = match root
+        .entry("config")
+        .or_insert_with(|| Value::Object(Map::new()))
+    {
+        Value::Object(c) => c,
+        // `"config": null` is how some tools write "no settings".
+        other @ Value::Null => {
+            *other = Value::Object(Map::new());
+            other.as_object_mut().expect("just set")
         }
+        _ => return Err(bad("`config` is not an object")),
+    };
+    c.insert("WorkingDir".into(), settings.workdir.clone().into());
+    c.insert("Entrypoint".into(), strings(&settings.entrypoint));
+    match &settings.cmd {
+        Some(cmd) => c.insert("Cmd".into(), strings(cmd)),
+        None => c.remove("Cmd"),
+    };
+    if let Some(user) = &settings.user {
+        c.insert("User".into(), user.clone().into());
     }
-    ports.sort();
-    c.set_exposed_ports(if ports.is_empty() { None } else { Some(ports) });
 
-    let mut env: Vec<String> = c.env().clone().unwrap_or_default();
+    let mut ports: BTreeMap<String, Value> = match c.remove("ExposedPorts") {
+        Some(Value::Object(m)) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    for p in &settings.expose {
+        ports
+            .entry(format!("{p}/tcp"))
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    if !ports.is_empty() {
+        c.insert(
+            "ExposedPorts".into(),
+            Value::Object(ports.into_iter().collect()),
+        );
+    }
+
+    let mut env: Vec<String> = match c.remove("Env") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
     for (k, v) in &settings.env {
         let entry = format!("{k}={v}");
         match env
@@ -102,28 +151,48 @@ pub fn derive_config(
             None => env.push(entry),
         }
     }
-    c.set_env(if env.is_empty() { None } else { Some(env) });
+    if !env.is_empty() {
+        c.insert("Env".into(), strings(&env));
+    }
 
-    let mut labels: HashMap<String, String> = c.labels().clone().unwrap_or_default();
-    labels.extend(settings.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    c.set_labels(if labels.is_empty() {
-        None
-    } else {
-        Some(labels)
-    });
-    cfg.set_config(Some(c));
+    let mut labels: Map<String, Value> = match c.remove("Labels") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    for (k, v) in &settings.labels {
+        labels.insert(k.clone(), v.clone().into());
+    }
+    if !labels.is_empty() {
+        c.insert("Labels".into(), Value::Object(labels));
+    }
 
-    cfg.set_created(Some(created.to_string()));
-    cfg.rootfs_mut()
-        .diff_ids_mut()
-        .push(layer.diff_id.to_string());
-    let mut entry = History::default();
-    entry.set_created(Some(created.to_string()));
-    entry.set_created_by(Some(layer.created_by.clone()));
-    entry.set_comment(Some("galley".to_string()));
-    cfg.history_mut().get_or_insert_with(Vec::new).push(entry);
+    root.insert("created".into(), created.into());
+    let history = match root
+        .entry("history")
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        Value::Array(h) => h,
+        other @ Value::Null => {
+            *other = Value::Array(Vec::new());
+            other.as_array_mut().expect("just set")
+        }
+        _ => return Err(bad("`history` is not a list")),
+    };
+    history.push(serde_json::json!({
+        "created": created,
+        "created_by": layer.created_by,
+        "comment": "galley",
+    }));
 
-    Ok(canonical("image config", &cfg)?)
+    let bytes = canonical("image config", &cfg)?;
+    // What typed consumers read must parse: check with oci-spec's model of an image config.
+    oci_spec::image::ImageConfiguration::from_reader(bytes.as_slice())
+        .map_err(|e| ImageError::BaseConfig(format!("the derived config is not valid: {e}")))?;
+    Ok(bytes)
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::Array(items.iter().cloned().map(Value::String).collect())
 }
 
 /// Builds an OCI image manifest and its canonical bytes.
@@ -221,6 +290,57 @@ mod tests {
             )
             .unwrap()
         );
+    }
+
+    /// Regression: a base config's tab in `history[].created_by` and newline in an ENV value were
+    /// written raw (invalid JSON), and fields oci-spec does not model were dropped.
+    #[test]
+    fn base_config_control_characters_and_unmodelled_fields_survive() {
+        let base = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {
+                "Env": ["PATH=/bin", "MOTD=line one\nline two"],
+                "Healthcheck": {"Test": ["CMD", "/bin/true"], "Interval": 30000000000u64},
+                "Shell": ["/bin/ash", "-c"], "OnBuild": ["RUN true"], "ArgsEscaped": true,
+                "StopSignal": "SIGQUIT"
+            },
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [{"created_by": "/bin/sh -c #(nop)\tCMD [\"/bin/sh\"]", "empty_layer": true}],
+            "os.features": ["x"]
+        });
+        let diff = Digest::of(b"layer");
+        let layer = AddedLayer {
+            diff_id: &diff,
+            created_by: "COPY svc /app/svc".into(),
+        };
+        let platform = PlatformSpec {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
+        let bytes = derive_config(
+            base.to_string().as_bytes(),
+            0,
+            &platform,
+            &settings(),
+            &layer,
+            "2023-11-14T22:13:20Z",
+        )
+        .unwrap();
+        assert!(bytes.iter().all(|b| *b >= 0x20), "raw control byte");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for key in [
+            "Healthcheck",
+            "Shell",
+            "OnBuild",
+            "ArgsEscaped",
+            "StopSignal",
+        ] {
+            assert_eq!(v["config"][key], base["config"][key], "{key}");
+        }
+        assert_eq!(v["os.features"], base["os.features"]);
+        assert_eq!(v["config"]["Env"][1], "MOTD=line one\nline two");
+        assert_eq!(v["history"][0], base["history"][0]);
     }
 
     #[test]

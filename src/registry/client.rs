@@ -531,11 +531,11 @@ fn error_code(body: &[u8]) -> (String, String) {
         .as_str()
         .unwrap_or("no error code")
         .to_string();
-    let mut message = first["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
-    message.truncate(300);
+    // Counted in characters, not bytes: a registry's message may be in any language.
+    let message: String = match first["message"].as_str() {
+        Some(m) => m.chars().take(300).collect(),
+        None => String::from_utf8_lossy(body).chars().take(200).collect(),
+    };
     (code, message.trim().to_string())
 }
 
@@ -650,5 +650,22 @@ mod tests {
         );
         let (c, _) = error_code(b"<html>");
         assert_eq!(c, "no error code");
+    }
+
+    /// Regression: `message.truncate(300)` panicked when byte 300 fell inside a multi-byte
+    /// character of a registry's (non-ASCII) error message.
+    #[test]
+    fn message_truncate_300_does_not_panic_inside_a_multibyte_character() {
+        // 'é' is 2 bytes: byte 300 is in the middle of the 151st character after one ASCII byte.
+        let long = format!("x{}", "é".repeat(400));
+        let body = serde_json::json!({"errors": [{"code": "DENIED", "message": long}]});
+        let (code, message) = error_code(body.to_string().as_bytes());
+        assert_eq!(code, "DENIED");
+        assert_eq!(message.chars().count(), 300);
+        assert!(message.starts_with("xé"));
+        // And a non-JSON body cut inside a character.
+        let raw = "ü".repeat(500);
+        let (_, message) = error_code(&raw.as_bytes()[..301]);
+        assert_eq!(message.chars().filter(|c| *c == 'ü').count(), 150);
     }
 }
