@@ -24,6 +24,8 @@ pub struct ProjectConfig {
     pub base: Option<String>,
     /// Whether to compress binaries with UPX (default true).
     pub compress: Option<bool>,
+    /// How long the base tag's digest is reused before asking the registry again (default `24h`).
+    pub base_ttl: Option<String>,
     #[serde(default)]
     pub image: ImageConfig,
 }

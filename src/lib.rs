@@ -4,6 +4,7 @@
 //! the binary (`elf`), strips and compresses it, writes a deterministic layer and assembles an image
 //! on a base image (`oci`). ARCHITECTURE.md has the map.
 
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod elf;

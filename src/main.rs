@@ -15,7 +15,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build(args) => cli::build::run(args),
+        Command::Build(args) => match cli::build::run(args) {
+            Ok(cli::build::Outcome::Finished(ok)) => Ok(ok),
+            // The shell convention for "stopped by SIGINT".
+            Ok(cli::build::Outcome::Interrupted) => return ExitCode::from(130),
+            Err(e) => Err(e),
+        },
         Command::Verify(args) => cli::verify::run(args),
         Command::Push(args) => cli::push::run(args),
     };

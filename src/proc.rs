@@ -1,5 +1,6 @@
 //! Child processes: argv only (never a shell), an allow-listed environment, their own process
-//! group so the whole tree can be stopped, output read as bytes and decoded lossily.
+//! group so the whole tree can be stopped, output read as bytes and decoded lossily. Every run
+//! takes a `Cancel`: its process group is registered there, so cancelling a build stops it.
 
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
@@ -9,6 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
+
+use crate::cancel::{Cancel, GroupGuard, TAG_ENV};
 
 /// Environment variables a child may inherit. Everything else is dropped, so nothing the service
 /// holds (registry credentials, API tokens) reaches a compiler, a build script or UPX.
@@ -63,6 +66,8 @@ pub enum ProcError {
     TimedOut { program: String, secs: u64 },
     #[error("cannot read the output of {program}: {source}")]
     Io { program: String, source: io::Error },
+    #[error("{program} was stopped: {reason}")]
+    Cancelled { program: String, reason: String },
 }
 
 /// What a finished child printed and how it ended.
@@ -95,15 +100,30 @@ fn program_name(cmd: &Command) -> String {
         .into_owned()
 }
 
-fn spawn(cmd: &mut Command) -> Result<Child, ProcError> {
+/// Spawns a child tagged with the build's cancel tag and registers its process group. A build
+/// already cancelled spawns nothing.
+fn spawn(cmd: &mut Command, cancel: &Cancel) -> Result<(Child, GroupGuard), ProcError> {
     let program = program_name(cmd);
-    cmd.spawn().map_err(|source| {
+    cancel.check().map_err(|c| ProcError::Cancelled {
+        program: program.clone(),
+        reason: c.reason,
+    })?;
+    cmd.env(TAG_ENV, cancel.tag());
+    let child = cmd.spawn().map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
-            ProcError::NotFound { program }
+            ProcError::NotFound {
+                program: program.clone(),
+            }
         } else {
-            ProcError::Spawn { program, source }
+            ProcError::Spawn {
+                program: program.clone(),
+                source,
+            }
         }
-    })
+    })?;
+    // process_group(0): the group id is the child's pid.
+    let guard = cancel.register(child.id() as i32);
+    Ok((child, guard))
 }
 
 /// Stops a child's whole process group: its grandchildren (rustc, zig, linkers) too.
@@ -115,15 +135,29 @@ pub fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs a command to completion, capturing its output, stopping its process group after `timeout`.
-pub fn run_captured(cmd: &mut Command, timeout: Duration) -> Result<Captured, ProcError> {
+/// The error for a child that ended because its build was cancelled, if it was.
+fn cancelled(program: &str, cancel: &Cancel) -> Option<ProcError> {
+    cancel.check().err().map(|c| ProcError::Cancelled {
+        program: program.to_string(),
+        reason: c.reason,
+    })
+}
+
+/// Runs a command to completion, capturing its output, stopping its process group after
+/// `timeout` or when `cancel` fires.
+pub fn run_captured(
+    cmd: &mut Command,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<Captured, ProcError> {
     let program = program_name(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = spawn(cmd)?;
+    let (mut child, guard) = spawn(cmd, cancel)?;
     let out = reader_thread(child.stdout.take());
     let err = reader_thread(child.stderr.take());
     let started = Instant::now();
     let status = loop {
+        // A cancel signals the group itself (SIGTERM, then SIGKILL): keep reaping until it ends.
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() >= timeout => {
@@ -140,12 +174,13 @@ pub fn run_captured(cmd: &mut Command, timeout: Duration) -> Result<Captured, Pr
             }
         }
     };
-    // The process group may still hold the pipes open (a daemonized grandchild); stop it.
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
+    // The process group may still hold the pipes open (a daemonized grandchild): the guard stops it.
+    drop(guard);
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
+    if let Some(e) = cancelled(&program, cancel) {
+        return Err(e);
+    }
     Ok(Captured {
         status,
         stdout,
@@ -167,14 +202,16 @@ fn reader_thread(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle
 
 /// Runs a command, handing each line of stdout and stderr (lossily decoded) to callbacks as it
 /// arrives. Used for cargo, whose stdout carries JSON messages and stderr the human log.
+/// A cancel stops the process group; the result is then `ProcError::Cancelled`.
 pub fn run_streaming(
     cmd: &mut Command,
+    cancel: &Cancel,
     mut on_stdout: impl FnMut(&str),
     on_stderr: impl FnMut(&str) + Send,
 ) -> Result<ExitStatus, ProcError> {
     let program = program_name(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = spawn(cmd)?;
+    let (mut child, guard) = spawn(cmd, cancel)?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let result = thread::scope(|scope| {
@@ -190,6 +227,10 @@ pub fn run_streaming(
         let _ = err_thread.join();
         child.wait()
     });
+    drop(guard);
+    if let Some(e) = cancelled(&program, cancel) {
+        return Err(e);
+    }
     result.map_err(|source| ProcError::Io { program, source })
 }
 
@@ -216,7 +257,12 @@ mod tests {
     fn environment_is_allow_listed() {
         // SAFETY: test-only; no other thread of this test reads this variable.
         unsafe { std::env::set_var("GALLEY_TEST_SECRET", "sentinel-password") };
-        let out = run_captured(command("env").arg("-0"), Duration::from_secs(10)).unwrap();
+        let out = run_captured(
+            command("env").arg("-0"),
+            Duration::from_secs(10),
+            &Cancel::default(),
+        )
+        .unwrap();
         let env = String::from_utf8_lossy(&out.stdout);
         assert!(!env.contains("sentinel-password"), "{env}");
         assert!(env.contains("PATH="));
@@ -225,15 +271,65 @@ mod tests {
     #[test]
     fn timeout_stops_the_whole_group() {
         let started = Instant::now();
-        let err = run_captured(command("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        let err = run_captured(
+            command("sleep").arg("30"),
+            Duration::from_millis(200),
+            &Cancel::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ProcError::TimedOut { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
+    /// A cancel stops a child and its grandchildren (a shell script running `sleep`), SIGTERM
+    /// first; nothing of the group remains.
+    #[test]
+    fn cancel_stops_the_whole_group_and_its_grandchildren() {
+        let cancel = Cancel::new("proc-test-cancel", Duration::from_secs(5));
+        let c2 = cancel.clone();
+        let t = std::thread::spawn(move || {
+            // The test's own script, not user input: a parent with two children.
+            let dir = std::env::temp_dir().join(format!("galley-proc-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let script = dir.join("tree.sh");
+            std::fs::write(&script, "sleep 300 &\nsleep 300 &\nwait\n").unwrap();
+            let mut cmd = command("sh");
+            cmd.arg(&script);
+            let r = run_captured(&mut cmd, Duration::from_secs(600), &c2);
+            let _ = std::fs::remove_dir_all(&dir);
+            r
+        });
+        let started = Instant::now();
+        let tagged = loop {
+            let t = crate::cancel::tagged("proc-test-cancel");
+            if t.len() >= 3 || started.elapsed() > Duration::from_secs(10) {
+                break t;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(tagged.len(), 3, "sh and two sleeps carry the tag");
+        cancel.cancel("test");
+        let err = t.join().unwrap().unwrap_err();
+        assert!(matches!(err, ProcError::Cancelled { .. }), "{err}");
+        assert!(cancel.wait_settled(Duration::from_secs(10)));
+        for pid in tagged {
+            let alive = crate::cancel::processes()
+                .iter()
+                .any(|p| p.pid == pid && p.state != 'Z');
+            assert!(!alive, "{pid} survived the cancel");
+        }
+        // `sleep` dies of SIGTERM: no SIGKILL was needed.
+        assert!(!cancel.forced());
+    }
+
     #[test]
     fn missing_program_is_named() {
-        let err =
-            run_captured(&mut command("galley-no-such-tool"), Duration::from_secs(1)).unwrap_err();
+        let err = run_captured(
+            &mut command("galley-no-such-tool"),
+            Duration::from_secs(1),
+            &Cancel::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "galley-no-such-tool is not installed (not found on PATH)"

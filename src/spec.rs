@@ -45,6 +45,11 @@ pub struct BuildRequest {
     pub refresh_base: bool,
     /// Where pulled base images are cached (default `BlobCache::default_dir()`).
     pub cache_dir: Option<PathBuf>,
+    /// How long a base tag's resolution is trusted (`30m`, `24h`, `7d`; default galley.toml's
+    /// `base_ttl`, else a day).
+    pub base_ttl: Option<String>,
+    /// Move the registry tags of the variants that succeeded even when another failed.
+    pub partial: bool,
 }
 
 /// Where the base image comes from.
@@ -132,7 +137,10 @@ pub struct BuildSpec {
     pub push: Option<Reference>,
     pub registry: RegistryOptions,
     pub refresh_base: bool,
+    pub base_ttl: Duration,
     pub cache_dir: PathBuf,
+    /// Release the variants that succeeded even when another failed.
+    pub partial: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +187,10 @@ pub enum SpecError {
     BadBase(String),
     #[error("--push {0:?} is not a repository: give host/repo without tag or digest (tags come from the tag templates)")]
     BadPush(String),
+    #[error(
+        "base_ttl {0:?} is not a duration: use a number with s, m, h or d (e.g. 30m, 24h, 7d)"
+    )]
+    BadDuration(String),
     #[error("`{0} = []` in galley.toml leaves nothing to build or tag: remove the line for the default or list at least one")]
     EmptyList(&'static str),
     #[error("image setting {field} is not allowed: {why}")]
@@ -227,6 +239,24 @@ fn is_env_key(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
+/// Parses a duration as `<n>s`, `<n>m`, `<n>h` or `<n>d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
 /// Facts read from git about the project's HEAD.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GitFacts {
@@ -239,7 +269,12 @@ pub fn git_facts(project: &Path) -> GitFacts {
     let run = |args: &[&str]| -> Option<String> {
         let mut cmd = proc::command("git");
         cmd.arg("-C").arg(project).args(args);
-        let out = proc::run_captured(&mut cmd, Duration::from_secs(30)).ok()?;
+        let out = proc::run_captured(
+            &mut cmd,
+            Duration::from_secs(30),
+            &crate::cancel::Cancel::default(),
+        )
+        .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -430,6 +465,12 @@ impl BuildSpec {
             )
         };
 
+        let ttl_text = req.base_ttl.as_deref().or(config.base_ttl.as_deref());
+        let base_ttl = match ttl_text {
+            None => crate::registry::pull::DEFAULT_BASE_TTL,
+            Some(t) => parse_duration(t).ok_or_else(|| SpecError::BadDuration(t.to_string()))?,
+        };
+
         Ok(BuildSpec {
             project,
             binary,
@@ -452,6 +493,8 @@ impl BuildSpec {
             push,
             registry,
             refresh_base: req.refresh_base,
+            base_ttl,
+            partial: req.partial,
             cache_dir: req
                 .cache_dir
                 .clone()
@@ -651,6 +694,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn base_ttl_parses_durations_and_refuses_the_rest() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            resolve(&req(), "").unwrap().base_ttl,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            resolve(&req(), "base_ttl = \"0s\"").unwrap().base_ttl,
+            Duration::ZERO
+        );
+        assert!(matches!(
+            resolve(&req(), "base_ttl = \"soon\""),
+            Err(SpecError::BadDuration(_))
+        ));
     }
 
     #[test]

@@ -3,15 +3,68 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use anyhow::Context;
+use anyhow::Context as _;
 
 use super::BuildArgs;
-use crate::pipeline::{self, LogLine};
+use crate::cancel::{Cancel, DEFAULT_GRACE};
+use crate::pipeline::{self, Context, EventSink, LogLine, PipelineError, StageEvent};
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::toolchain::CargoZigbuild;
 
-/// Runs a build; returns whether every variant succeeded.
-pub fn run(args: BuildArgs) -> anyhow::Result<bool> {
+/// What `galley build` ended with.
+pub enum Outcome {
+    /// The report was written; whether every variant succeeded.
+    Finished(bool),
+    /// Ctrl-C or SIGTERM: every child was stopped, nothing half-written is left.
+    Interrupted,
+}
+
+/// Prints log lines on stderr as `[variant arch] stage: line`.
+struct Printer {
+    stderr: Mutex<std::io::Stderr>,
+}
+
+impl EventSink for Printer {
+    fn log(&self, line: &LogLine<'_>) {
+        let mut err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            err,
+            "[{} {}] {}: {}",
+            line.variant,
+            line.target.platform().architecture,
+            line.stage,
+            line.message
+        );
+    }
+
+    fn stage(&self, _event: &StageEvent<'_>) {
+        // Stage timings are in the report; the log lines say what happens.
+    }
+}
+
+/// Turns SIGINT and SIGTERM into a cancel: the first stops the build gracefully (SIGTERM to
+/// every child group, SIGKILL after the grace period), a second kills at once.
+fn cancel_on_signals(cancel: &Cancel) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install the Ctrl-C handler")?;
+    let cancel = cancel.clone();
+    std::thread::spawn(move || {
+        for (n, sig) in signals.forever().enumerate() {
+            let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+            if n == 0 {
+                eprintln!("galley: {name}: stopping the build (again to kill at once)");
+                cancel.cancel(&format!("interrupted by {name}"));
+            } else {
+                cancel.force(&format!("interrupted by {name}"));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs a build.
+pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
     let req = BuildRequest {
         project: args.project,
         variants: args.variants,
@@ -29,26 +82,43 @@ pub fn run(args: BuildArgs) -> anyhow::Result<bool> {
         ca_bundle: args.registry.ca_bundle,
         refresh_base: args.refresh_base,
         cache_dir: None,
+        base_ttl: args.base_ttl,
+        partial: args.partial,
     };
     let spec = BuildSpec::resolve(&req)?;
-    let stderr = Mutex::new(std::io::stderr());
-    let log = |line: &LogLine<'_>| {
-        let mut err = stderr.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(
-            err,
-            "[{} {}] {}: {}",
-            line.variant,
-            line.target.platform().architecture,
-            line.stage,
-            line.message
-        );
+    let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);
+    cancel_on_signals(&cancel)?;
+    let printer = Printer {
+        stderr: Mutex::new(std::io::stderr()),
     };
     let toolchain = CargoZigbuild::default();
-    let report = pipeline::run(&spec, &toolchain, &log)?;
+    let ctx = Context {
+        toolchain: &toolchain,
+        events: &printer,
+        cancel: &cancel,
+        compile_slots: None,
+    };
+    let report = match pipeline::run(&spec, &ctx) {
+        Ok(r) => r,
+        Err(PipelineError::Cancelled(c)) => {
+            cancel.wait_settled(DEFAULT_GRACE + std::time::Duration::from_secs(5));
+            eprintln!(
+                "galley: {}; every child process stopped{}, no tag moved",
+                c,
+                if cancel.forced() {
+                    " (SIGKILL was needed)"
+                } else {
+                    ""
+                }
+            );
+            return Ok(Outcome::Interrupted);
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprint!("{}", report.human());
     if args.json {
         let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
         println!("{json}");
     }
-    Ok(report.succeeded)
+    Ok(Outcome::Finished(report.succeeded))
 }

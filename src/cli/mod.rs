@@ -80,6 +80,14 @@ pub struct BuildArgs {
     /// Re-resolve the base image's tag instead of using the cached digest.
     #[arg(long)]
     pub refresh_base: bool,
+    /// How long a cached base tag resolution is used before asking the registry again
+    /// (e.g. 30m, 24h, 7d; default galley.toml's base_ttl, else 24h).
+    #[arg(long)]
+    pub base_ttl: Option<String>,
+    /// With --push: move the registry tags of the variants that succeeded even when another
+    /// variant failed (by default no registry tag moves unless every variant succeeded).
+    #[arg(long)]
+    pub partial: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

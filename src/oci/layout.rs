@@ -94,7 +94,11 @@ impl Layout {
             root: root.to_path_buf(),
         };
         if !root.join("index.json").is_file() {
-            layout.write_index(&Index::empty())?;
+            let _lock = layout.lock()?;
+            // Another process may have created it while this one waited for the lock.
+            if !root.join("index.json").is_file() {
+                layout.write_index(&Index::empty())?;
+            }
         }
         Ok(layout)
     }
@@ -252,10 +256,38 @@ impl Layout {
         })
     }
 
+    /// Writes a file in (or under) the layout atomically: a reader sees the old bytes or the new.
+    pub fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+        let dir = dest.parent().unwrap_or(&self.root);
+        write_atomic(dir, dest, bytes)
+    }
+
+    /// Takes the layout's lock (`index.json.lock`, flock), held until the file drops: two galley
+    /// processes writing one layout take turns at reading and rewriting index.json.
+    fn lock(&self) -> Result<File, LayoutError> {
+        let path = self.root.join("index.json.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            LayoutError::Io {
+                what: "lock",
+                path: path.clone(),
+                source: e.into(),
+            }
+        })?;
+        Ok(f)
+    }
+
     /// Points each tag at its descriptor, replacing earlier entries with the same tag. Entries are
     /// kept sorted by tag so index.json does not depend on build order. Call only after every blob
-    /// the descriptors reach has been written: a tag never points at an incomplete image.
+    /// the descriptors reach has been written: a tag never points at an incomplete image. The
+    /// read-modify-write happens under the layout's lock, so concurrent writers lose no tag.
     pub fn set_tags(&self, tagged: &[(String, Descriptor)]) -> Result<(), LayoutError> {
+        let _lock = self.lock()?;
         let mut index = self.index()?;
         index.manifests.retain(|d| {
             let tag = d.annotations.get(ANNOTATION_REF_NAME);

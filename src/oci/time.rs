@@ -40,6 +40,14 @@ pub fn rfc3339(epoch: u64) -> String {
     )
 }
 
+/// Formats a wall-clock instant as RFC 3339 UTC with milliseconds (`2024-01-02T03:04:05.678Z`).
+/// For records and events only: no image byte ever comes from the wall clock.
+pub fn rfc3339_millis(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = rfc3339(d.as_secs());
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), d.subsec_millis())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +58,8 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_042);
+        assert_eq!(rfc3339_millis(t), "2023-11-14T22:13:20.042Z");
     }
 
     #[test]

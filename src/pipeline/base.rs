@@ -3,9 +3,11 @@
 
 use crate::oci::layout::{Layout, LayoutError};
 use crate::oci::{is_index, is_manifest, Descriptor, Digest, Index, Manifest, PlatformSpec};
-use crate::registry::pull::{pull, BlobCache};
+use std::time::SystemTime;
+
+use crate::registry::pull::{pull, BlobCache, Resolution};
 use crate::registry::{Reference, RegistryError, RegistryOptions};
-use crate::spec::BaseRef;
+use crate::spec::{BaseRef, BuildSpec};
 use crate::target::Target;
 
 /// The base image for one platform.
@@ -23,6 +25,10 @@ pub struct BaseImage {
     pub reference: Option<Reference>,
     /// Blobs downloaded for this build (0 when the cache had everything).
     pub blobs_downloaded: u32,
+    /// How a registry tag was resolved (absent for a layout on disk).
+    pub resolution: Option<Resolution>,
+    /// When the tag was resolved to `digest`.
+    pub resolved_at: Option<SystemTime>,
 }
 
 impl BaseImage {
@@ -50,30 +56,39 @@ pub enum BaseError {
     },
 }
 
-/// Resolves the base reference for each target, reading its manifests and configs (digests checked).
+/// Resolves the spec's base reference for each of its targets, reading manifests and configs
+/// (digests checked).
 pub fn resolve(
-    base: &BaseRef,
-    targets: &[Target],
+    spec: &BuildSpec,
     options: &RegistryOptions,
-    cache_dir: &std::path::Path,
-    refresh: bool,
 ) -> Result<(BaseImage, Layout), BaseError> {
-    let name = base.display_name();
-    let (dir, tag) = match base {
+    let targets = &spec.targets;
+    let name = spec.base.display_name();
+    let (dir, tag) = match &spec.base {
         BaseRef::Layout { dir, tag } => (dir, tag),
         BaseRef::Registry(reference) => {
             let rerr = |source| BaseError::Registry {
                 name: name.clone(),
                 source: Box::new(source),
             };
-            let cache = BlobCache::open(cache_dir).map_err(rerr)?;
-            let pulled = pull(reference, targets, options, &cache, refresh).map_err(rerr)?;
+            let cache = BlobCache::open(&spec.cache_dir).map_err(rerr)?;
+            let pulled = pull(
+                reference,
+                targets,
+                options,
+                &cache,
+                spec.refresh_base,
+                spec.base_ttl,
+            )
+            .map_err(rerr)?;
             let image = BaseImage {
                 name,
                 digest: pulled.digest,
                 platforms: pulled.platforms,
                 reference: Some(reference.clone()),
                 blobs_downloaded: pulled.blobs_downloaded,
+                resolution: Some(pulled.resolution),
+                resolved_at: pulled.resolved_at,
             };
             return Ok((image, cache.layout().clone()));
         }
@@ -85,7 +100,7 @@ pub fn resolve(
     let src = Layout::open(dir).map_err(lerr)?;
     let top = src.resolve(tag).map_err(lerr)?;
     let mut platforms = Vec::new();
-    for &target in targets {
+    for &target in targets.iter() {
         let want: PlatformSpec = target.platform().into();
         let desc: Descriptor = if is_index(&top.media_type) {
             let index: Index = src.read_json("image index", &top.digest).map_err(lerr)?;
@@ -125,6 +140,8 @@ pub fn resolve(
             platforms,
             reference: None,
             blobs_downloaded: 0,
+            resolution: None,
+            resolved_at: None,
         },
         src,
     ))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::verify::VerifiedBinary;
+use crate::cancel::Cancel;
 use crate::proc::{self, tail};
 use crate::spec::CompressSpec;
 
@@ -37,18 +38,24 @@ pub struct Compressed {
 
 const UPX_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn upx_version(upx: &Path) -> Option<String> {
+fn upx_version(upx: &Path, cancel: &Cancel) -> Option<String> {
     let mut cmd = proc::command(upx);
     cmd.arg("--version");
-    let out = proc::run_captured(&mut cmd, Duration::from_secs(30)).ok()?;
+    let out = proc::run_captured(&mut cmd, Duration::from_secs(30), cancel).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     out.status
         .success()
         .then(|| text.lines().next().unwrap_or("upx").trim().to_string())
 }
 
-/// Packs `input` into `packed_path` when possible.
-pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec) -> Compressed {
+/// Packs `input` into `packed_path` when possible. A cancel stops UPX and the smoke runs (the
+/// caller checks the handle: the result then says only that nothing was packed).
+pub fn compress(
+    input: &VerifiedBinary,
+    packed_path: &Path,
+    spec: &CompressSpec,
+    cancel: &Cancel,
+) -> Compressed {
     let keep = |tool: Option<String>, why: String| Compressed {
         packed: false,
         compression: Compression {
@@ -71,7 +78,7 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
             warning: None,
         };
     }
-    let Some(version) = upx_version(&spec.upx) else {
+    let Some(version) = upx_version(&spec.upx, cancel) else {
         return keep(None, format!("UPX not available ({} --version failed or not found; install upx-ucl from bookworm-backports)", spec.upx.display()));
     };
     let _ = std::fs::remove_file(packed_path);
@@ -79,7 +86,7 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
     cmd.args(["--best", "--lzma", "-q", "--no-progress", "-o"])
         .arg(packed_path)
         .arg(input.path());
-    match proc::run_captured(&mut cmd, UPX_TIMEOUT) {
+    match proc::run_captured(&mut cmd, UPX_TIMEOUT, cancel) {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
             let _ = std::fs::remove_file(packed_path);
@@ -97,7 +104,7 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
 
     let mut test = proc::command(&spec.upx);
     test.args(["-t", "-q"]).arg(packed_path);
-    match proc::run_captured(&mut test, UPX_TIMEOUT) {
+    match proc::run_captured(&mut test, UPX_TIMEOUT, cancel) {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
             return keep(
@@ -147,7 +154,7 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
     }
 
     let shown = args.join(" ");
-    let unpacked = match smoke_run(input.path(), args, spec.smoke_timeout) {
+    let unpacked = match smoke_run(input.path(), args, spec.smoke_timeout, cancel) {
         Ok(out) => out,
         Err(why) => {
             return keep(
@@ -156,7 +163,7 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
             )
         }
     };
-    match smoke_run(packed_path, args, spec.smoke_timeout) {
+    match smoke_run(packed_path, args, spec.smoke_timeout, cancel) {
         Ok(out) if out == unpacked => Compressed {
             packed: true,
             compression: Compression {
@@ -179,11 +186,16 @@ pub fn compress(input: &VerifiedBinary, packed_path: &Path, spec: &CompressSpec)
 }
 
 /// Runs a binary with arguments in an empty environment; its stdout when it exits 0.
-fn smoke_run(binary: &Path, args: &[String], timeout: Duration) -> Result<Vec<u8>, String> {
+fn smoke_run(
+    binary: &Path,
+    args: &[String],
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<Vec<u8>, String> {
     let dir = binary.parent().unwrap_or(Path::new("/"));
     let mut cmd = proc::command(binary);
     cmd.env_clear().current_dir(dir).args(args);
-    match proc::run_captured(&mut cmd, timeout) {
+    match proc::run_captured(&mut cmd, timeout, cancel) {
         Ok(out) if out.status.success() => Ok(out.stdout),
         Ok(out) => Err(format!(
             "exited with {} ({})",

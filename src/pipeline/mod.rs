@@ -1,43 +1,99 @@
 //! The only place that knows stage order: compile, verify, strip, compress, layer, assemble,
-//! report. One compile runs at a time; the later stages of a variant run on a worker thread
-//! while the next variant compiles.
+//! push, then tags and the report. One compile runs at a time; the later stages of a variant run
+//! on a worker thread while the next variant compiles.
+//!
+//! A `Context` carries what the caller provides: the toolchain, where events go, the cancel
+//! handle that stops every child process, wait and retry, and (in the service) the compile slots
+//! shared between builds.
 
 pub mod assemble;
 pub mod base;
 pub mod compress;
+pub mod events;
 pub mod report;
 pub mod strip;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::cancel::{Cancel, Cancelled};
 use crate::oci::layout::{Layout, LayoutError};
+use crate::oci::time::rfc3339_millis;
 use crate::oci::Descriptor;
 use crate::registry::push::{PushStats, Pusher};
-use crate::registry::RegistryError;
+use crate::registry::{RegistryError, RegistryOptions};
 use crate::spec::{BuildSpec, VariantSpec};
 use crate::target::Target;
 use crate::toolchain::{CompileRequest, Toolchain};
 use base::{BaseError, BaseImage};
-use report::{
-    BaseReport, PlatformReport, PushReport, Report, Sizes, StageTiming, Status, VariantReport,
-};
+pub use events::{EventSink, LogLine, Stage, StageEvent, StageStatus, Stream};
+use report::{BaseReport, PlatformReport, PushReport, Report, StageTiming, Status, VariantReport};
 
-/// A line of build log, tagged with where it comes from.
-#[derive(Debug, Clone)]
-pub struct LogLine<'a> {
-    pub variant: &'a str,
-    pub target: Target,
-    pub stage: &'static str,
-    pub message: &'a str,
+/// What the caller gives a build besides its spec.
+pub struct Context<'a> {
+    pub toolchain: &'a dyn Toolchain,
+    pub events: &'a dyn EventSink,
+    pub cancel: &'a Cancel,
+    /// Compiles allowed at once across every build sharing these slots (the service's
+    /// `compile_slots`); `None`: this build's own compiles, one at a time, are the only ones.
+    pub compile_slots: Option<&'a CompileSlots>,
 }
 
-/// Where log lines go (the CLI prints them; the service will stream them).
-pub type LogSink<'a> = &'a (dyn Fn(&LogLine<'_>) + Sync);
+/// A counting semaphore for compiles, shared by the builds of a service. Waiting for a slot
+/// ends when the build is cancelled.
+#[derive(Debug)]
+pub struct CompileSlots {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
 
-/// Failures that stop the whole build before any variant runs.
+/// A compile slot, given back when dropped.
+pub struct CompileSlot<'a> {
+    slots: &'a CompileSlots,
+}
+
+impl CompileSlots {
+    pub fn new(slots: usize) -> CompileSlots {
+        CompileSlots {
+            free: Mutex::new(slots.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Takes a slot, waiting for one; `Err` when the build is cancelled while waiting.
+    pub fn acquire(&self, cancel: &Cancel) -> Result<CompileSlot<'_>, Cancelled> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            cancel.check()?;
+            if *free > 0 {
+                *free -= 1;
+                return Ok(CompileSlot { slots: self });
+            }
+            free = self
+                .cv
+                .wait_timeout(free, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Slots free now (for metrics and tests).
+    pub fn available(&self) -> usize {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for CompileSlot<'_> {
+    fn drop(&mut self) {
+        *self.slots.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.slots.cv.notify_one();
+    }
+}
+
+/// Failures that stop the whole build before any variant runs, or a cancel.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("cannot prepare the output layout {dir}: {source}")]
@@ -52,27 +108,38 @@ pub enum PipelineError {
         source: std::io::Error,
     },
     #[error("cannot write {path}: {source}")]
-    Report {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Report { path: PathBuf, source: LayoutError },
+    #[error("the build was {0}")]
+    Cancelled(#[from] Cancelled),
 }
 
-/// Runs the whole build and writes `report.json` into the output layout.
-pub fn run(
-    spec: &BuildSpec,
-    toolchain: &dyn Toolchain,
-    log: LogSink<'_>,
-) -> Result<Report, PipelineError> {
+/// Runs the whole build and writes `report.json` into the output layout (before any tag moves).
+///
+/// When the build is cancelled, every child has been stopped when this returns
+/// `Err(PipelineError::Cancelled)`; the work directory is gone, no tag moved, and an output
+/// directory this build created is removed again.
+pub fn run(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineError> {
+    let created_output = !spec.output.exists();
+    let result = run_inner(spec, ctx);
+    if let Err(c) = ctx.cancel.check() {
+        // Whatever failed on the way, the cause is the cancel.
+        if created_output {
+            let _ = std::fs::remove_dir_all(&spec.output);
+        }
+        return Err(PipelineError::Cancelled(c));
+    }
+    result
+}
+
+fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineError> {
     let started = Instant::now();
+    ctx.cancel.check()?;
+    let registry = RegistryOptions {
+        cancel: ctx.cancel.clone(),
+        ..spec.registry.clone()
+    };
     // The base first: a missing or corrupt base must not leave an output directory behind.
-    let (base, base_layout) = base::resolve(
-        &spec.base,
-        &spec.targets,
-        &spec.registry,
-        &spec.cache_dir,
-        spec.refresh_base,
-    )?;
+    let (base, base_layout) = base::resolve(spec, &registry)?;
     // Credentials are looked up now, so a missing helper fails before anything compiles.
     let pusher = match &spec.push {
         Some(target) => {
@@ -85,7 +152,7 @@ pub fn run(
                 (r, digests)
             });
             Some(
-                Pusher::new(target, &spec.registry, mount)
+                Pusher::new(target, &registry, mount)
                     .map_err(|e| PipelineError::Registry(Box::new(e)))?,
             )
         }
@@ -112,74 +179,228 @@ pub fn run(
         dir: work.clone(),
         source,
     })?;
+    let built = build_variants(spec, ctx, &out, &base, pusher.as_ref(), &work);
+    let _ = std::fs::remove_dir_all(&work);
+    ctx.cancel.check()?;
 
-    let results: Vec<(usize, PlatformReport, Option<Descriptor>)> = thread::scope(|scope| {
+    let collected = collect_variants(spec, &out, &base, pusher.as_ref(), built);
+    let descriptors: Vec<Option<Descriptor>> = collected.iter().map(|(_, d)| d.clone()).collect();
+    let mut variants: Vec<VariantReport> = collected.into_iter().map(|(v, _)| v).collect();
+    let tools = ctx.toolchain.versions();
+    let mut report = Report {
+        galley_version: env!("CARGO_PKG_VERSION"),
+        project: spec.project.display().to_string(),
+        binary: spec.binary.clone(),
+        version: spec.version.clone(),
+        source_date_epoch: spec.source_date_epoch,
+        created: spec.created.clone(),
+        revision: spec.revision.clone(),
+        base: BaseReport {
+            name: base.name.clone(),
+            blobs_downloaded: base.blobs_downloaded,
+            digest: base.digest.clone(),
+            resolution: base.resolution,
+            resolved_at: base.resolved_at.map(rfc3339_millis),
+            resolution_age_secs: base.resolved_at.map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+        },
+        output: output.display().to_string(),
+        toolchain: tools.one_line(),
+        tools: tools.with_upx(variants.iter().find_map(|v| {
+            v.platforms
+                .iter()
+                .find_map(|p| p.compression.as_ref()?.tool.clone())
+        })),
+        succeeded: false,
+        tags_moved: false,
+        variants: Vec::new(),
+        total_ms: 0,
+    };
+
+    // Registry tags move only when every variant succeeded (or --partial): a failed variant
+    // must not leave the others half-released.
+    let all_built = variants.iter().all(|v| v.status == Status::Succeeded);
+    if pusher.is_some() && !all_built && !spec.partial {
+        {
+            let failed: Vec<&str> = variants
+                .iter()
+                .filter(|v| v.status != Status::Succeeded)
+                .map(|v| v.variant.as_str())
+                .collect();
+            let why = format!(
+                "registry tags not moved because {} failed; pass --partial to release the variants that succeeded",
+                failed.join(", ")
+            );
+            for v in variants
+                .iter_mut()
+                .filter(|v| v.status == Status::Succeeded)
+            {
+                if let Some(p) = &mut v.push {
+                    p.withheld = Some(why.clone());
+                }
+            }
+        }
+    }
+    report.variants = variants.clone();
+    report.succeeded = all_built;
+    report.total_ms = started.elapsed().as_millis() as u64;
+    // The report is on disk before any tag moves: a tag never points at an image without one.
+    let path = output.join("report.json");
+    write_report(&out, &path, &report)?;
+
+    if let Some(pusher) = &pusher {
+        for (v, desc) in variants.iter_mut().zip(&descriptors) {
+            let (Some(push), Some(desc)) = (&mut v.push, desc) else {
+                continue;
+            };
+            if v.status != Status::Succeeded {
+                continue;
+            }
+            if push.withheld.is_some() {
+                continue;
+            }
+            let tags = &spec
+                .variants
+                .iter()
+                .find(|s| s.name == v.variant)
+                .expect("every report has its spec")
+                .tags;
+            match pusher.push_tags(&out, desc, tags) {
+                Ok(refs) => {
+                    for r in &refs {
+                        ctx.events.log(&LogLine {
+                            variant: &v.variant,
+                            target: spec.targets[0],
+                            stage: Stage::Push,
+                            stream: Stream::Galley,
+                            message: &format!("tag moved: {r}"),
+                        });
+                    }
+                    push.references = refs;
+                }
+                Err(e) => {
+                    push.error = Some(e.to_string());
+                    v.status = Status::Failed;
+                    v.error = Some(format!("push: {e}"));
+                }
+            }
+        }
+    }
+    // Local tags: every variant that built, in one index.json write.
+    let tagged: Vec<(String, Descriptor)> = variants
+        .iter()
+        .zip(&descriptors)
+        .filter_map(|(v, d)| Some((v, d.as_ref()?)))
+        .flat_map(|(v, d)| v.tags.iter().map(move |t| (t.clone(), d.clone())))
+        .collect();
+    if let Err(e) = out.set_tags(&tagged) {
+        for v in variants.iter_mut().filter(|v| !v.tags.is_empty()) {
+            v.status = Status::Failed;
+            v.error = Some(format!("cannot write the tags: {e}"));
+            v.tags.clear();
+        }
+    }
+    report.succeeded = variants.iter().all(|v| v.status == Status::Succeeded);
+    report.variants = variants;
+    report.tags_moved = true;
+    report.total_ms = started.elapsed().as_millis() as u64;
+    write_report(&out, &path, &report)?;
+    Ok(report)
+}
+
+fn write_report(out: &Layout, path: &Path, report: &Report) -> Result<(), PipelineError> {
+    let json = serde_json::to_vec_pretty(report).expect("the report serializes");
+    out.write_file_atomic(path, &json)
+        .map_err(|source| PipelineError::Report {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One platform image of one variant, as its worker returns it.
+struct Built {
+    variant: usize,
+    report: PlatformReport,
+    manifest: Option<Descriptor>,
+}
+
+/// Compiles every variant for every target on this thread (one cargo at a time), packaging
+/// each on a worker thread while the next compiles.
+fn build_variants(
+    spec: &BuildSpec,
+    ctx: &Context<'_>,
+    out: &Layout,
+    base: &BaseImage,
+    pusher: Option<&Pusher>,
+    work: &Path,
+) -> Vec<Built> {
+    thread::scope(|scope| {
         let mut workers = Vec::new();
-        for (vi, variant) in spec.variants.iter().enumerate() {
+        'variants: for (vi, variant) in spec.variants.iter().enumerate() {
             for &target in &spec.targets {
                 let dir = work.join(format!("{}-{}", variant.name, target.triple()));
-                let mut report = PlatformReport {
-                    target: target.triple().to_string(),
-                    platform: platform_name(target),
-                    manifest_digest: None,
-                    config_digest: None,
-                    layer_digest: None,
-                    sizes: Sizes::default(),
-                    strip: None,
-                    compression: None,
-                    elf: None,
-                    binary_digests: Vec::new(),
-                    stages: Vec::new(),
-                    error: None,
-                    warnings: Vec::new(),
-                    push: None,
-                };
-                // Compiling happens here, on this thread: one cargo at a time.
-                let raw = match compile(spec, toolchain, variant, target, &dir, &mut report, log) {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        report.error = Some(e);
-                        workers.push(scope.spawn(move || (vi, report, None)));
-                        continue;
-                    }
-                };
-                let (out, base, pusher) = (&out, &base, pusher.as_ref());
-                workers.push(scope.spawn(move || {
-                    let desc = package(
-                        spec,
-                        out,
-                        base,
-                        pusher,
-                        variant,
-                        target,
-                        &raw,
-                        &dir,
-                        &mut report,
-                        log,
-                    );
-                    match desc {
-                        Ok(d) => (vi, report, Some(d)),
-                        Err(e) => {
-                            report.error = Some(e);
-                            (vi, report, None)
+                let mut unit = Unit::new(ctx, variant, target, pusher.is_some());
+                let compiled = compile(spec, &mut unit, &dir);
+                let cancelled = ctx.cancel.is_cancelled();
+                match compiled {
+                    Ok(raw) => workers.push(scope.spawn(move || {
+                        let manifest = match package(spec, out, base, pusher, &mut unit, &raw, &dir)
+                        {
+                            Ok(d) => Some(d),
+                            Err(e) => {
+                                unit.fail(e);
+                                None
+                            }
+                        };
+                        unit.finish();
+                        Built {
+                            variant: vi,
+                            report: unit.report,
+                            manifest,
                         }
+                    })),
+                    Err(e) => {
+                        unit.fail(e);
+                        unit.finish();
+                        let report = unit.report;
+                        workers.push(scope.spawn(move || Built {
+                            variant: vi,
+                            report,
+                            manifest: None,
+                        }));
                     }
-                }));
+                }
+                // A cancel stops scheduling; the workers notice it at their next step.
+                if cancelled {
+                    break 'variants;
+                }
             }
         }
         workers
             .into_iter()
             .map(|w| w.join().expect("a packaging thread panicked"))
             .collect()
-    });
+    })
+}
 
+/// Turns the platform results into variant reports: an index over several platforms, the
+/// index pushed (its platform images were pushed by their workers).
+fn collect_variants(
+    spec: &BuildSpec,
+    out: &Layout,
+    base: &BaseImage,
+    pusher: Option<&Pusher>,
+    built: Vec<Built>,
+) -> Vec<(VariantReport, Option<Descriptor>)> {
     let mut variants = Vec::new();
-    let mut tagged: Vec<(String, Descriptor)> = Vec::new();
     for (vi, variant) in spec.variants.iter().enumerate() {
-        let mine: Vec<&(usize, PlatformReport, Option<Descriptor>)> =
-            results.iter().filter(|r| r.0 == vi).collect();
-        let platforms: Vec<PlatformReport> = mine.iter().map(|r| r.1.clone()).collect();
-        let descs: Option<Vec<Descriptor>> = mine.iter().map(|r| r.2.clone()).collect();
+        let mine: Vec<&Built> = built.iter().filter(|b| b.variant == vi).collect();
+        let platforms: Vec<PlatformReport> = mine.iter().map(|b| b.report.clone()).collect();
+        let descs: Option<Vec<Descriptor>> = mine.iter().map(|b| b.manifest.clone()).collect();
         let warnings: Vec<String> = platforms
             .iter()
             .flat_map(|p| {
@@ -200,12 +421,13 @@ pub fn run(
             warnings,
             push: None,
         };
+        let mut top_desc = None;
         match descs {
-            Some(descs) => {
+            Some(descs) if !descs.is_empty() => {
                 let top = if descs.len() == 1 {
                     Ok(descs[0].clone())
                 } else {
-                    assemble::index(spec, &out, &base.name, descs).map_err(|e| e.to_string())
+                    assemble::index(spec, out, &base.name, descs).map_err(|e| e.to_string())
                 };
                 match top {
                     Ok(top) => {
@@ -213,98 +435,158 @@ pub fn run(
                         vr.digest = Some(top.digest.clone());
                         vr.media_type = Some(top.media_type.clone());
                         vr.tags = variant.tags.clone();
-                        for t in &variant.tags {
-                            tagged.push((t.clone(), top.clone()));
-                        }
-                        if let Some(pusher) = &pusher {
-                            let pushed = push_variant(pusher, &out, &top, variant, &vr.platforms);
+                        if let Some(pusher) = pusher {
+                            let pushed = push_variant(pusher, out, &top, &vr.platforms);
                             if let Some(e) = &pushed.error {
                                 vr.status = Status::Failed;
                                 vr.error = Some(format!("push: {e}"));
                             }
                             vr.push = Some(pushed);
                         }
+                        top_desc = Some(top);
                     }
                     Err(e) => vr.error = Some(e),
                 }
             }
-            None => {
+            _ => {
                 let errors: Vec<String> = vr
                     .platforms
                     .iter()
                     .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.platform)))
                     .collect();
-                vr.error = Some(errors.join("; "));
+                vr.error = Some(if errors.is_empty() {
+                    "not built".to_string()
+                } else {
+                    errors.join("; ")
+                });
             }
         }
-        variants.push(vr);
+        variants.push((vr, top_desc));
     }
-
-    // Tags last, in one write, after every blob they reach exists.
-    let tag_error = out.set_tags(&tagged).err();
-    if let Some(e) = &tag_error {
-        for v in variants
-            .iter_mut()
-            .filter(|v| v.status == Status::Succeeded)
-        {
-            v.status = Status::Failed;
-            v.error = Some(format!("cannot write the tags: {e}"));
-            v.tags.clear();
-        }
-    }
-    let _ = std::fs::remove_dir_all(&work);
-
-    let report = Report {
-        galley_version: env!("CARGO_PKG_VERSION"),
-        project: spec.project.display().to_string(),
-        binary: spec.binary.clone(),
-        version: spec.version.clone(),
-        source_date_epoch: spec.source_date_epoch,
-        created: spec.created.clone(),
-        revision: spec.revision.clone(),
-        base: BaseReport {
-            name: base.name.clone(),
-            blobs_downloaded: base.blobs_downloaded,
-            digest: base.digest.clone(),
-        },
-        output: output.display().to_string(),
-        toolchain: toolchain.describe(),
-        succeeded: variants.iter().all(|v| v.status == Status::Succeeded),
-        variants,
-        total_ms: started.elapsed().as_millis() as u64,
-    };
-    let path = output.join("report.json");
-    let json = serde_json::to_vec_pretty(&report).expect("the report serializes");
-    std::fs::write(&path, json).map_err(|source| PipelineError::Report { path, source })?;
-    Ok(report)
+    variants
 }
 
 fn platform_name(target: Target) -> String {
     crate::oci::PlatformSpec::from(target.platform()).to_string()
 }
 
-fn timed<T>(report: &mut PlatformReport, stage: &'static str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let r = f();
-    report.stages.push(StageTiming {
-        stage,
-        ms: t.elapsed().as_millis() as u64,
-    });
-    r
+/// One variant for one target on its way through the stages: its report, and the events it
+/// sends.
+struct Unit<'a> {
+    ctx: &'a Context<'a>,
+    variant: &'a VariantSpec,
+    target: Target,
+    report: PlatformReport,
+    /// Stages not reached yet, reported as skipped (or cancelled) when the unit ends early.
+    pending: Vec<Stage>,
 }
 
-/// Compiles and copies the binary into the variant's work directory (the next compile overwrites
-/// cargo's copy).
-fn compile(
-    spec: &BuildSpec,
-    toolchain: &dyn Toolchain,
-    variant: &VariantSpec,
-    target: Target,
-    dir: &Path,
-    report: &mut PlatformReport,
-    log: LogSink<'_>,
-) -> Result<PathBuf, String> {
+impl<'a> Unit<'a> {
+    fn new(ctx: &'a Context<'a>, variant: &'a VariantSpec, target: Target, push: bool) -> Self {
+        let pending = Stage::ALL
+            .iter()
+            .copied()
+            .filter(|s| push || *s != Stage::Push)
+            .collect();
+        Unit {
+            ctx,
+            variant,
+            target,
+            report: PlatformReport::new(target.triple(), platform_name(target)),
+            pending,
+        }
+    }
+
+    fn say(&self, stage: Stage, message: &str) {
+        self.ctx.events.log(&LogLine {
+            variant: &self.variant.name,
+            target: self.target,
+            stage,
+            stream: Stream::Galley,
+            message,
+        });
+    }
+
+    fn event(&self, stage: Stage, status: StageStatus, ms: Option<u64>, detail: Option<&str>) {
+        self.ctx.events.stage(&StageEvent {
+            variant: &self.variant.name,
+            target: self.target,
+            stage,
+            status,
+            ms,
+            detail,
+        });
+    }
+
+    /// Runs one stage: announces it, times it, records how it ended. Errors come back as
+    /// `"<stage>: <error>"`.
+    fn stage<T, E: std::fmt::Display>(
+        &mut self,
+        stage: Stage,
+        f: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, String> {
+        self.pending.retain(|s| *s != stage);
+        let started_at = rfc3339_millis(SystemTime::now());
+        self.event(stage, StageStatus::Running, None, None);
+        let t = Instant::now();
+        let result = f(self);
+        let ms = t.elapsed().as_millis() as u64;
+        let (status, error) = match &result {
+            Ok(_) => (StageStatus::Succeeded, None),
+            Err(_) if self.ctx.cancel.is_cancelled() => (StageStatus::Cancelled, None),
+            Err(e) => (StageStatus::Failed, Some(format!("{stage}: {e}"))),
+        };
+        self.report.stages.push(StageTiming {
+            stage,
+            status,
+            started_at,
+            ms,
+        });
+        self.event(stage, status, Some(ms), error.as_deref());
+        result.map_err(|e| format!("{stage}: {e}"))
+    }
+
+    fn fail(&mut self, error: String) {
+        if !self.ctx.cancel.is_cancelled() {
+            self.report.error = Some(error);
+        } else {
+            self.report.error = Some("cancelled".into());
+        }
+    }
+
+    /// Reports the stages never reached.
+    fn finish(&mut self) {
+        let status = if self.ctx.cancel.is_cancelled() {
+            StageStatus::Cancelled
+        } else {
+            StageStatus::Skipped
+        };
+        for stage in std::mem::take(&mut self.pending) {
+            self.event(stage, status, None, None);
+        }
+    }
+}
+
+/// Compiles and copies the binary into the variant's work directory (the next compile
+/// overwrites cargo's copy).
+fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ctx = unit.ctx;
+    let _slot = match ctx.compile_slots {
+        Some(slots) => {
+            if slots.available() == 0 {
+                unit.say(Stage::Compile, "waiting for a compile slot");
+            }
+            Some(
+                slots
+                    .acquire(ctx.cancel)
+                    .map_err(|c| format!("compile: {c}"))?,
+            )
+        }
+        None => None,
+    };
+    let variant = unit.variant;
+    let target = unit.target;
     let req = CompileRequest {
         project: &spec.project,
         target,
@@ -312,34 +594,38 @@ fn compile(
         binary: &spec.binary,
         source_date_epoch: spec.source_date_epoch,
     };
-    let say = |message: &str| {
-        log(&LogLine {
-            variant: &variant.name,
+    unit.say(
+        Stage::Compile,
+        &format!(
+            "cargo zigbuild --release --locked --target {} --no-default-features --features {}",
             target,
-            stage: "compile",
-            message,
-        })
-    };
-    say(&format!(
-        "cargo zigbuild --release --locked --target {} --no-default-features --features {}",
-        target,
-        variant.features.join(",")
-    ));
-    let compiled = timed(report, "compile", || toolchain.compile(&req, &say))
-        .map_err(|e| format!("compile: {e}"))?;
+            variant.features.join(",")
+        ),
+    );
+    let compiled = unit.stage(Stage::Compile, |u| {
+        let log = |message: &str| {
+            u.ctx.events.log(&LogLine {
+                variant: &variant.name,
+                target,
+                stage: Stage::Compile,
+                stream: Stream::Stderr,
+                message,
+            })
+        };
+        u.ctx.toolchain.compile(&req, u.ctx.cancel, &log)
+    })?;
     let raw = dir.join(format!("{}.raw", spec.binary));
     std::fs::copy(&compiled.path, &raw)
         .map_err(|e| format!("compile: cannot copy {}: {e}", compiled.path.display()))?;
     Ok(raw)
 }
 
-/// Pushes a variant's top descriptor (the index, when there are several platforms) and then its
-/// tags; the platform images were pushed by their workers.
+/// Pushes a variant's top descriptor (the index, when there are several platforms); the platform
+/// images were pushed by their workers. Tags move later, once every variant is known.
 fn push_variant(
     pusher: &Pusher,
     out: &Layout,
     top: &Descriptor,
-    variant: &VariantSpec,
     platforms: &[PlatformReport],
 ) -> PushReport {
     let started = Instant::now();
@@ -350,22 +636,16 @@ fn push_variant(
         }
     }
     // The platform images are in the repository already: only the index itself is left.
-    let mut result = if platforms.len() > 1 {
+    let result = if platforms.len() > 1 {
         pusher.push_manifest(out, top, &mut stats)
     } else {
         Ok(())
     };
-    let mut references = Vec::new();
-    if result.is_ok() {
-        match pusher.push_tags(out, top, &variant.tags) {
-            Ok(r) => references = r,
-            Err(e) => result = Err(e),
-        }
-    }
     PushReport {
         repository: pusher.target().name(),
         digest: top.digest.clone(),
-        references,
+        references: Vec::new(),
+        withheld: None,
         blobs: stats,
         ms: started.elapsed().as_millis() as u64,
         error: result.err().map(|e| e.to_string()),
@@ -373,37 +653,25 @@ fn push_variant(
 }
 
 /// Every stage after compiling, for one variant and target.
-#[allow(clippy::too_many_arguments)]
 fn package(
     spec: &BuildSpec,
     out: &Layout,
     base: &BaseImage,
     pusher: Option<&Pusher>,
-    variant: &VariantSpec,
-    target: Target,
+    unit: &mut Unit<'_>,
     raw: &Path,
     dir: &Path,
-    report: &mut PlatformReport,
-    log: LogSink<'_>,
 ) -> Result<Descriptor, String> {
-    let say = |stage: &'static str, message: &str| {
-        log(&LogLine {
-            variant: &variant.name,
-            target,
-            stage,
-            message,
-        })
-    };
-
-    let verified = timed(report, "verify", || verify::verify(raw, target))
-        .map_err(|e| format!("verify: {e}"))?;
-    report.sizes.raw = Some(verified.size());
-    report.elf = Some(verified.facts().clone());
-    report
+    let target = unit.target;
+    let cancel = unit.ctx.cancel;
+    let verified = unit.stage(Stage::Verify, |_| verify::verify(raw, target))?;
+    unit.report.sizes.raw = Some(verified.size());
+    unit.report.elf = Some(verified.facts().clone());
+    unit.report
         .binary_digests
         .push(("raw".into(), verified.digest().clone()));
-    say(
-        "verify",
+    unit.say(
+        Stage::Verify,
         &format!(
             "ok: {} {}, static, libc: {}",
             verified.facts().machine,
@@ -412,16 +680,17 @@ fn package(
         ),
     );
 
+    cancel.check().map_err(|c| c.to_string())?;
     let stripped_path = dir.join(&spec.binary);
-    let (stripped, outcome) = timed(report, "strip", || strip::strip(&verified, &stripped_path))
-        .map_err(|e| format!("strip: {e}"))?;
-    report.sizes.stripped = Some(stripped.size());
-    report.strip = Some(outcome);
-    report
+    let (stripped, outcome) =
+        unit.stage(Stage::Strip, |_| strip::strip(&verified, &stripped_path))?;
+    unit.report.sizes.stripped = Some(stripped.size());
+    unit.report.strip = Some(outcome);
+    unit.report
         .binary_digests
         .push(("stripped".into(), stripped.digest().clone()));
-    say(
-        "strip",
+    unit.say(
+        Stage::Strip,
         &format!(
             "{outcome:?}: {} -> {} bytes",
             verified.size(),
@@ -430,60 +699,61 @@ fn package(
     );
 
     let packed_path = dir.join(format!("{}.upx", spec.binary));
-    let compressed = timed(report, "compress", || {
-        compress::compress(&stripped, &packed_path, &spec.compress)
-    });
-    let shipped = if compressed.packed {
-        let packed = verify::verify(&packed_path, target)
-            .map_err(|e| format!("compress: the packed binary failed verification: {e}"))?;
-        report.sizes.compressed = Some(packed.size());
-        report
-            .binary_digests
-            .push(("compressed".into(), packed.digest().clone()));
-        say(
-            "compress",
-            &format!("upx: {} -> {} bytes", stripped.size(), packed.size()),
-        );
-        packed
-    } else {
-        stripped
-    };
-    if let Some(w) = compressed.warning {
-        say("compress", &format!("warning: {w}"));
-        report.warnings.push(w);
-    }
-    report.compression = Some(compressed.compression);
+    let shipped = unit.stage(Stage::Compress, |u| {
+        let compressed = compress::compress(&stripped, &packed_path, &spec.compress, cancel);
+        cancel.check().map_err(|c| c.to_string())?;
+        let shipped = if compressed.packed {
+            let packed = verify::verify(&packed_path, target)
+                .map_err(|e| format!("the packed binary failed verification: {e}"))?;
+            u.report.sizes.compressed = Some(packed.size());
+            u.report
+                .binary_digests
+                .push(("compressed".into(), packed.digest().clone()));
+            u.say(
+                Stage::Compress,
+                &format!("upx: {} -> {} bytes", stripped.size(), packed.size()),
+            );
+            packed
+        } else {
+            stripped.clone()
+        };
+        if let Some(w) = compressed.warning {
+            u.say(Stage::Compress, &format!("warning: {w}"));
+            u.report.warnings.push(w);
+        }
+        u.report.compression = Some(compressed.compression);
+        Ok::<_, String>(shipped)
+    })?;
 
-    let layer = timed(report, "layer", || assemble::layer(&shipped, spec, out))
-        .map_err(|e| format!("layer: {e}"))?;
-    report.sizes.layer = Some(layer.size);
-    report.sizes.layer_tar = Some(layer.tar_size);
-    report.layer_digest = Some(layer.digest.clone());
+    cancel.check().map_err(|c| c.to_string())?;
+    let layer = unit.stage(Stage::Layer, |_| assemble::layer(&shipped, spec, out))?;
+    unit.report.sizes.layer = Some(layer.size);
+    unit.report.sizes.layer_tar = Some(layer.tar_size);
+    unit.report.layer_digest = Some(layer.digest.clone());
 
     let platform_base = base
         .for_target(target)
         .ok_or_else(|| format!("no base image for {target}"))?;
-    let assembled = timed(report, "assemble", || {
+    let assembled = unit.stage(Stage::Assemble, |_| {
         assemble::assemble(spec, out, platform_base, &base.name, &layer)
-    })
-    .map_err(|e| format!("assemble: {e}"))?;
-    report.sizes.image = Some(assembled.image_size);
-    report.sizes.base_layers = Some(assembled.base_layers_size);
-    report.manifest_digest = Some(assembled.manifest.digest.clone());
-    report.config_digest = Some(assembled.config.digest.clone());
-    say(
-        "assemble",
+    })?;
+    unit.report.sizes.image = Some(assembled.image_size);
+    unit.report.sizes.base_layers = Some(assembled.base_layers_size);
+    unit.report.manifest_digest = Some(assembled.manifest.digest.clone());
+    unit.report.config_digest = Some(assembled.config.digest.clone());
+    unit.say(
+        Stage::Assemble,
         &format!("manifest {}", assembled.manifest.digest),
     );
     if let Some(pusher) = pusher {
         let mut stats = PushStats::default();
-        let pushed = timed(report, "push", || {
+        let pushed = unit.stage(Stage::Push, |_| {
             pusher.push_content(out, &assembled.manifest, &mut stats)
         });
-        report.push = Some(stats);
-        pushed.map_err(|e| format!("push: {e}"))?;
-        say(
-            "push",
+        unit.report.push = Some(stats);
+        pushed?;
+        unit.say(
+            Stage::Push,
             &format!(
                 "{}@{}: {} uploaded, {} skipped, {} mounted",
                 pusher.target().name(),

@@ -6,10 +6,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::compress::Compression;
+use super::events::{Stage, StageStatus};
 use super::strip::StripOutcome;
 use crate::elf::ElfFacts;
 use crate::oci::Digest;
+use crate::registry::pull::Resolution;
 use crate::registry::push::PushStats;
+use crate::toolchain::ToolVersions;
 
 /// The whole build.
 #[derive(Debug, Clone, Serialize)]
@@ -24,8 +27,13 @@ pub struct Report {
     pub revision: Option<String>,
     pub base: BaseReport,
     pub output: String,
+    /// The tool versions on one line (as `tools`, for people).
     pub toolchain: String,
+    pub tools: ToolVersions,
     pub succeeded: bool,
+    /// False in the copy written before the tags move; true once they have (or were withheld).
+    /// A report left with `false` means galley stopped in between.
+    pub tags_moved: bool,
     pub variants: Vec<VariantReport>,
     pub total_ms: u64,
 }
@@ -37,6 +45,14 @@ pub struct BaseReport {
     pub blobs_downloaded: u32,
     /// The digest the base reference resolved to (an index or a manifest).
     pub digest: Digest,
+    /// How a registry tag was resolved: pinned, registry, cached or stale (absent for a layout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+    /// When the tag was resolved to `digest`, and how long ago that was at build time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,8 +89,12 @@ pub struct PushReport {
     pub repository: String,
     /// The digest the tags point at: the sha256 of the manifest (or index) bytes sent.
     pub digest: Digest,
-    /// `host/repo:tag@digest` for every tag pushed (empty when the push failed: no tag moved).
+    /// `host/repo:tag@digest` for every tag moved (empty when the push failed or was withheld).
     pub references: Vec<String>,
+    /// Why the tags were not moved although this variant's images were pushed (another variant
+    /// failed and `--partial` was not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
     /// Blobs uploaded, skipped (already there) and mounted, all platforms together.
     pub blobs: PushStats,
     pub ms: u64,
@@ -126,10 +146,35 @@ pub struct Sizes {
     pub base_layers: Option<u64>,
 }
 
+/// One stage that ran: how it ended, when it started (wall clock, for people) and how long it took.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageTiming {
-    pub stage: &'static str,
+    pub stage: Stage,
+    pub status: StageStatus,
+    pub started_at: String,
     pub ms: u64,
+}
+
+impl PlatformReport {
+    /// An empty report for a target, filled in stage by stage.
+    pub fn new(target: &str, platform: String) -> PlatformReport {
+        PlatformReport {
+            target: target.to_string(),
+            platform,
+            manifest_digest: None,
+            config_digest: None,
+            layer_digest: None,
+            sizes: Sizes::default(),
+            strip: None,
+            compression: None,
+            elf: None,
+            binary_digests: Vec::new(),
+            stages: Vec::new(),
+            error: None,
+            warnings: Vec::new(),
+            push: None,
+        }
+    }
 }
 
 fn human(bytes: Option<u64>) -> String {
@@ -155,6 +200,15 @@ impl Report {
             "created {} (SOURCE_DATE_EPOCH={}), output {}",
             self.created, self.source_date_epoch, self.output
         );
+        if let (Some(how), Some(age)) = (self.base.resolution, self.base.resolution_age_secs) {
+            let how = match how {
+                Resolution::Pinned => "pinned by digest",
+                Resolution::Registry => "resolved now",
+                Resolution::Cached => "resolution cached",
+                Resolution::Stale => "registry unreachable: stale cached resolution",
+            };
+            let _ = writeln!(s, "base: {how}, {age} s old (--refresh-base asks again)");
+        }
         for v in &self.variants {
             match v.status {
                 Status::Succeeded => {
@@ -200,12 +254,15 @@ impl Report {
                 }
             }
             if let Some(p) = &v.push {
-                match &p.error {
-                    None => {
-                        let _ = writeln!(s, "  pushed: {}", p.references.join(", "));
-                    }
-                    Some(e) => {
+                match (&p.error, &p.withheld) {
+                    (Some(e), _) => {
                         let _ = writeln!(s, "  push failed (no tag moved): {e}");
+                    }
+                    (None, Some(why)) => {
+                        let _ = writeln!(s, "  pushed {}@{}, but {why}", p.repository, p.digest);
+                    }
+                    (None, None) => {
+                        let _ = writeln!(s, "  pushed: {}", p.references.join(", "));
                     }
                 }
                 let _ = writeln!(

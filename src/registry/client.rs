@@ -13,6 +13,7 @@ use reqwest::{StatusCode, Url};
 
 use super::credentials::{Credential, Secret};
 use super::{RegistryError, RegistryOptions};
+use crate::cancel::{Cancel, Cancelled};
 
 /// Error bodies are read up to this many bytes.
 const MAX_ERROR_BODY: u64 = 64 << 10;
@@ -67,6 +68,7 @@ pub struct Client {
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
     secrets: Mutex<Vec<String>>,
+    cancel: Cancel,
 }
 
 /// What a request is doing, for error messages: the repository and the step.
@@ -137,7 +139,59 @@ impl Client {
             auth: Mutex::new(AuthState::None),
             retry: options.retry.clone(),
             secrets: Mutex::new(secrets),
+            cancel: options.cancel.clone(),
         })
+    }
+
+    /// The build's cancel handle (uploads wrap their bodies in it).
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
+    }
+
+    fn cancelled(&self, step: &Step<'_>, c: Cancelled) -> RegistryError {
+        RegistryError::Cancelled {
+            registry: self.registry.clone(),
+            step: step.what.clone(),
+            reason: c.reason,
+        }
+    }
+
+    /// Sleeps before a retry; a cancel ends the wait at once.
+    pub fn wait(&self, step: &Step<'_>, d: Duration) -> Result<(), RegistryError> {
+        self.cancel.sleep(d).map_err(|c| self.cancelled(step, c))
+    }
+
+    /// Executes a request on a helper thread and waits for its answer, watching the cancel
+    /// handle: a registry that stops answering cannot hold a cancelled build. (An abandoned
+    /// request ends on its own, at its timeout at the latest.)
+    fn execute(
+        &self,
+        step: &Step<'_>,
+        request: reqwest::blocking::Request,
+    ) -> Result<reqwest::Result<Response>, RegistryError> {
+        self.cancel.check().map_err(|c| self.cancelled(step, c))?;
+        let http = self.http.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(http.execute(request));
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(result) => return Ok(result),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.cancel.check().map_err(|c| self.cancelled(step, c))?
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(RegistryError::Transport {
+                        registry: self.registry.clone(),
+                        repository: step.repository.to_string(),
+                        step: step.what.clone(),
+                        attempts: 1,
+                        detail: "the HTTP request thread stopped".into(),
+                    })
+                }
+            }
+        }
     }
 
     /// A URL on this registry from a path (`/v2/...`).
@@ -250,7 +304,7 @@ impl Client {
                     })?,
                 );
             }
-            match self.http.execute(request) {
+            match self.execute(step, request)? {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let challenge = resp
@@ -274,14 +328,16 @@ impl Client {
                     let wait = self.delay(attempt, resp.headers());
                     tracing::warn!(registry = %self.registry, step = %step.what, status = %resp.status(), "retrying in {wait:?}");
                     drain(resp);
-                    std::thread::sleep(wait);
+                    note_retry();
+                    self.wait(step, wait)?;
                     attempt += 1;
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if attempt + 1 < tries && is_transient_error(&e) => {
                     let wait = self.delay(attempt, &HeaderMap::new());
                     tracing::warn!(registry = %self.registry, step = %step.what, "transport error, retrying in {wait:?}: {}", self.redact(&strip_query(&error_chain(&e))));
-                    std::thread::sleep(wait);
+                    note_retry();
+                    self.wait(step, wait)?;
                     attempt += 1;
                 }
                 Err(e) => return Err(self.transport(step, attempt + 1, &e)),
@@ -408,17 +464,21 @@ impl Client {
                     .header(AUTHORIZATION, basic_header(username, password)),
                 None => self.http.get(realm.clone()),
             };
-            match rb.send() {
+            let request = rb
+                .build()
+                .map_err(|e| self.transport(&what, attempt + 1, &e))?;
+            match self.execute(&what, request)? {
                 Ok(r) if is_transient(r.status()) && attempt + 1 < self.retry.attempts => {
                     let wait = self.delay(attempt, r.headers());
                     drain(r);
-                    std::thread::sleep(wait);
+                    note_retry();
+                    self.wait(&what, wait)?;
                     attempt += 1;
                 }
                 Ok(r) => break r,
-                Err(e) if attempt + 1 < self.retry.attempts => {
-                    let _ = e;
-                    std::thread::sleep(self.delay(attempt, &HeaderMap::new()));
+                Err(_) if attempt + 1 < self.retry.attempts => {
+                    note_retry();
+                    self.wait(&what, self.delay(attempt, &HeaderMap::new()))?;
                     attempt += 1;
                 }
                 Err(e) => return Err(self.transport(&what, attempt + 1, &e)),
@@ -476,6 +536,18 @@ impl Client {
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
+}
+
+/// Registry requests retried since the process started (for the service's metrics).
+static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn note_retry() {
+    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many registry requests were retried since the process started.
+pub fn retries() -> u64 {
+    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// An error and its sources, joined: reqwest's top-level message alone hides the cause.

@@ -30,6 +30,8 @@ pub struct RegistryOptions {
     /// Credentials given on the command line; when absent, Docker's config.json is read.
     pub credential: Option<Credential>,
     pub retry: RetryPolicy,
+    /// Stops every request, upload and retry wait of the build it belongs to.
+    pub cancel: crate::cancel::Cancel,
 }
 
 impl RegistryOptions {
@@ -92,4 +94,10 @@ pub enum RegistryError {
     Config(String),
     #[error("local blob store: {0}")]
     Local(String),
+    #[error("{registry}: {step} stopped: {reason}")]
+    Cancelled {
+        registry: String,
+        step: String,
+        reason: String,
+    },
 }

@@ -4,6 +4,9 @@
 //! `refresh` re-resolves the tag.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
@@ -59,12 +62,12 @@ impl BlobCache {
             .join(r.reference())
     }
 
-    fn cached_resolution(&self, r: &Reference) -> Option<Digest> {
-        std::fs::read_to_string(self.ref_file(r))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// The digest a tag resolved to last time, and when that was (the file's mtime).
+    fn cached_resolution(&self, r: &Reference) -> Option<(Digest, SystemTime)> {
+        let path = self.ref_file(r);
+        let when = std::fs::metadata(&path).ok()?.modified().ok()?;
+        let digest = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+        Some((digest, when))
     }
 
     fn remember_resolution(&self, r: &Reference, d: &Digest) -> Result<(), RegistryError> {
@@ -79,11 +82,31 @@ impl BlobCache {
     }
 }
 
+/// Where a base reference's digest came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The reference names a digest: nothing to resolve.
+    Pinned,
+    /// The tag was asked of the registry by this build.
+    Registry,
+    /// The tag's digest came from the local cache, younger than the TTL.
+    Cached,
+    /// The TTL had passed but the registry could not be reached: the cached digest was used.
+    Stale,
+}
+
+/// When a tag's resolution is trusted without asking the registry again, unless overridden.
+pub const DEFAULT_BASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A base image resolved for each target.
 #[derive(Debug, Clone)]
 pub struct Pulled {
     /// What the reference resolved to.
     pub digest: Digest,
+    pub resolution: Resolution,
+    /// When the tag was resolved (absent for a pinned digest).
+    pub resolved_at: Option<SystemTime>,
     pub platforms: Vec<PlatformImage>,
     /// Blobs fetched over the network this time (0 on a warm build).
     pub blobs_downloaded: u32,
@@ -212,7 +235,8 @@ impl Puller<'_> {
             if !resp.status().is_success() {
                 return Err(client.status_error(&step, resp));
             }
-            match self.cache.layout().put_blob_from_reader(resp, &digest) {
+            let body = crate::cancel::CancelRead::new(resp, &self.options.cancel);
+            match self.cache.layout().put_blob_from_reader(body, &digest) {
                 Ok(size) => {
                     if size != desc.size {
                         return Err(self.invalid(format!(
@@ -225,9 +249,22 @@ impl Puller<'_> {
                     return Ok(());
                 }
                 // A connection cut mid-body shows up as a read error or a short, wrong digest.
-                Err(e) if attempt + 1 < tries => {
+                Err(e) if attempt + 1 < tries && !self.options.cancel.is_cancelled() => {
                     tracing::warn!("retrying blob {digest}: {e}");
-                    std::thread::sleep(self.client()?.backoff(attempt));
+                    let client = self.client()?;
+                    let step = Step {
+                        repository: &repo,
+                        what: format!("get blob {digest}"),
+                    };
+                    client.wait(&step, client.backoff(attempt))?;
+                }
+                Err(_) if self.options.cancel.is_cancelled() => {
+                    let reason = self.options.cancel.check().err().map(|c| c.reason);
+                    return Err(RegistryError::Cancelled {
+                        registry: self.reference.registry.clone(),
+                        step: format!("get blob {digest}"),
+                        reason: reason.unwrap_or_default(),
+                    });
                 }
                 Err(e) => return Err(self.invalid(format!("blob {digest}: {e}"))),
             }
@@ -247,13 +284,15 @@ impl Puller<'_> {
     }
 }
 
-/// Pulls a base image for `targets` into `cache`.
+/// Pulls a base image for `targets` into `cache`. A tag resolved less than `ttl` ago is taken
+/// from the cache; `refresh` asks the registry whatever the age.
 pub fn pull(
     reference: &Reference,
     targets: &[Target],
     options: &RegistryOptions,
     cache: &BlobCache,
     refresh: bool,
+    ttl: Duration,
 ) -> Result<Pulled, RegistryError> {
     let mut p = Puller {
         reference,
@@ -263,21 +302,31 @@ pub fn pull(
         blobs_downloaded: 0,
         bytes_downloaded: 0,
     };
-    let top = match (
-        &reference.digest,
-        refresh,
-        cache.cached_resolution(reference),
-    ) {
+    let cached = cache
+        .cached_resolution(reference)
+        .filter(|(d, _)| cache.layout().has_blob(d));
+    let age = |when: SystemTime| SystemTime::now().duration_since(when).unwrap_or_default();
+    let (top, resolution, resolved_at) = match (&reference.digest, refresh, cached) {
         (Some(d), _, _) => {
             p.ensure_manifest(d)?;
-            d.clone()
+            (d.clone(), Resolution::Pinned, None)
         }
-        (None, false, Some(d)) if cache.layout().has_blob(&d) => d,
-        _ => {
-            let d = p.fetch_manifest(&reference.reference(), None)?;
-            cache.remember_resolution(reference, &d)?;
-            d
-        }
+        (None, false, Some((d, when))) if age(when) < ttl => (d, Resolution::Cached, Some(when)),
+        (None, _, cached) => match p.fetch_manifest(&reference.reference(), None) {
+            Ok(d) => {
+                cache.remember_resolution(reference, &d)?;
+                (d, Resolution::Registry, Some(SystemTime::now()))
+            }
+            // Past its TTL but the registry is out of reach: build on what is known, and say so.
+            Err(e @ RegistryError::Transport { .. }) if !refresh => match cached {
+                Some((d, when)) => {
+                    tracing::warn!("{reference}: using the cached digest: {e}");
+                    (d, Resolution::Stale, Some(when))
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        },
     };
     let raw: serde_json::Value = p.read_json("manifest", &top)?;
     let top_is_index = raw.get("manifests").is_some()
@@ -319,6 +368,8 @@ pub fn pull(
     }
     Ok(Pulled {
         digest: top,
+        resolution,
+        resolved_at,
         platforms,
         blobs_downloaded: p.blobs_downloaded,
         bytes_downloaded: p.bytes_downloaded,

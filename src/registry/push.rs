@@ -289,7 +289,11 @@ impl Pusher {
                     tracing::warn!("upload of {} failed, restarting it: {e}", desc.digest);
                     last = Some(*e);
                     if attempt + 1 < tries {
-                        std::thread::sleep(self.client.backoff(attempt));
+                        let step = Step {
+                            repository: self.repo(),
+                            what: format!("upload blob {}", desc.digest),
+                        };
+                        self.client.wait(&step, self.client.backoff(attempt))?;
                     }
                 }
             }
@@ -352,13 +356,17 @@ impl Pusher {
                 let file = File::open(&path).map_err(|e| {
                     RegistryError::Local(format!("cannot read {}: {e}", path.display()))
                 })?;
+                // A cancel stops the upload at its next read of the file.
+                let file = crate::cancel::CancelRead::new(file, self.client.cancel());
                 Ok(http
                     .put(url.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .body(reqwest::blocking::Body::sized(file, size)))
             })
             .map_err(|e| match e {
-                RegistryError::Transport { .. } => PutError::Retry(Box::new(e)),
+                RegistryError::Transport { .. } if !self.client.cancel().is_cancelled() => {
+                    PutError::Retry(Box::new(e))
+                }
                 other => PutError::Final(Box::new(other)),
             })?;
         match resp.status() {

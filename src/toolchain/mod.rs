@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 pub use zigbuild::CargoZigbuild;
 
+use serde::{Deserialize, Serialize};
+
+use crate::cancel::Cancel;
 use crate::proc::ProcError;
 use crate::target::Target;
 
@@ -35,17 +38,53 @@ pub enum CompileError {
     Failed { status: String, tail: String },
     #[error("cargo finished but reported no binary named {binary:?} (binaries built: {built}): set `binary` in galley.toml")]
     NoBinary { binary: String, built: String },
+    #[error("stopped: {0}")]
+    Cancelled(String),
+}
+
+impl From<ProcError> for CompileError {
+    fn from(e: ProcError) -> Self {
+        match e {
+            ProcError::Cancelled { reason, .. } => CompileError::Cancelled(reason),
+            other => CompileError::Tool(other),
+        }
+    }
+}
+
+/// The versions of the tools a build used, each as the tool prints it (or "unavailable").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolVersions {
+    pub rustc: String,
+    pub cargo_zigbuild: String,
+    pub zig: String,
+    /// Absent when UPX did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upx: Option<String>,
+}
+
+impl ToolVersions {
+    /// `rustc …; cargo-zigbuild …; zig …`, as reports have always shown it.
+    pub fn one_line(&self) -> String {
+        format!("{}; {}; zig {}", self.rustc, self.cargo_zigbuild, self.zig)
+    }
+
+    pub fn with_upx(mut self, upx: Option<String>) -> ToolVersions {
+        self.upx = upx;
+        self
+    }
 }
 
 /// Compiles a project for a target with a set of features.
 pub trait Toolchain: Send + Sync {
-    /// Compiles; `log` receives each line of the compiler's human output as it arrives.
+    /// Compiles; `log` receives each line of the compiler's human output as it arrives. A
+    /// cancel stops the compiler's whole process tree.
     fn compile(
         &self,
         req: &CompileRequest<'_>,
+        cancel: &Cancel,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<Compiled, CompileError>;
 
-    /// A one-line description of the toolchain's versions, for the report.
-    fn describe(&self) -> String;
+    /// The versions of the tools, for the report and the build record.
+    fn versions(&self) -> ToolVersions;
 }

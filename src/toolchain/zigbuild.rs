@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{CompileError, CompileRequest, Compiled, Toolchain};
+use super::{CompileError, CompileRequest, Compiled, ToolVersions, Toolchain};
+use crate::cancel::Cancel;
 use crate::proc;
 
 /// The real toolchain: `cargo zigbuild --release --locked --target T --no-default-features --features F`.
@@ -42,6 +43,7 @@ impl Toolchain for CargoZigbuild {
     fn compile(
         &self,
         req: &CompileRequest<'_>,
+        cancel: &Cancel,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<Compiled, CompileError> {
         let target_dir = self
@@ -76,6 +78,7 @@ impl Toolchain for CargoZigbuild {
         let tail: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let status = proc::run_streaming(
             &mut cmd,
+            cancel,
             |line| {
                 let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
                     return;
@@ -105,8 +108,7 @@ impl Toolchain for CargoZigbuild {
                     t.remove(0);
                 }
             },
-        )
-        .map_err(CompileError::Tool)?;
+        )?;
 
         let tail = tail.into_inner().unwrap_or_else(|e| e.into_inner());
         if !status.success() {
@@ -146,11 +148,12 @@ impl Toolchain for CargoZigbuild {
         }
     }
 
-    fn describe(&self) -> String {
+    fn versions(&self) -> ToolVersions {
+        let cancel = Cancel::default();
         let version = |program: &str, args: &[&str]| -> String {
             let mut cmd = proc::command(program);
             cmd.args(args);
-            match proc::run_captured(&mut cmd, Duration::from_secs(30)) {
+            match proc::run_captured(&mut cmd, Duration::from_secs(30), &cancel) {
                 Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .next()
@@ -160,12 +163,11 @@ impl Toolchain for CargoZigbuild {
                 _ => format!("{program}: unavailable"),
             }
         };
-        let zig = version("python3", &["-m", "ziglang", "version"]);
-        format!(
-            "{}; {}; zig {}",
-            version("rustc", &["--version"]),
-            version("cargo-zigbuild", &["--version"]),
-            zig
-        )
+        ToolVersions {
+            rustc: version("rustc", &["--version"]),
+            cargo_zigbuild: version("cargo-zigbuild", &["--version"]),
+            zig: version("python3", &["-m", "ziglang", "version"]),
+            upx: None,
+        }
     }
 }

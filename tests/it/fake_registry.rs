@@ -37,6 +37,15 @@ pub struct Faults {
     pub reset_first_blob_put: bool,
     /// Every PUT /v2/<repo>/manifests/<ref> answers 400 with error code MANIFEST_INVALID.
     pub refuse_manifest_put: bool,
+    /// Every POST .../blobs/uploads/ (not a mount) answers 429 with `Retry-After: <secs>`.
+    pub rate_limit_upload_posts: Option<u64>,
+    /// A PUT that completes a blob upload is read, then never answered (a stalled registry).
+    pub stall_blob_puts: bool,
+    /// Every PUT of a manifest by tag answers 400 MANIFEST_INVALID (pushes by digest work).
+    pub refuse_tag_put: bool,
+    /// On every PUT of a manifest by tag, this file is read and its content (or `None` when
+    /// it does not exist) recorded: a witness of what existed when a tag moved.
+    pub tag_put_witness: Option<std::path::PathBuf>,
     /// Require HTTP Basic with these credentials on every /v2/ request (401 with `WWW-Authenticate: Basic realm="fake-registry"` otherwise). In bearer mode the token endpoint checks them instead (when Some).
     pub basic_auth: Option<(String, String)>,
 }
@@ -92,6 +101,8 @@ struct State {
     log: Vec<RequestLog>,
     /// The "first ..." faults that already fired.
     fired: HashSet<&'static str>,
+    /// What `tag_put_witness` held at each tag PUT, in order.
+    witnessed: Vec<Option<String>>,
 }
 
 struct Shared {
@@ -162,6 +173,11 @@ impl FakeRegistry {
     /// The tags of `repo`, sorted.
     pub fn tags(&self, repo: &str) -> Vec<String> {
         self.shared.lock().tags_of(repo)
+    }
+
+    /// What `Faults::tag_put_witness` held at each tag PUT, in order.
+    pub fn witnessed(&self) -> Vec<Option<String>> {
+        self.shared.lock().witnessed.clone()
     }
 
     /// How many tokens the token endpoint handed out.
@@ -587,6 +603,10 @@ impl Shared {
         {
             return error(429, "TOOMANYREQUESTS", "too many requests").header("Retry-After", "1");
         }
+        if let Some(secs) = self.faults.rate_limit_upload_posts {
+            return error(429, "TOOMANYREQUESTS", "too many requests")
+                .header("Retry-After", secs.to_string());
+        }
         match head.param("digest") {
             None => self.new_session(repo),
             Some(digest) if sha256(body) == digest => {
@@ -626,6 +646,13 @@ impl Shared {
                     .header("Range", format!("0-{}", upload.data.len().max(1) - 1))
                     .header("Docker-Upload-UUID", uuid)
             }
+            "PUT" if self.faults.stall_blob_puts => {
+                drop(st);
+                while !self.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                error(500, "UNKNOWN", "stopped")
+            }
             "PUT" => {
                 let mut data = upload.data.clone();
                 data.extend_from_slice(body);
@@ -651,6 +678,15 @@ impl Shared {
         let invalid = |msg: String| error(400, "MANIFEST_INVALID", msg);
         if self.faults.refuse_manifest_put {
             return invalid("injected refusal".into());
+        }
+        if !is_digest_ref(reference) {
+            if let Some(path) = &self.faults.tag_put_witness {
+                let seen = std::fs::read_to_string(path).ok();
+                self.lock().witnessed.push(seen);
+            }
+            if self.faults.refuse_tag_put {
+                return invalid(format!("injected refusal of tag {reference}"));
+            }
         }
         let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(body) else {
             return invalid("manifest is not a JSON object".into());

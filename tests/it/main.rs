@@ -20,6 +20,7 @@
 mod authd;
 mod bad_input;
 mod build_e2e;
+mod cancel;
 mod dockerfile;
 mod elf_verdicts;
 #[allow(dead_code)]
@@ -29,6 +30,7 @@ mod multi_platform;
 mod real_registry;
 mod registry_e2e;
 mod registry_faults;
+mod release;
 mod reproducible;
 mod strip;
 mod support;

@@ -364,3 +364,70 @@ fn a_refused_manifest_fails_clearly_and_moves_no_tag() {
         1
     );
 }
+
+/// Pushes on a thread with a cancel handle, cancels once the registry has seen `trigger`
+/// requests matching `is_trigger`, and returns the push's error and how long it took to stop.
+fn push_then_cancel(
+    fake: &FakeRegistry,
+    name: &str,
+    is_trigger: impl Fn(&crate::fake_registry::RequestLog) -> bool,
+) -> (String, Duration) {
+    let (layout, desc, _) = image(name);
+    let cancel = galley::cancel::Cancel::new(name, Duration::from_secs(5));
+    let mut options = fast_retries();
+    options.retry.max_retry_after = Duration::from_secs(600);
+    options.cancel = cancel.clone();
+    let target = Reference::parse(&format!("{}/team/app", fake.host())).unwrap();
+    let pusher = Pusher::new(&target, &options, None).unwrap();
+    let worker = std::thread::spawn(move || {
+        let mut stats = PushStats::default();
+        pusher
+            .push_content(&layout, &desc, &mut stats)
+            .map_err(|e| e.to_string())
+    });
+    let started = Instant::now();
+    while !fake.requests().iter().any(&is_trigger) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never triggered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the client settle into its wait.
+    std::thread::sleep(Duration::from_millis(300));
+    let cancelled_at = Instant::now();
+    cancel.cancel("test cancel");
+    let err = worker.join().unwrap().unwrap_err();
+    (err, cancelled_at.elapsed())
+}
+
+#[test]
+fn a_cancel_ends_a_retry_after_wait_at_once() {
+    let fake = FakeRegistry::start(Faults {
+        rate_limit_upload_posts: Some(120),
+        ..Default::default()
+    });
+    let (err, took) = push_then_cancel(&fake, "faults-cancel-429", |r| r.status == 429);
+    assert!(err.contains("test cancel"), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the wait went on for {took:?}"
+    );
+}
+
+#[test]
+fn a_cancel_stops_a_push_to_a_registry_that_stopped_answering() {
+    let fake = FakeRegistry::start(Faults {
+        stall_blob_puts: true,
+        ..Default::default()
+    });
+    // The stalled PUT is logged only once answered: trigger on the POST that precedes it.
+    let (err, took) = push_then_cancel(&fake, "faults-cancel-stall", |r| {
+        r.method == "POST" && r.status == 202
+    });
+    assert!(err.contains("test cancel"), "{err}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the push went on for {took:?}"
+    );
+}
