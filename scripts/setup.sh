@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev)
+apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -38,6 +38,13 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >
   log "pip install ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
   python3 -m pip install -q "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+
+# --- Test-only Python tools (PyPI): an independent OpenAPI 3.1 validator ------------------------
+OPENAPI_VALIDATOR_VERSION=0.9.0
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  log "pip install openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+  python3 -m pip install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
 fi
 
 # --- Rust targets -----------------------------------------------------------------------------

@@ -26,6 +26,8 @@ pub struct Cancelled {
 #[derive(Debug, Default)]
 struct State {
     reason: Option<String>,
+    /// When the cancel came: the grace period runs from here.
+    cancelled_at: Option<Instant>,
     /// Process groups (their leader's pid) the build has alive now.
     groups: BTreeSet<i32>,
     /// Whether SIGKILL had to be sent after SIGTERM.
@@ -106,6 +108,7 @@ impl Cancel {
                 return false;
             }
             s.reason = Some(reason.to_string());
+            s.cancelled_at = Some(Instant::now());
             s.groups.iter().copied().collect()
         };
         self.inner.cv.notify_all();
@@ -242,6 +245,18 @@ pub struct GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        // After a cancel, members the leader left behind still get the rest of the grace
+        // period to end on their SIGTERM.
+        let deadline = self
+            .cancel
+            .state()
+            .cancelled_at
+            .map(|t| t + self.cancel.inner.grace);
+        if let Some(deadline) = deadline {
+            while group_alive(self.pgid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if group_alive(self.pgid) {
             signal_group(self.pgid, rustix::process::Signal::KILL);
             if self.cancel.is_cancelled() {

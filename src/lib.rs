@@ -4,6 +4,7 @@
 //! the binary (`elf`), strips and compresses it, writes a deterministic layer and assembles an image
 //! on a base image (`oci`). ARCHITECTURE.md has the map.
 
+pub mod api;
 pub mod cancel;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod oci;
 pub mod pipeline;
 pub mod proc;
 pub mod registry;
+pub mod runner;
 pub mod spec;
+pub mod store;
 pub mod target;
 pub mod toolchain;

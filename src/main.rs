@@ -6,14 +6,23 @@ use clap::Parser;
 use galley::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GALLEY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The service logs what it does; the CLI only warnings (its report says the rest).
+    let (default, json) = match &cli.command {
+        Command::Serve(a) => ("info", a.log_format == cli::LogFormat::Json),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GALLEY_LOG")
+        .unwrap_or_else(|_| default.into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
     let result = match cli.command {
         Command::Build(args) => match cli::build::run(args) {
             Ok(cli::build::Outcome::Finished(ok)) => Ok(ok),
@@ -23,6 +32,7 @@ fn main() -> ExitCode {
         },
         Command::Verify(args) => cli::verify::run(args),
         Command::Push(args) => cli::push::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -130,7 +130,10 @@ pub struct BuildSpec {
     pub source_date_epoch: u64,
     /// `SOURCE_DATE_EPOCH` as RFC 3339: the `created` time of configs, history and annotations.
     pub created: String,
+    /// The HEAD commit, with `-dirty` appended when the project's directory has changes.
     pub revision: Option<String>,
+    pub dirty: Option<bool>,
+    pub epoch_source: EpochSource,
     pub source: Option<String>,
     pub compress: CompressSpec,
     /// The repository images are pushed to.
@@ -151,8 +154,6 @@ pub enum SpecError {
     NoProject(PathBuf),
     #[error(transparent)]
     Epoch(#[from] BadEpoch),
-    #[error("SOURCE_DATE_EPOCH is not set and {0} is not in a git repository with commits: set SOURCE_DATE_EPOCH to the build's timestamp in seconds")]
-    NoEpoch(PathBuf),
     #[error("no variants to build: pass --variants (e.g. --variants sqlite,postgres) or list [variants.NAME] in galley.toml")]
     NoVariants,
     #[error("variant name {0:?} is not allowed: use lowercase letters, digits, `_` and `-` (at most 63), starting with a letter or digit")]
@@ -262,6 +263,20 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 pub struct GitFacts {
     pub revision: Option<String>,
     pub commit_time: Option<u64>,
+    /// Whether the project's directory has changes HEAD does not hold (absent outside git).
+    pub dirty: Option<bool>,
+}
+
+/// Where `SOURCE_DATE_EPOCH` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochSource {
+    /// The caller's `SOURCE_DATE_EPOCH`.
+    Environment,
+    /// The commit time of the project's HEAD.
+    GitCommit,
+    /// Neither: 0 (1970-01-01), as ko does, so a project outside git still builds reproducibly.
+    Zero,
 }
 
 /// Reads the HEAD commit and its time; an empty result outside a git repository.
@@ -285,9 +300,23 @@ pub fn git_facts(project: &Path) -> GitFacts {
         .as_ref()
         .and_then(|_| run(&["log", "-1", "--format=%ct"]))
         .and_then(|s| s.parse().ok());
+    // Only the project's own directory counts (a workspace's other members do not).
+    let dirty = revision
+        .as_ref()
+        .and_then(|_| {
+            run(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=normal",
+                "--",
+                ".",
+            ])
+        })
+        .map(|s| !s.is_empty());
     GitFacts {
         revision,
         commit_time,
+        dirty,
     }
 }
 
@@ -315,11 +344,10 @@ impl BuildSpec {
         package: &CargoPackage,
         git: &GitFacts,
     ) -> Result<BuildSpec, SpecError> {
-        let source_date_epoch = match &req.source_date_epoch {
-            Some(v) => parse_epoch(v)?,
-            None => git
-                .commit_time
-                .ok_or_else(|| SpecError::NoEpoch(project.clone()))?,
+        let (source_date_epoch, epoch_source) = match (&req.source_date_epoch, git.commit_time) {
+            (Some(v), _) => (parse_epoch(v)?, EpochSource::Environment),
+            (None, Some(t)) => (t, EpochSource::GitCommit),
+            (None, None) => (0, EpochSource::Zero),
         };
 
         let binary = match (&config.binary, package.bins.as_slice(), &package.name) {
@@ -482,7 +510,12 @@ impl BuildSpec {
             image,
             source_date_epoch,
             created: rfc3339(source_date_epoch),
-            revision: git.revision.clone(),
+            revision: git.revision.as_ref().map(|r| match git.dirty {
+                Some(true) => format!("{r}-dirty"),
+                _ => r.clone(),
+            }),
+            dirty: git.dirty,
+            epoch_source,
             source: config.image.source.clone(),
             compress: CompressSpec {
                 enabled: compress_enabled,
@@ -575,6 +608,7 @@ mod tests {
             name: Some("svc".into()),
             version: Some("0.1.0".into()),
             bins: vec![],
+            features: vec![],
         };
         BuildSpec::from_parts(req, "/p".into(), &config, &package, &GitFacts::default())
     }
@@ -644,9 +678,37 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // Outside git and without SOURCE_DATE_EPOCH: 0, and the spec says so.
         let mut r = req();
         r.source_date_epoch = None;
-        assert!(matches!(resolve(&r, ""), Err(SpecError::NoEpoch(_))));
+        let spec = resolve(&r, "").unwrap();
+        assert_eq!(
+            (spec.source_date_epoch, spec.epoch_source),
+            (0, EpochSource::Zero)
+        );
+        assert_eq!(spec.created, "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_dirty_tree_marks_the_revision() {
+        let config = ProjectConfig::parse("").unwrap();
+        let package = CargoPackage {
+            name: Some("svc".into()),
+            ..Default::default()
+        };
+        let mut git = GitFacts {
+            revision: Some("a".repeat(40)),
+            commit_time: Some(1_600_000_000),
+            dirty: Some(true),
+        };
+        let mut r = req();
+        r.source_date_epoch = None;
+        let spec = BuildSpec::from_parts(&r, "/p".into(), &config, &package, &git).unwrap();
+        assert_eq!(spec.revision, Some(format!("{}-dirty", "a".repeat(40))));
+        assert_eq!(spec.epoch_source, EpochSource::GitCommit);
+        git.dirty = Some(false);
+        let spec = BuildSpec::from_parts(&r, "/p".into(), &config, &package, &git).unwrap();
+        assert_eq!(spec.revision, Some("a".repeat(40)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod push;
+pub mod serve;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -24,6 +25,35 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Push the tagged images of an OCI layout (built earlier) to a repository.
     Push(PushArgs),
+    /// Run the HTTP API: queue builds, stream their logs, keep their history, cancel them.
+    Serve(ServeArgs),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The service's TOML config (listen, data_dir, projects, ...). The API token comes from
+    /// GALLEY_API_TOKEN or the config's token_file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on (default 127.0.0.1:8700).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Where the database, build outputs and git mirrors live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A project to build, as NAME=PATH (repeatable; adds to or replaces the config's).
+    #[arg(long = "project")]
+    pub projects: Vec<String>,
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, clap::Args)]

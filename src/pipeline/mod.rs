@@ -193,8 +193,10 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         binary: spec.binary.clone(),
         version: spec.version.clone(),
         source_date_epoch: spec.source_date_epoch,
+        epoch_source: spec.epoch_source,
         created: spec.created.clone(),
         revision: spec.revision.clone(),
+        dirty: spec.dirty,
         base: BaseReport {
             name: base.name.clone(),
             blobs_downloaded: base.blobs_downloaded,

@@ -12,6 +12,7 @@ use crate::elf::ElfFacts;
 use crate::oci::Digest;
 use crate::registry::pull::Resolution;
 use crate::registry::push::PushStats;
+use crate::spec::EpochSource;
 use crate::toolchain::ToolVersions;
 
 /// The whole build.
@@ -22,9 +23,14 @@ pub struct Report {
     pub binary: String,
     pub version: String,
     pub source_date_epoch: u64,
+    /// Where the epoch came from: environment, git_commit, or zero (no git history).
+    pub epoch_source: EpochSource,
     pub created: String,
+    /// The HEAD commit (`-dirty` when the project's directory had changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
     pub base: BaseReport,
     pub output: String,
     /// The tool versions on one line (as `tools`, for people).
@@ -195,11 +201,23 @@ impl Report {
             "galley {}: {} {} on {} ({})",
             self.galley_version, self.binary, self.version, self.base.name, self.base.digest
         );
+        let epoch = match self.epoch_source {
+            EpochSource::Environment => "SOURCE_DATE_EPOCH",
+            EpochSource::GitCommit => "HEAD commit time",
+            EpochSource::Zero => "no SOURCE_DATE_EPOCH and no git history: 0",
+        };
         let _ = writeln!(
             s,
-            "created {} (SOURCE_DATE_EPOCH={}), output {}",
+            "created {} ({epoch}={}), output {}",
             self.created, self.source_date_epoch, self.output
         );
+        if self.dirty == Some(true) {
+            let _ = writeln!(
+                s,
+                "warning: the project has uncommitted changes (revision {})",
+                self.revision.as_deref().unwrap_or("?")
+            );
+        }
         if let (Some(how), Some(age)) = (self.base.resolution, self.base.resolution_age_secs) {
             let how = match how {
                 Resolution::Pinned => "pinned by digest",

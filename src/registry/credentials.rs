@@ -100,6 +100,65 @@ pub fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }
 
+/// An auth file galley reads, and what points at it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuthFile {
+    pub path: PathBuf,
+    /// `REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// `~/.config/containers/auth.json`, `DOCKER_CONFIG` or `~/.docker/config.json`.
+    pub origin: &'static str,
+    /// Only Docker's config has a `credsStore` that applies to every registry.
+    #[serde(skip)]
+    docker: bool,
+}
+
+/// The auth files, in the order podman, skopeo and buildah read them (containers-auth.json(5)),
+/// then Docker's config.
+pub fn auth_files() -> Vec<AuthFile> {
+    let mut out = Vec::new();
+    let file = |path: PathBuf, origin: &'static str, docker: bool| AuthFile {
+        path,
+        origin,
+        docker,
+    };
+    if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        out.push(file(PathBuf::from(p), "REGISTRY_AUTH_FILE", false));
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        out.push(file(
+            PathBuf::from(d).join("containers/auth.json"),
+            "$XDG_RUNTIME_DIR/containers/auth.json",
+            false,
+        ));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        out.push(file(
+            PathBuf::from(h).join(".config/containers/auth.json"),
+            "~/.config/containers/auth.json",
+            false,
+        ));
+    }
+    if let Some(p) = docker_config_path() {
+        let origin = if std::env::var_os("DOCKER_CONFIG").is_some() {
+            "DOCKER_CONFIG"
+        } else {
+            "~/.docker/config.json"
+        };
+        out.push(file(p, origin, true));
+    }
+    out
+}
+
+/// Where a credential was found: the file, the part of it, and the helper that answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Found {
+    pub file: AuthFile,
+    /// `auths`, `credHelpers` or `credsStore`.
+    pub entry: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helper: Option<String>,
+}
+
 /// The keys a Docker config may use for a registry.
 fn config_keys(registry: &str) -> Vec<String> {
     if matches!(
@@ -131,11 +190,27 @@ fn key_host(key: &str) -> &str {
     k.split('/').next().unwrap_or(k)
 }
 
-/// Looks a registry up in Docker's config. `Ok(None)` means anonymous (no config, or no entry).
+/// Looks a registry up in the auth files, in order. `Ok(None)` means anonymous (no file has an
+/// entry for it).
+pub fn lookup(registry: &str) -> Result<Option<(Credential, Found)>, CredentialError> {
+    for file in auth_files() {
+        if let Some(found) = from_file(&file, registry)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The credential for a registry from the auth files, without where it came from.
 pub fn from_docker_config(registry: &str) -> Result<Option<Credential>, CredentialError> {
-    let Some(path) = docker_config_path() else {
-        return Ok(None);
-    };
+    Ok(lookup(registry)?.map(|(c, _)| c))
+}
+
+fn from_file(
+    file: &AuthFile,
+    registry: &str,
+) -> Result<Option<(Credential, Found)>, CredentialError> {
+    let path = file.path.clone();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -147,6 +222,11 @@ pub fn from_docker_config(registry: &str) -> Result<Option<Credential>, Credenti
             path: path.clone(),
             detail: format!("line {}, column {}", e.line(), e.column()),
         })?;
+    let found = |entry: &'static str, helper: Option<&str>| Found {
+        file: file.clone(),
+        entry,
+        helper: helper.map(str::to_string),
+    };
     let keys = config_keys(registry);
     let find = |table: &str| -> Option<&serde_json::Value> {
         let map = config.get(table)?.as_object()?;
@@ -157,22 +237,27 @@ pub fn from_docker_config(registry: &str) -> Result<Option<Credential>, Credenti
         })
     };
     if let Some(helper) = find("credHelpers").and_then(|v| v.as_str()) {
-        return run_helper(helper, registry, &path);
+        return Ok(
+            run_helper(helper, registry, &path)?.map(|c| (c, found("credHelpers", Some(helper))))
+        );
     }
-    if let Some(helper) = config.get("credsStore").and_then(|v| v.as_str()) {
-        if let Some(found) = run_helper(helper, registry, &path)? {
-            return Ok(Some(found));
+    if file.docker {
+        if let Some(helper) = config.get("credsStore").and_then(|v| v.as_str()) {
+            if let Some(c) = run_helper(helper, registry, &path)? {
+                return Ok(Some((c, found("credsStore", Some(helper)))));
+            }
         }
     }
     let Some(entry) = find("auths") else {
         return Ok(None);
     };
+    let auths = |c: Credential| Some((c, found("auths", None)));
     if let Some(token) = entry
         .get("identitytoken")
         .and_then(|v| v.as_str())
         .filter(|t| !t.is_empty())
     {
-        return Ok(Some(Credential::IdentityToken(Secret::new(token))));
+        return Ok(auths(Credential::IdentityToken(Secret::new(token))));
     }
     if let Some(auth) = entry
         .get("auth")
@@ -188,7 +273,7 @@ pub fn from_docker_config(registry: &str) -> Result<Option<Credential>, Credenti
             .map_err(|_| bad())?;
         let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
         let (user, pass) = decoded.split_once(':').ok_or_else(bad)?;
-        return Ok(Some(Credential::Basic {
+        return Ok(auths(Credential::Basic {
             username: user.to_string(),
             password: Secret::new(pass),
         }));
@@ -197,13 +282,27 @@ pub fn from_docker_config(registry: &str) -> Result<Option<Credential>, Credenti
         entry.get("username").and_then(|v| v.as_str()),
         entry.get("password").and_then(|v| v.as_str()),
     ) {
-        (Some(u), Some(p)) => Ok(Some(Credential::Basic {
+        (Some(u), Some(p)) => Ok(auths(Credential::Basic {
             username: u.to_string(),
             password: Secret::new(p),
         })),
         _ => Ok(None),
     }
 }
+
+/// Environment credential helpers may read, by prefix: AWS (ecr-login), Google (gcloud, gcr),
+/// Azure (acr-env), D-Bus and the secret service (secretservice, pass), gpg.
+const HELPER_ENV_PREFIXES: &[&str] = &[
+    "AWS_",
+    "GOOGLE_",
+    "CLOUDSDK_",
+    "AZURE_",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "PASSWORD_STORE_",
+    "GNUPGHOME",
+    "GPG_AGENT_INFO",
+];
 
 /// Runs `docker-credential-<helper> get` with the server on stdin.
 fn run_helper(
@@ -230,6 +329,13 @@ fn run_helper(
         detail,
     };
     let mut cmd = proc::command(&program);
+    // Helpers need their cloud's or keyring's settings; compilers never get these.
+    for (k, v) in std::env::vars_os() {
+        let key = k.to_string_lossy();
+        if HELPER_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            cmd.env(&k, v);
+        }
+    }
     cmd.arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod tags;
 
 use std::path::PathBuf;
 

@@ -16,6 +16,12 @@
 //! - `fake_registry`: an in-process registry with fault injection.
 //! - `registry_faults`: 202 on mount, relative Location, token refresh, 429, 500, reset, refused manifest.
 //! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
+//! - `cancel`: Ctrl-C of `galley build` stops every child (checked in /proc), leaves nothing.
+//! - `release`: when tags move (all variants or --partial), report.json first, index.json
+//!   locked, the base tag's TTL.
+//! - `service`: the harness for a real `galley serve` process and an SSE client.
+//! - `serve`: the service end to end: builds, pushes, SSE resume, history, git refs, cancel,
+//!   restart after SIGKILL, SIGTERM, bad input, tokens, secrets, OpenAPI.
 
 mod authd;
 mod bad_input;
@@ -32,6 +38,8 @@ mod registry_e2e;
 mod registry_faults;
 mod release;
 mod reproducible;
+mod serve;
+mod service;
 mod strip;
 mod support;
 mod upx;

@@ -1,6 +1,9 @@
 //! Project settings from `galley.toml` at the project root, as typed values.
 //!
 //! Everything here is raw input: `spec` validates it against allow-lists before anything runs.
+//! `serve` holds the service's own settings.
+
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +82,24 @@ pub enum ConfigError {
 pub const FILE_NAME: &str = "galley.toml";
 
 impl ProjectConfig {
+    /// The variants a project offers: every `[variants.NAME]`, and `NAME` for every crate feature
+    /// `db_NAME` that no listed variant builds with, sorted, each with its features.
+    pub fn variants_offered(&self, package: &CargoPackage) -> Vec<(String, Vec<String>)> {
+        let mut out: BTreeMap<String, Vec<String>> = self
+            .variants
+            .iter()
+            .map(|(k, v)| (k.clone(), v.features.clone()))
+            .collect();
+        let used: Vec<String> = out.values().flatten().cloned().collect();
+        for f in package.features.iter().filter(|f| !used.contains(f)) {
+            if let Some(name) = f.strip_prefix("db_") {
+                out.entry(name.to_string())
+                    .or_insert_with(|| vec![f.clone()]);
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Reads `galley.toml` from the project root; a project without one gets the defaults.
     pub fn load(project: &Path) -> Result<ProjectConfig, ConfigError> {
         let path = project.join(FILE_NAME);
@@ -102,6 +123,8 @@ pub struct CargoPackage {
     pub version: Option<String>,
     /// Names of `[[bin]]` targets declared explicitly.
     pub bins: Vec<String>,
+    /// The names of the crate's `[features]`.
+    pub features: Vec<String>,
 }
 
 impl CargoPackage {
@@ -112,7 +135,13 @@ impl CargoPackage {
             path: path.clone(),
             source,
         })?;
-        let value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&path, &text)
+    }
+
+    /// Reads the facts from the text of a Cargo.toml (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<CargoPackage, ConfigError> {
+        let path = path.to_path_buf();
+        let value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path,
             message: e.to_string(),
         })?;
@@ -132,10 +161,16 @@ impl CargoPackage {
                     .collect()
             })
             .unwrap_or_default();
+        let features = value
+            .get("features")
+            .and_then(|f| f.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
         Ok(CargoPackage {
             name: field("name"),
             version: field("version"),
             bins,
+            features,
         })
     }
 }
@@ -161,6 +196,23 @@ mod tests {
         assert_eq!(cfg.binary.as_deref(), Some("svc"));
         assert_eq!(cfg.variants["postgres"].features, ["db_psql"]);
         assert_eq!(cfg.image.expose, [8080]);
+    }
+
+    #[test]
+    fn variants_offered_come_from_the_file_and_unused_db_features() {
+        let cfg = ProjectConfig::parse("[variants.postgres]\nfeatures = [\"db_psql\"]").unwrap();
+        let package = CargoPackage {
+            features: ["db_sqlite", "db_psql", "default", "tls"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        };
+        let names: Vec<String> = cfg
+            .variants_offered(&package)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["postgres", "sqlite"]);
     }
 
     #[test]

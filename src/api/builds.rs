@@ -1,0 +1,805 @@
+//! `/api/v1/builds`: submit, history, one record, its log, cancel, rebuild, delete.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{blocking, ApiError, ApiJson, AppState, Principal};
+use crate::runner::source::{is_ref, offer};
+use crate::runner::{BuildInput, CancelReply, RunnerError, Submitted};
+use crate::store::{BuildRow, BuildStatus, ListFilter, Store};
+
+/// A build request.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBuild {
+    /// The project to build; may be left out when the service has only one.
+    pub project: Option<String>,
+    /// Variants to build (default: every variant the project offers).
+    pub variants: Option<Vec<String>>,
+    /// The version for tags and annotations: semver, e.g. `1.4.2`.
+    pub version: String,
+    /// Push to the project's repository (default false).
+    pub push: Option<bool>,
+    /// The git ref (branch, tag or commit) to build: git projects only (default the
+    /// repository's HEAD).
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+}
+
+/// Where to find a build.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BuildUrls {
+    #[serde(rename = "self")]
+    pub record: String,
+    pub events: String,
+    pub log: String,
+    pub cancel: String,
+    pub rebuild: String,
+}
+
+impl BuildUrls {
+    fn of(id: i64) -> BuildUrls {
+        let base = format!("/api/v1/builds/{id}");
+        BuildUrls {
+            events: format!("{base}/events"),
+            log: format!("{base}/log"),
+            cancel: format!("{base}/cancel"),
+            rebuild: format!("{base}/rebuild"),
+            record: base,
+        }
+    }
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub id: i64,
+    pub status: BuildStatus,
+    pub urls: BuildUrls,
+}
+
+/// One stage of one variant on one target.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StageRecord {
+    pub target: String,
+    pub stage: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One variant of a build.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VariantRecord {
+    pub name: String,
+    /// `succeeded` or `failed` once the build has a report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub tags: Vec<String>,
+    /// `host/repo:tag@digest` for every tag pushed.
+    pub references: Vec<String>,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Stage by stage, as they ran (live while the build runs).
+    pub stages: Vec<StageRecord>,
+    /// Per platform: sizes, digests, ELF facts, compression (from the report).
+    #[schema(value_type = Vec<Object>)]
+    pub platforms: Vec<Value>,
+}
+
+/// How much of the log was dropped past its cap.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LogDropped {
+    pub lines: i64,
+    pub bytes: i64,
+}
+
+/// A build as recorded.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BuildRecord {
+    pub id: i64,
+    pub project: String,
+    pub status: BuildStatus,
+    /// What was asked for.
+    pub inputs: BuildInput,
+    /// The commit the sources were at (absent outside git).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Whether a path project had uncommitted changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
+    /// The name of the token that started it.
+    pub started_by: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// rustc, cargo-zigbuild, zig and UPX versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tools: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
+    /// Whether stopping the build needed SIGKILL after the grace period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_kill: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_dropped: Option<LogDropped>,
+    /// The `GALLEY_BUILD_TAG` every process of this build carries in its environment.
+    pub process_tag: String,
+    pub variants: Vec<VariantRecord>,
+    /// The full report once the build ended with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<Value>,
+    pub urls: BuildUrls,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BuildList {
+    pub builds: Vec<BuildRecord>,
+    /// Pass as `before` for the next page (absent on the last page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+fn time(ms: Option<i64>) -> Option<String> {
+    ms.map(|ms| {
+        crate::oci::time::rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+        )
+    })
+}
+
+/// Assembles a build's record from its row, its stage events and its report.
+pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRecord, ApiError> {
+    let inputs: BuildInput =
+        serde_json::from_value(row.request.clone()).map_err(ApiError::internal)?;
+    let mut variants: Vec<VariantRecord> = inputs
+        .variants
+        .iter()
+        .map(|v| VariantRecord {
+            name: v.clone(),
+            status: None,
+            digest: None,
+            tags: Vec::new(),
+            references: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+            stages: Vec::new(),
+            platforms: Vec::new(),
+        })
+        .collect();
+    if with_stages {
+        for e in store.stage_events(row.id).map_err(ApiError::internal)? {
+            let Ok(d) = serde_json::from_str::<Value>(&e.data) else {
+                continue;
+            };
+            let Some(v) = variants
+                .iter_mut()
+                .find(|v| d["variant"] == v.name.as_str())
+            else {
+                continue;
+            };
+            let target = d["target"].as_str().unwrap_or("").to_string();
+            let stage = d["stage"].as_str().unwrap_or("").to_string();
+            let status = d["status"].as_str().unwrap_or("").to_string();
+            match v
+                .stages
+                .iter_mut()
+                .find(|s| s.target == target && s.stage == stage)
+            {
+                Some(s) => {
+                    s.status = status;
+                    s.ms = d["ms"].as_u64();
+                    s.detail = d["detail"].as_str().map(str::to_string);
+                }
+                None => v.stages.push(StageRecord {
+                    started_at: (status == "running")
+                        .then(|| d["ts"].as_str().map(str::to_string))
+                        .flatten(),
+                    target,
+                    stage,
+                    status,
+                    ms: d["ms"].as_u64(),
+                    detail: d["detail"].as_str().map(str::to_string),
+                }),
+            }
+        }
+    }
+    if let Some(report) = &row.report {
+        for rv in report["variants"].as_array().into_iter().flatten() {
+            let Some(v) = variants
+                .iter_mut()
+                .find(|v| rv["variant"] == v.name.as_str())
+            else {
+                continue;
+            };
+            let strings = |x: &Value| -> Vec<String> {
+                x.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            };
+            v.status = rv["status"].as_str().map(str::to_string);
+            v.digest = rv["digest"].as_str().map(str::to_string);
+            v.tags = strings(&rv["tags"]);
+            v.references = strings(&rv["push"]["references"]);
+            v.warnings = strings(&rv["warnings"]);
+            if let Some(w) = rv["push"]["withheld"].as_str() {
+                v.warnings.push(w.to_string());
+            }
+            v.error = rv["error"].as_str().map(str::to_string);
+            v.platforms = rv["platforms"].as_array().cloned().unwrap_or_default();
+        }
+    }
+    let id = row.id;
+    Ok(BuildRecord {
+        id,
+        project: row.project,
+        status: row.status,
+        inputs,
+        commit: row.commit,
+        dirty: row.dirty,
+        started_by: row.started_by,
+        created_at: time(Some(row.created_at)).unwrap_or_default(),
+        started_at: time(row.started_at),
+        finished_at: time(row.finished_at),
+        queue_wait_ms: row.started_at.map(|s| s - row.created_at),
+        duration_ms: row.started_at.zip(row.finished_at).map(|(s, f)| f - s),
+        tools: row.tools,
+        error: row.error,
+        cancelled_by: row.cancelled_by,
+        forced_kill: row.forced_kill,
+        log_dropped: (row.dropped_lines > 0).then_some(LogDropped {
+            lines: row.dropped_lines,
+            bytes: row.dropped_bytes,
+        }),
+        process_tag: row.process_tag,
+        variants,
+        report: row.report,
+        urls: BuildUrls::of(id),
+    })
+}
+
+/// A build's record, or 404.
+pub async fn load(state: &AppState, id: i64) -> Result<BuildRecord, ApiError> {
+    let store = state.runner.store().clone();
+    blocking(move || {
+        let row = store
+            .get_build(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+        record(&store, row, true)
+    })
+    .await
+}
+
+fn runner_error(e: RunnerError) -> ApiError {
+    match e {
+        RunnerError::NotFound(id) => ApiError::not_found(format!("no build {id}")),
+        e @ (RunnerError::Finished { .. } | RunnerError::NotFinished { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e @ RunnerError::QueueFull(_) => {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                .hint("try again later, or raise max_queued in the service's config");
+            err.retry_after = Some(30);
+            err
+        }
+        RunnerError::KeyConflict => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_conflict",
+            "this Idempotency-Key was used before with a different request body",
+        )
+        .hint("use a new Idempotency-Key for a new request"),
+        e @ RunnerError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        ),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Validates a request against the project's configuration and files.
+fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> {
+    let config = state.runner.config();
+    let name = match (&req.project, config.projects.len()) {
+        (Some(p), _) => p.clone(),
+        (None, 1) => config.projects.keys().next().expect("one").clone(),
+        (None, _) => {
+            return Err(ApiError::field(
+                "project",
+                "the service builds several projects: say which",
+                format!(
+                    "one of: {}",
+                    config
+                        .projects
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    };
+    let Some(project) = state.runner.project(&name) else {
+        return Err(ApiError::field(
+            "project",
+            format!("no project {name:?}"),
+            format!(
+                "one of: {}",
+                config
+                    .projects
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+
+    let version = semver::Version::parse(&req.version).map_err(|e| {
+        ApiError::field(
+            "version",
+            format!("{:?} is not a semantic version: {e}", req.version),
+            "use MAJOR.MINOR.PATCH, e.g. 1.4.2 or 2.0.0-rc.1",
+        )
+    })?;
+    if !version.build.is_empty() || !crate::spec::is_tag(&req.version) {
+        return Err(ApiError::field(
+            "version",
+            format!("{:?} cannot be part of an image tag", req.version),
+            "leave out build metadata (+...): tags allow letters, digits, '.', '_' and '-'",
+        ));
+    }
+
+    match (&req.git_ref, &project.source) {
+        (Some(r), crate::config::serve::Source::Git(_)) if !is_ref(r) => {
+            return Err(ApiError::field(
+                "ref",
+                format!("{r:?} is not a branch, tag or commit name galley accepts"),
+                "use letters, digits, '.', '_', '/' and '-', starting with a letter or digit",
+            ))
+        }
+        (Some(_), crate::config::serve::Source::Path(_)) => {
+            return Err(ApiError::field(
+                "ref",
+                format!("project {name} is a directory, built as it is: it has no refs"),
+                "leave out ref, or configure the project with `git = ...`",
+            ))
+        }
+        _ => {}
+    }
+    let push = req.push.unwrap_or(false);
+    if push && project.push.is_none() {
+        return Err(ApiError::field(
+            "push",
+            format!("project {name} has no push repository"),
+            format!("set push = \"host/repo\" under [projects.{name}] in the service's config"),
+        ));
+    }
+
+    let offered = offer(&config.data_dir, project).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "project_unreadable",
+            e.to_string(),
+        )
+    })?;
+    let names: Vec<&str> = offered.variants.iter().map(|(n, _)| n.as_str()).collect();
+    let variants = match req.variants {
+        None => names.iter().map(|s| s.to_string()).collect(),
+        Some(v) => v,
+    };
+    if variants.is_empty() {
+        return Err(ApiError::field(
+            "variants",
+            "no variant to build",
+            format!("name at least one of: {}", names.join(", ")),
+        ));
+    }
+    if variants.len() > 32 {
+        return Err(ApiError::field(
+            "variants",
+            "more than 32 variants",
+            "split the build",
+        ));
+    }
+    for (i, v) in variants.iter().enumerate() {
+        if !names.contains(&v.as_str()) {
+            return Err(ApiError::field(
+                &format!("variants[{i}]"),
+                format!("project {name} has no variant {v:?}"),
+                format!("one of: {}", names.join(", ")),
+            ));
+        }
+        if variants[..i].contains(v) {
+            return Err(ApiError::field(
+                &format!("variants[{i}]"),
+                format!("variant {v:?} is listed twice"),
+                "list each variant once",
+            ));
+        }
+    }
+    Ok(BuildInput {
+        project: name,
+        variants,
+        version: req.version,
+        push,
+        git_ref: req.git_ref,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(|s| s.trim().trim_matches('"').to_string());
+    match key {
+        Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .hint("use a UUID")),
+    }
+}
+
+/// Queue a build.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds",
+    tag = "builds",
+    request_body = CreateBuild,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same build; same key, other body: 422")),
+    responses(
+        (status = 202, description = "Queued (or the build an earlier request with this Idempotency-Key queued)", body = Accepted),
+        (status = 400, description = "Not JSON, or a bad Idempotency-Key", body = super::error::ErrorBody),
+        (status = 401, description = "No or wrong token", body = super::error::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+        (status = 422, description = "A field is wrong: `field` says which, `hint` how to fix it", body = super::error::ErrorBody),
+        (status = 429, description = "The queue is full (see Retry-After)", body = super::error::ErrorBody),
+        (status = 503, description = "Shutting down", body = super::error::ErrorBody),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateBuild>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let st = state.clone();
+    let (submitted, status) = blocking(move || {
+        let input = validate(&st, req)?;
+        let submitted = st
+            .runner
+            .submit(&input, &who.0, key.as_deref())
+            .map_err(runner_error)?;
+        let id = match submitted {
+            Submitted::New(id) | Submitted::Replayed(id) => id,
+        };
+        let status = st
+            .runner
+            .store()
+            .get_build(id)
+            .map_err(ApiError::internal)?
+            .map(|r| r.status)
+            .unwrap_or(BuildStatus::Queued);
+        Ok((submitted, status))
+    })
+    .await?;
+    let (id, replayed) = match submitted {
+        Submitted::New(id) => (id, false),
+        Submitted::Replayed(id) => (id, true),
+    };
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id,
+            status,
+            urls: BuildUrls::of(id),
+        }),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/builds/{id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    if replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// History filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// At most this many builds (1 to 200, default 50).
+    pub limit: Option<usize>,
+    /// Only builds with a smaller id (the `next_before` of the previous page).
+    pub before: Option<i64>,
+    pub project: Option<String>,
+    /// queued, running, succeeded, failed, cancelled or interrupted.
+    pub status: Option<String>,
+}
+
+/// Build history, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds",
+    tag = "builds",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of builds, newest first", body = BuildList),
+        (status = 422, description = "A bad filter", body = super::error::ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<BuildList>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            "limit must be 1 to 200",
+            "e.g. limit=50",
+        ));
+    }
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(BuildStatus::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                format!("no status {s:?}"),
+                "one of queued, running, succeeded, failed, cancelled, interrupted",
+            )
+        })?),
+    };
+    let filter = ListFilter {
+        limit: limit + 1,
+        before: q.before,
+        project: q.project.clone(),
+        status,
+    };
+    let store = state.runner.store().clone();
+    blocking(move || {
+        let mut rows = store.list_builds(&filter).map_err(ApiError::internal)?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next_before = if more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        let builds = rows
+            .into_iter()
+            .map(|r| record(&store, r, false))
+            .collect::<Result<_, _>>()?;
+        Ok(Json(BuildList {
+            builds,
+            next_before,
+        }))
+    })
+    .await
+}
+
+/// One build: inputs, who started it, tool versions, and per variant and stage the status,
+/// timing, sizes, digests, warnings and errors.
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds/{id}",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "The build's record", body = BuildRecord),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+    )
+)]
+pub async fn get_build(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<BuildRecord>, ApiError> {
+    Ok(Json(load(&state, id).await?))
+}
+
+/// Remove a finished build's record, log and output.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/builds/{id}",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 409, description = "The build has not ended", body = super::error::ErrorBody),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    let runner = state.runner.clone();
+    blocking(move || runner.delete(id).map_err(runner_error)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Cancel a build: SIGTERM to its whole process tree, SIGKILL after the grace period; registry
+/// waits stop too. Answers once it has stopped (200), or 202 if it is still stopping.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/cancel",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "Cancelled (also when it was cancelled before)", body = BuildRecord),
+        (status = 202, description = "Cancel sent; still stopping", body = BuildRecord),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 409, description = "The build has already ended otherwise", body = super::error::ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let runner = state.runner.clone();
+    let reply = blocking(move || runner.cancel(id, &who.0).map_err(runner_error)).await?;
+    if let CancelReply::Stopping(_) = reply {
+        let limit = state.runner.config().cancel_grace + Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let rec = load(&state, id).await?;
+            if rec.status.is_final() {
+                let code = if rec.status == BuildStatus::Cancelled {
+                    StatusCode::OK
+                } else {
+                    // It ended on its own before the cancel reached it.
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        format!("build {id} has already {}", rec.status),
+                    ));
+                };
+                return Ok((code, Json(rec)).into_response());
+            }
+        }
+        return Ok((StatusCode::ACCEPTED, Json(load(&state, id).await?)).into_response());
+    }
+    Ok((StatusCode::OK, Json(load(&state, id).await?)).into_response())
+}
+
+/// Queue the same inputs again as a new build.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/rebuild",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 202, description = "Queued", body = Accepted),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 429, description = "The queue is full", body = super::error::ErrorBody),
+    )
+)]
+pub async fn rebuild(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let runner = state.runner.clone();
+    let submitted = blocking(move || runner.rebuild(id, &who.0).map_err(runner_error)).await?;
+    let new = match submitted {
+        Submitted::New(n) | Submitted::Replayed(n) => n,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/v1/builds/{new}"))],
+        Json(Accepted {
+            id: new,
+            status: BuildStatus::Queued,
+            urls: BuildUrls::of(new),
+        }),
+    )
+        .into_response())
+}
+
+/// The whole log as text: one line per log event, the dropped middle of a capped log marked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds/{id}/log",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "The log", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+    )
+)]
+pub async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let store = state.runner.store().clone();
+    let text = blocking(move || {
+        store
+            .get_build(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+        let mut out = String::new();
+        let mut after = 0;
+        loop {
+            let batch = store
+                .events_after(id, after, 2000)
+                .map_err(ApiError::internal)?;
+            let Some(last) = batch.last() else { break };
+            after = last.seq;
+            for e in &batch {
+                let Ok(d) = serde_json::from_str::<Value>(&e.data) else {
+                    continue;
+                };
+                match e.kind.as_str() {
+                    "log" => {
+                        let who = match (d["variant"].as_str(), d["target"].as_str()) {
+                            (Some(v), Some(t)) => format!("[{v} {t}] "),
+                            _ => String::new(),
+                        };
+                        out.push_str(&format!(
+                            "{} {who}{}: {}\n",
+                            d["ts"].as_str().unwrap_or(""),
+                            d["stage"].as_str().unwrap_or(""),
+                            d["line"].as_str().unwrap_or("")
+                        ));
+                    }
+                    "dropped" => {
+                        out.push_str(d["message"].as_str().unwrap_or("[dropped]"));
+                        out.push('\n');
+                    }
+                    "end" => out.push_str(&format!(
+                        "{} build {}{}\n",
+                        d["ts"].as_str().unwrap_or(""),
+                        d["status"].as_str().unwrap_or(""),
+                        d["error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}

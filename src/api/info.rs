@@ -1,0 +1,336 @@
+//! What the service can build and with what: projects and their variants, the next version,
+//! the registry credentials it found (never the secret).
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, ApiError, AppState};
+use crate::config::serve::{Project, Source};
+use crate::registry::{credentials, Credential, RegistryOptions};
+use crate::runner::source::offer;
+use crate::runner::{bump, version_in_tag, Bump};
+
+/// A variant and the cargo features it builds with.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VariantInfo {
+    pub name: String,
+    pub features: Vec<String>,
+}
+
+/// A project the service builds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProjectInfo {
+    pub name: String,
+    /// `path` (built as it is) or `git` (built at a ref).
+    pub kind: String,
+    pub source: String,
+    /// From galley.toml's `[variants.*]` and the crate's `db_*` features.
+    pub variants: Vec<VariantInfo>,
+    /// The repository pushes go to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<String>,
+    /// The crate's version in Cargo.toml.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why the project's files could not be read, when they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn project_info(data_dir: &std::path::Path, p: &Project) -> ProjectInfo {
+    let (kind, source) = match &p.source {
+        Source::Path(d) => ("path", d.display().to_string()),
+        Source::Git(u) => ("git", u.clone()),
+    };
+    let (variants, version, error) = match offer(data_dir, p) {
+        Ok(o) => (
+            o.variants
+                .into_iter()
+                .map(|(name, features)| VariantInfo { name, features })
+                .collect(),
+            o.version,
+            None,
+        ),
+        Err(e) => (Vec::new(), None, Some(e.to_string())),
+    };
+    ProjectInfo {
+        name: p.name.clone(),
+        kind: kind.into(),
+        source,
+        variants,
+        push: p.push.as_ref().map(|r| r.name()),
+        version,
+        error,
+    }
+}
+
+/// The projects, their variants and push repositories.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects",
+    tag = "projects",
+    responses((status = 200, description = "Every configured project", body = Vec<ProjectInfo>))
+)]
+pub async fn projects(State(state): State<AppState>) -> Result<Json<Vec<ProjectInfo>>, ApiError> {
+    let runner = state.runner.clone();
+    blocking(move || {
+        let config = runner.config();
+        Ok(Json(
+            config
+                .projects
+                .values()
+                .map(|p| project_info(&config.data_dir, p))
+                .collect(),
+        ))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct NextQuery {
+    /// The project (may be left out when there is only one).
+    pub project: Option<String>,
+    /// patch (default), minor or major.
+    pub bump: Option<Bump>,
+}
+
+/// The next versions of a project.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NextVersion {
+    pub project: String,
+    pub bump: Bump,
+    /// The highest version released so far, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// The suggestion for `bump`.
+    pub next: String,
+    /// What each bump gives.
+    pub patch: String,
+    pub minor: String,
+    pub major: String,
+    /// Where `current` came from: `registry` (its tags), `history` (succeeded builds) or `cargo`
+    /// (nothing released yet: the crate's version is suggested as it is).
+    pub source: String,
+    /// Why the registry was not used, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+fn pick_project<'a>(state: &'a AppState, name: &Option<String>) -> Result<&'a Project, ApiError> {
+    let config = state.runner.config();
+    let list = || {
+        config
+            .projects
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => state.runner.project(n).ok_or_else(|| {
+            ApiError::field(
+                "project",
+                format!("no project {n:?}"),
+                format!("one of: {}", list()),
+            )
+        }),
+        None if config.projects.len() == 1 => Ok(config.projects.values().next().expect("one")),
+        None => Err(ApiError::field(
+            "project",
+            "the service builds several projects: say which",
+            format!("one of: {}", list()),
+        )),
+    }
+}
+
+fn registry_options(p: &Project) -> RegistryOptions {
+    RegistryOptions {
+        insecure: p.insecure.clone(),
+        ca_bundle: p.ca_bundle.clone(),
+        ..Default::default()
+    }
+}
+
+/// The next version: from the highest semver among the repository's tags (`sqlite-1.4.2` counts
+/// as 1.4.2), else from the history of succeeded builds, else the crate's own version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/versions/next",
+    tag = "projects",
+    params(NextQuery),
+    responses(
+        (status = 200, description = "The suggestion, and what each bump gives", body = NextVersion),
+        (status = 422, description = "Unknown project or bump", body = super::error::ErrorBody),
+    )
+)]
+pub async fn next_version(
+    State(state): State<AppState>,
+    Query(q): Query<NextQuery>,
+) -> Result<Json<NextVersion>, ApiError> {
+    let project = pick_project(&state, &q.project)?.clone();
+    let how = q.bump.unwrap_or(Bump::Patch);
+    let runner = state.runner.clone();
+    blocking(move || {
+        let mut warning = None;
+        let mut found: Option<(semver::Version, &str)> = None;
+        if let Some(repo) = &project.push {
+            match crate::registry::tags::list_tags(repo, &registry_options(&project)) {
+                Ok(tags) => {
+                    found = tags
+                        .iter()
+                        .filter_map(|t| version_in_tag(t))
+                        .max()
+                        .map(|v| (v, "registry"))
+                }
+                Err(e) => warning = Some(format!("cannot list the tags of {}: {e}", repo.name())),
+            }
+        }
+        if found.is_none() {
+            let released = runner
+                .store()
+                .released_versions(&project.name)
+                .map_err(ApiError::internal)?;
+            found = released
+                .iter()
+                .filter_map(|v| semver::Version::parse(v).ok())
+                .max()
+                .map(|v| (v, "history"));
+        }
+        let next = |v: &Option<semver::Version>, b: Bump| match v {
+            Some(v) => bump(v, b).to_string(),
+            None => String::new(),
+        };
+        let (current, source) = match found {
+            Some((v, s)) => (Some(v), s),
+            None => (None, "cargo"),
+        };
+        let crate_version = offer(&runner.config().data_dir, &project)
+            .ok()
+            .and_then(|o| o.version)
+            .unwrap_or_else(|| "0.1.0".into());
+        let or_crate = |s: String| {
+            if s.is_empty() {
+                crate_version.clone()
+            } else {
+                s
+            }
+        };
+        Ok(Json(NextVersion {
+            project: project.name.clone(),
+            bump: how,
+            next: or_crate(next(&current, how)),
+            patch: or_crate(next(&current, Bump::Patch)),
+            minor: or_crate(next(&current, Bump::Minor)),
+            major: or_crate(next(&current, Bump::Major)),
+            current: current.map(|v| v.to_string()),
+            source: source.into(),
+            warning,
+        }))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryQuery {
+    pub project: Option<String>,
+}
+
+/// The credentials galley would use for a project's registry, and where it found them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RegistryInfo {
+    pub project: String,
+    /// The push repository (`host/repo`); absent when the project pushes nowhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// Whether credentials were found (else pushes are anonymous).
+    pub found: bool,
+    /// The file that holds them and what points at it (`REGISTRY_AUTH_FILE`, containers
+    /// auth.json, `DOCKER_CONFIG` or ~/.docker/config.json).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// `auths`, `credHelpers` or `credsStore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helper: Option<String>,
+    /// `basic` or `identity_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Every file looked at, in order.
+    pub searched: Vec<String>,
+    /// Why the lookup failed (a missing helper, an unreadable file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which credentials galley found for a project's registry (the username, never the secret).
+#[utoipa::path(
+    get,
+    path = "/api/v1/registry",
+    tag = "projects",
+    params(RegistryQuery),
+    responses(
+        (status = 200, description = "What was found and where", body = RegistryInfo),
+        (status = 422, description = "Unknown project", body = super::error::ErrorBody),
+    )
+)]
+pub async fn registry(
+    State(state): State<AppState>,
+    Query(q): Query<RegistryQuery>,
+) -> Result<Json<RegistryInfo>, ApiError> {
+    let project = pick_project(&state, &q.project)?.clone();
+    blocking(move || {
+        let searched = credentials::auth_files()
+            .iter()
+            .map(|f| format!("{} ({})", f.path.display(), f.origin))
+            .collect();
+        let mut info = RegistryInfo {
+            project: project.name.clone(),
+            repository: project.push.as_ref().map(|r| r.name()),
+            registry: project.push.as_ref().map(|r| r.registry.clone()),
+            found: false,
+            file: None,
+            origin: None,
+            entry: None,
+            helper: None,
+            kind: None,
+            username: None,
+            searched,
+            error: None,
+        };
+        let Some(repo) = &project.push else {
+            return Ok(Json(info));
+        };
+        match credentials::lookup(&repo.registry) {
+            Ok(Some((credential, found))) => {
+                info.found = true;
+                info.file = Some(found.file.path.display().to_string());
+                info.origin = Some(found.file.origin.to_string());
+                info.entry = Some(found.entry.to_string());
+                info.helper = found.helper;
+                match credential {
+                    Credential::Basic { username, .. } => {
+                        info.kind = Some("basic".into());
+                        info.username = Some(username);
+                    }
+                    Credential::IdentityToken(_) => info.kind = Some("identity_token".into()),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => info.error = Some(e.to_string()),
+        }
+        Ok(Json(info))
+    })
+    .await
+}

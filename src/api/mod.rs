@@ -1,0 +1,184 @@
+//! The HTTP API of `galley serve` (axum on hyper): routes, bearer-token auth, wire types, SSE.
+//! Handlers validate requests, then ask the runner; blocking work (SQLite, git) runs on
+//! tokio's blocking pool. The OpenAPI document is generated from the handlers themselves.
+
+pub mod builds;
+pub mod error;
+pub mod info;
+pub mod sse;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use subtle::ConstantTimeEq;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::serve::{sha256, ApiToken};
+use crate::runner::Runner;
+pub use error::{ApiError, ApiJson};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub runner: Runner,
+    pub tokens: Arc<Vec<ApiToken>>,
+}
+
+/// Who is calling: the token's name, or `anonymous` when the service has no token.
+#[derive(Debug, Clone)]
+pub struct Principal(pub String);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "galley",
+        description = "Build Rust services into minimal, reproducible OCI images: queue builds, follow their logs, read their history, cancel them.",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "builds", description = "Builds: submit, follow, cancel, history"),
+        (name = "projects", description = "What the service can build"),
+        (name = "service", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` against every configured token in constant time.
+async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let name = if state.tokens.is_empty() {
+        "anonymous".to_string()
+    } else {
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| sha256(t.trim().as_bytes()));
+        let Some(given) = given else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this service needs a token",
+            )
+            .hint("send Authorization: Bearer <token>"));
+        };
+        // Every token is compared, so the time taken does not say which one nearly matched.
+        let mut found: Option<&str> = None;
+        for t in state.tokens.iter() {
+            if bool::from(t.sha256.ct_eq(&given)) {
+                found = Some(&t.name);
+            }
+        }
+        match found {
+            Some(n) => n.to_string(),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the token is not valid",
+                )
+                .hint("check the token; ask whoever runs the service for one"))
+            }
+        }
+    };
+    req.extensions_mut().insert(Principal(name));
+    Ok(next.run(req).await)
+}
+
+/// `GET /healthz`: 200 while the service runs (no token needed).
+#[utoipa::path(get, path = "/healthz", tag = "service", security(()), responses((status = 200, description = "The service is up", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.runner.metrics().render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The router and the OpenAPI document it serves.
+pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(builds::create, builds::list))
+        .routes(routes!(builds::get_build, builds::delete))
+        .routes(routes!(builds::cancel))
+        .routes(routes!(builds::rebuild))
+        .routes(routes!(builds::log))
+        .routes(routes!(sse::events))
+        .routes(routes!(info::projects))
+        .routes(routes!(info::next_version))
+        .routes(routes!(info::registry))
+        .routes(routes!(metrics));
+    let public = OpenApiRouter::new().routes(routes!(healthz));
+    let (protected, mut doc) = protected.split_for_parts();
+    let (public, public_doc) = public.split_for_parts();
+    doc.merge(public_doc);
+    let json = doc.to_json().expect("the OpenAPI document serializes");
+    let protected = protected
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        json,
+                    )
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    let app = Router::new()
+        .merge(protected)
+        .merge(public)
+        .fallback(|| async { ApiError::not_found("no such endpoint: see /api/v1/openapi.json") })
+        .with_state(state);
+    (app, doc)
+}
+
+/// Runs `f` on the blocking pool (SQLite, git), turning a panic or join failure into a 500.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}

@@ -1,0 +1,89 @@
+//! `galley serve`: the HTTP API on a tokio runtime, the runner's workers beside it. SIGTERM or
+//! SIGINT stops taking work, cancels what runs (within the grace period) and exits 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::ServeArgs;
+use crate::api::{self, AppState};
+use crate::config::serve::{ServeConfig, ServeFlags};
+use crate::runner::Runner;
+
+/// Runs the service until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
+    let flags = ServeFlags {
+        config: args.config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        projects: args.projects,
+    };
+    let token = std::env::var("GALLEY_API_TOKEN").ok();
+    let config = ServeConfig::load(&flags, token.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<bool> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("no local address")?;
+    let grace = config.cancel_grace;
+    let tokens = Arc::new(config.tokens.clone());
+    let projects: Vec<String> = config.projects.keys().cloned().collect();
+    let data_dir = config.data_dir.clone();
+    let runner = tokio::task::spawn_blocking(move || Runner::start(config))
+        .await
+        .context("the runner did not start")??;
+    let (app, _) = api::router(AppState {
+        runner: runner.clone(),
+        tokens: tokens.clone(),
+    });
+    tracing::info!(%addr, data_dir = %data_dir.display(), ?projects, "galley serve listening");
+    // One line on stdout for whoever started us (scripts, tests): where to reach the service.
+    println!("galley serve: listening on http://{addr}");
+    if tokens.is_empty() {
+        eprintln!("galley serve: no API token set: only loopback clients can reach this service");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let runner = runner.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: no new builds; cancelling the running ones");
+            // Builds end first, so their event streams end and the server can finish.
+            let r = runner.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || r.shutdown(grace + Duration::from_secs(10)))
+                    .await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    // Streams of clients that keep a connection open cannot hold the exit for long.
+    let mut stop = stop_rx;
+    tokio::select! {
+        r = server => r.context("the HTTP server failed")?,
+        _ = async {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => tracing::warn!("connections still open after shutdown: closing them"),
+    }
+    Ok(true)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,521 @@
+//! `galley serve` settings: a TOML file (unknown keys are errors), flags on top, API tokens from
+//! the environment or a token file (never from the TOML itself).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::spec::parse_duration;
+
+/// The listen address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// Builds waiting at most; one more is answered 429.
+    pub max_queued: Option<usize>,
+    /// Builds running at once (their compiles still take turns for `compile_slots`).
+    pub max_running: Option<usize>,
+    /// Compiles at once across the service (default 1: zig's cache and 2 cores do not like more).
+    pub compile_slots: Option<usize>,
+    /// A file of API tokens, one per line: `NAME TOKEN`, or just `TOKEN` (named "default").
+    pub token_file: Option<PathBuf>,
+    /// SIGTERM to SIGKILL when a build is cancelled (default 10s).
+    pub cancel_grace: Option<String>,
+    /// A build's stored log is capped at this many bytes: the head and the tail are kept.
+    pub log_cap_bytes: Option<u64>,
+    /// Seconds between heartbeat comments on idle event streams (default 15s).
+    pub heartbeat: Option<String>,
+    /// Where base images are cached (default: galley's cache directory, shared with the CLI).
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub retention: RetentionFile,
+    #[serde(default)]
+    pub projects: BTreeMap<String, ProjectFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Finished builds kept at most (default 500).
+    pub max_builds: Option<usize>,
+    /// Finished builds older than this are removed (default 30d).
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    /// A directory, built as it is (dirty or not).
+    pub path: Option<PathBuf>,
+    /// A git repository (path or URL): builds take a `ref` and use a clean worktree.
+    pub git: Option<String>,
+    /// The repository images are pushed to (`host/repo`) when a build asks for a push.
+    pub push: Option<String>,
+    /// Base image, instead of the project's galley.toml setting.
+    pub base: Option<String>,
+    #[serde(default)]
+    pub registry: RegistryFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Registries (`host[:port]`) spoken to over plain HTTP.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Where a project's sources come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+    /// A repository path or URL, as given.
+    Git(String),
+}
+
+/// A project the service builds.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub name: String,
+    pub source: Source,
+    pub push: Option<crate::registry::Reference>,
+    pub base: Option<String>,
+    pub insecure: Vec<String>,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// An API token: who it is, and the sha256 of the secret (the secret itself is not kept).
+#[derive(Clone)]
+pub struct ApiToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiToken({}, ***)", self.name)
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_queued: usize,
+    pub max_running: usize,
+    pub compile_slots: usize,
+    pub tokens: Vec<ApiToken>,
+    pub cancel_grace: Duration,
+    pub log_cap_bytes: u64,
+    pub heartbeat: Duration,
+    pub cache_dir: Option<PathBuf>,
+    pub max_builds: usize,
+    pub max_age: Duration,
+    pub projects: BTreeMap<String, Project>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {why}")]
+    Invalid { field: String, why: String },
+    #[error("no API token is set and the service would listen on {0}, which is not loopback: set GALLEY_API_TOKEN or token_file, or listen on 127.0.0.1")]
+    OpenListen(SocketAddr),
+}
+
+fn invalid(field: impl Into<String>, why: impl Into<String>) -> ServeConfigError {
+    ServeConfigError::Invalid {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Flags given to `galley serve`, applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// `NAME=PATH`, repeatable.
+    pub projects: Vec<String>,
+}
+
+/// A project name: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+pub fn is_project_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+impl ServeConfig {
+    /// Reads the file (if any), applies the flags, reads the tokens (`token_env` is the value of
+    /// `GALLEY_API_TOKEN`), and validates everything.
+    pub fn load(
+        flags: &ServeFlags,
+        token_env: Option<&str>,
+    ) -> Result<ServeConfig, ServeConfigError> {
+        let (file, base_dir) = match &flags.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ServeConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let file: ServeFile =
+                    toml::from_str(&text).map_err(|e| ServeConfigError::Parse {
+                        path: path.clone(),
+                        message: e.to_string().trim().to_string(),
+                    })?;
+                let dir = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (file, dir)
+            }
+            None => (ServeFile::default(), PathBuf::from(".")),
+        };
+        Self::from_parts(file, &base_dir, flags, token_env)
+    }
+
+    /// Validates a parsed file with flags (paths in the file are relative to `base_dir`).
+    pub fn from_parts(
+        mut file: ServeFile,
+        base_dir: &Path,
+        flags: &ServeFlags,
+        token_env: Option<&str>,
+    ) -> Result<ServeConfig, ServeConfigError> {
+        let rel = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        for spec in &flags.projects {
+            let (name, path) = spec.split_once('=').ok_or_else(|| {
+                invalid(
+                    "--project",
+                    format!("{spec:?} is not NAME=PATH (e.g. --project authd=fixtures/authd)"),
+                )
+            })?;
+            // Flag paths are relative to the current directory, not the config file.
+            let path = std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| PathBuf::from(path));
+            let entry = file.projects.entry(name.to_string()).or_default();
+            entry.path = Some(path);
+            entry.git = None;
+        }
+        let listen_text = flags
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an address and port (e.g. 127.0.0.1:8700)"),
+            )
+        })?;
+        let data_dir = match (&flags.data_dir, &file.data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => rel(d),
+            (None, None) => {
+                return Err(invalid(
+                    "data_dir",
+                    "not set: give data_dir in the config file or --data-dir",
+                ))
+            }
+        };
+        let duration = |field: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => parse_duration(t).ok_or_else(|| {
+                invalid(
+                    field,
+                    format!("{t:?} is not a duration (e.g. 10s, 5m, 30d)"),
+                )
+            }),
+        };
+        let cancel_grace = duration(
+            "cancel_grace",
+            &file.cancel_grace,
+            crate::cancel::DEFAULT_GRACE,
+        )?;
+        let heartbeat = duration("heartbeat", &file.heartbeat, Duration::from_secs(15))?;
+        if heartbeat.is_zero() {
+            return Err(invalid("heartbeat", "must be at least 1s"));
+        }
+        let max_age = duration(
+            "retention.max_age",
+            &file.retention.max_age,
+            Duration::from_secs(30 * 86_400),
+        )?;
+        let positive = |field: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(invalid(field, "must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_queued = positive("max_queued", file.max_queued, 20)?;
+        let max_running = positive("max_running", file.max_running, 2)?;
+        let compile_slots = positive("compile_slots", file.compile_slots, 1)?;
+        let max_builds = positive("retention.max_builds", file.retention.max_builds, 500)?;
+        let log_cap_bytes = match file.log_cap_bytes {
+            Some(n) if n < 4096 => return Err(invalid("log_cap_bytes", "must be at least 4096")),
+            Some(n) => n,
+            None => 8 << 20,
+        };
+
+        let mut tokens = Vec::new();
+        if let Some(t) = token_env.filter(|t| !t.is_empty()) {
+            tokens.push(token("GALLEY_API_TOKEN", "api", t)?);
+        }
+        if let Some(path) = &file.token_file {
+            let path = rel(path);
+            let text = std::fs::read_to_string(&path).map_err(|source| ServeConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let field = format!("{} line {}", path.display(), n + 1);
+                let (name, secret) = match line.split_once(char::is_whitespace) {
+                    Some((name, secret)) => (name, secret.trim()),
+                    None => ("default", line),
+                };
+                tokens.push(token(&field, name, secret)?);
+            }
+            if tokens.is_empty() {
+                return Err(invalid(
+                    "token_file",
+                    format!("{} holds no token", path.display()),
+                ));
+            }
+        }
+        if tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(ServeConfigError::OpenListen(listen));
+        }
+
+        let mut projects = BTreeMap::new();
+        for (name, p) in file.projects {
+            let field = format!("projects.{name}");
+            if !is_project_name(&name) {
+                return Err(invalid(
+                    &field,
+                    "project names use lowercase letters, digits, `_` and `-`",
+                ));
+            }
+            let source = match (&p.path, &p.git) {
+                (Some(path), None) => {
+                    let path = rel(path);
+                    let path = path.canonicalize().map_err(|_| {
+                        invalid(
+                            format!("{field}.path"),
+                            format!("{} does not exist", path.display()),
+                        )
+                    })?;
+                    if !path.join("Cargo.toml").is_file() {
+                        return Err(invalid(
+                            format!("{field}.path"),
+                            format!("{} has no Cargo.toml", path.display()),
+                        ));
+                    }
+                    Source::Path(path)
+                }
+                (None, Some(git)) => {
+                    if git.is_empty() || git.starts_with('-') {
+                        return Err(invalid(
+                            format!("{field}.git"),
+                            "give a repository path or URL",
+                        ));
+                    }
+                    // A local repository path is made absolute; URLs are kept as written.
+                    let local = rel(Path::new(git));
+                    if !git.contains("://") && !git.contains('@') && local.exists() {
+                        Source::Git(local.display().to_string())
+                    } else {
+                        Source::Git(git.clone())
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        &field,
+                        "give exactly one of `path` (a directory) or `git` (a repository)",
+                    ))
+                }
+            };
+            let push = match &p.push {
+                None => None,
+                Some(r) => match crate::registry::Reference::parse(r) {
+                    Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+                    _ => {
+                        return Err(invalid(
+                            format!("{field}.push"),
+                            format!("{r:?} is not a repository (host/repo, no tag)"),
+                        ))
+                    }
+                },
+            };
+            if let Some(b) = &p.base {
+                crate::spec::BaseRef::parse(b)
+                    .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
+            }
+            projects.insert(
+                name.clone(),
+                Project {
+                    name,
+                    source,
+                    push,
+                    base: p.base.clone(),
+                    insecure: p.registry.insecure.clone(),
+                    ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
+                },
+            );
+        }
+        if projects.is_empty() {
+            return Err(invalid(
+                "projects",
+                "no project to build: add a [projects.NAME] table or --project NAME=PATH",
+            ));
+        }
+        Ok(ServeConfig {
+            listen,
+            data_dir,
+            max_queued,
+            max_running,
+            compile_slots,
+            tokens,
+            cancel_grace,
+            log_cap_bytes,
+            heartbeat,
+            cache_dir: file.cache_dir.as_deref().map(rel),
+            max_builds,
+            max_age,
+            projects,
+        })
+    }
+}
+
+fn token(field: &str, name: &str, secret: &str) -> Result<ApiToken, ServeConfigError> {
+    if !is_project_name(name) {
+        return Err(invalid(
+            field,
+            "token names use lowercase letters, digits, `_` and `-`",
+        ));
+    }
+    if secret.len() < 16 || secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            "a token must be at least 16 characters without spaces (e.g. `openssl rand -hex 24`)",
+        ));
+    }
+    Ok(ApiToken {
+        name: name.to_string(),
+        sha256: sha256(secret.as_bytes()),
+    })
+}
+
+/// sha256 of some bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str, flags: &ServeFlags, token: Option<&str>) -> Result<ServeConfig, String> {
+        let file: ServeFile = toml::from_str(toml).map_err(|e| e.to_string())?;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        ServeConfig::from_parts(file, &fixtures, flags, token).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn reads_a_full_file_with_defaults() {
+        let c = parse(
+            "data_dir = \"/tmp/g\"\n[projects.tiny]\npath = \"tiny\"\npush = \"127.0.0.1:5000/team/tiny\"\n",
+            &ServeFlags::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!((c.max_queued, c.compile_slots), (20, 1));
+        assert!(
+            matches!(&c.projects["tiny"].source, Source::Path(p) if p.ends_with("fixtures/tiny"))
+        );
+        assert_eq!(
+            c.projects["tiny"].push.as_ref().unwrap().repository,
+            "team/tiny"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let flags = ServeFlags::default();
+        for (toml, want) in [
+            ("data_dir = \"/x\"\nlisen = \"1\"", "lisen"),
+            (
+                "data_dir = \"/x\"\n[projects.t]\npath = \"tiny\"\ngit = \"x\"",
+                "exactly one",
+            ),
+            (
+                "data_dir = \"/x\"\n[projects.T]\npath = \"tiny\"",
+                "lowercase",
+            ),
+            (
+                "data_dir = \"/x\"\ncompile_slots = 0\n[projects.t]\npath = \"tiny\"",
+                "at least 1",
+            ),
+            (
+                "data_dir = \"/x\"\n[projects.t]\npath = \"nope\"",
+                "does not exist",
+            ),
+            ("[projects.t]\npath = \"tiny\"", "data_dir"),
+            ("data_dir = \"/x\"", "no project"),
+            ("data_dir = \"/x\"\napi_token = \"secret\"", "api_token"),
+        ] {
+            let err = parse(toml, &flags, None).unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_to_listen_openly_without_a_token() {
+        let flags = ServeFlags {
+            listen: Some("0.0.0.0:8700".into()),
+            projects: vec![format!("t={}/fixtures/tiny", env!("CARGO_MANIFEST_DIR"))],
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        let err = parse("", &flags, None).unwrap_err();
+        assert!(err.contains("not loopback"), "{err}");
+        let c = parse("", &flags, Some("a-long-enough-token-123")).unwrap();
+        assert_eq!(c.tokens[0].name, "api");
+        assert!(!format!("{:?}", c.tokens).contains("a-long-enough"));
+        assert!(parse("", &flags, Some("short"))
+            .unwrap_err()
+            .contains("16 characters"));
+    }
+}

@@ -1,0 +1,365 @@
+//! A build's events on their way out: batched into SQLite, then announced to live subscribers
+//! (written before announced, in sequence order), with the stored log capped to its head and
+//! tail.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::oci::time::rfc3339_millis;
+use crate::pipeline::{EventSink, LogLine, StageEvent, StageStatus};
+use crate::store::{BuildStatus, NewEvent, StatusFacts, Store, StoreError, StoredEvent};
+
+use super::metrics::Metrics;
+
+/// Lines longer than this are split (on a character boundary) into several log events.
+pub const MAX_LINE: usize = 8 << 10;
+/// Log events gathered before they are written (a state change writes at once).
+const BATCH: usize = 64;
+/// The longest a log line waits in a batch.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Live subscribers of the builds that have not ended.
+#[derive(Default)]
+pub struct Hub {
+    senders: Mutex<HashMap<i64, broadcast::Sender<Arc<StoredEvent>>>>,
+}
+
+impl Hub {
+    /// Opens a build's channel (when it is queued).
+    pub fn open(&self, id: i64) {
+        let (tx, _) = broadcast::channel(1024);
+        self.lock().insert(id, tx);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, broadcast::Sender<Arc<StoredEvent>>>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows a build's new events; `None` when it has ended (everything is in the store).
+    pub fn subscribe(&self, id: i64) -> Option<broadcast::Receiver<Arc<StoredEvent>>> {
+        self.lock().get(&id).map(|tx| tx.subscribe())
+    }
+
+    pub fn publish(&self, id: i64, events: &[StoredEvent]) {
+        if let Some(tx) = self.lock().get(&id) {
+            for e in events {
+                // No receiver is fine: nobody is watching.
+                let _ = tx.send(Arc::new(e.clone()));
+            }
+        }
+    }
+
+    /// Closes a build's channel after its `end` event: followers finish.
+    pub fn close(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// How many live followers the running builds have.
+    pub fn followers(&self) -> usize {
+        self.lock().values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+/// The current time, as events carry it.
+pub fn ts() -> String {
+    rfc3339_millis(SystemTime::now())
+}
+
+/// Writes events and state changes, then announces them.
+pub fn record(
+    store: &Store,
+    hub: &Hub,
+    id: i64,
+    events: &[NewEvent],
+    status: Option<(BuildStatus, StatusFacts<'_>)>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let stored = store.append(id, events, status)?;
+    hub.publish(id, &stored);
+    Ok(stored)
+}
+
+/// An event that is not a log line.
+pub fn event(kind: &'static str, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        kind,
+        data: data.to_string(),
+        log_bytes: 0,
+    }
+}
+
+struct LogState {
+    pending: Vec<NewEvent>,
+    oldest_pending: Option<Instant>,
+    head_bytes: u64,
+    /// Stored log events past the head: (seq, bytes), oldest first.
+    tail: VecDeque<(i64, u64)>,
+    tail_bytes: u64,
+    failed: Option<String>,
+}
+
+/// The event sink of one running build: the pipeline's log lines and stage changes, and the
+/// runner's own lines.
+pub struct BuildLog {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    id: i64,
+    head_cap: u64,
+    tail_cap: u64,
+    state: Mutex<LogState>,
+}
+
+impl BuildLog {
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        id: i64,
+        cap: u64,
+    ) -> BuildLog {
+        BuildLog {
+            store,
+            hub,
+            metrics,
+            id,
+            head_cap: cap / 2,
+            tail_cap: cap - cap / 2,
+            state: Mutex::new(LogState {
+                pending: Vec::new(),
+                oldest_pending: None,
+                head_bytes: 0,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
+                failed: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A line of the runner's own (source checkout, queue), not tied to a variant.
+    pub fn say(&self, stage: &str, line: &str) {
+        self.push_log(json!({"stage": stage, "stream": "galley"}), line);
+    }
+
+    fn push_log(&self, base: serde_json::Value, line: &str) {
+        let mut st = self.lock();
+        let now = ts();
+        for chunk in split_line(line) {
+            let mut data = base.clone();
+            data["ts"] = now.clone().into();
+            data["line"] = chunk.into();
+            st.pending.push(NewEvent {
+                kind: "log",
+                data: data.to_string(),
+                log_bytes: chunk.len() as u64 + 1,
+            });
+        }
+        st.oldest_pending.get_or_insert_with(Instant::now);
+        if st.pending.len() >= BATCH
+            || st
+                .oldest_pending
+                .is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
+        {
+            self.flush_locked(&mut st);
+        }
+    }
+
+    /// Writes what is pending (and a state change with it), then announces it.
+    pub fn flush(&self) {
+        let mut st = self.lock();
+        self.flush_locked(&mut st);
+    }
+
+    /// Writes pending lines, then `events` with an optional status change, in order.
+    pub fn state_change(
+        &self,
+        events: Vec<NewEvent>,
+        status: Option<(BuildStatus, StatusFacts<'_>)>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st);
+        let stored = record(&self.store, &self.hub, self.id, &events, status)?;
+        Ok(stored)
+    }
+
+    fn flush_locked(&self, st: &mut LogState) {
+        st.oldest_pending = None;
+        if st.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut st.pending);
+        let stored = match record(&self.store, &self.hub, self.id, &pending, None) {
+            Ok(s) => s,
+            Err(e) => {
+                // The build goes on; the record says the log is incomplete.
+                tracing::error!(build = self.id, "cannot store log lines: {e}");
+                st.failed.get_or_insert_with(|| e.to_string());
+                return;
+            }
+        };
+        let mut drop = Vec::new();
+        let mut dropped_bytes = 0;
+        for (e, n) in stored.iter().zip(&pending) {
+            if n.log_bytes == 0 {
+                continue;
+            }
+            if st.tail.is_empty() && st.head_bytes + n.log_bytes <= self.head_cap {
+                st.head_bytes += n.log_bytes;
+                continue;
+            }
+            st.tail.push_back((e.seq, n.log_bytes));
+            st.tail_bytes += n.log_bytes;
+            while st.tail_bytes > self.tail_cap {
+                let Some((seq, bytes)) = st.tail.pop_front() else {
+                    break;
+                };
+                st.tail_bytes -= bytes;
+                drop.push(seq);
+                dropped_bytes += bytes;
+            }
+        }
+        if let Err(e) = self.store.drop_events(self.id, &drop, dropped_bytes) {
+            tracing::error!(build = self.id, "cannot trim the log: {e}");
+        }
+    }
+
+    /// Why storing the log failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+}
+
+/// Splits a line into pieces of at most `MAX_LINE` bytes, on character boundaries.
+pub fn split_line(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while rest.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out.push(rest);
+    out
+}
+
+impl EventSink for BuildLog {
+    fn log(&self, line: &LogLine<'_>) {
+        self.push_log(
+            json!({
+                "variant": line.variant,
+                "target": line.target.triple(),
+                "stage": line.stage,
+                "stream": line.stream,
+            }),
+            line.message,
+        );
+    }
+
+    fn stage(&self, e: &StageEvent<'_>) {
+        if let (Some(ms), StageStatus::Succeeded) = (e.ms, e.status) {
+            self.metrics.stage_duration(e.stage, ms);
+        }
+        let mut data = json!({
+            "ts": ts(),
+            "variant": e.variant,
+            "target": e.target.triple(),
+            "stage": e.stage,
+            "status": e.status,
+        });
+        if let Some(ms) = e.ms {
+            data["ms"] = ms.into();
+        }
+        if let Some(d) = e.detail {
+            data["detail"] = d.into();
+        }
+        if let Err(err) = self.state_change(vec![event("stage", data)], None) {
+            tracing::error!(build = self.id, "cannot store a stage event: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_split_on_character_boundaries() {
+        let line = "é".repeat(MAX_LINE); // 2 bytes each
+        let parts = split_line(&line);
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.len() <= MAX_LINE));
+        assert_eq!(parts.concat(), line);
+        assert_eq!(split_line(""), [""]);
+    }
+
+    #[test]
+    fn a_log_past_its_cap_keeps_head_and_tail() {
+        let dir = std::env::temp_dir().join(format!("galley-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&dir).unwrap());
+        let req = json!({});
+        let crate::store::Created::New(id) = store
+            .create_build(&crate::store::NewBuild {
+                project: "p",
+                request: &req,
+                request_hash: "h",
+                started_by: "t",
+                idempotency: None,
+                max_queued: 5,
+                tag_prefix: "x",
+                queued_event: "{}",
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        let log = BuildLog::new(
+            store.clone(),
+            Arc::new(Hub::default()),
+            Arc::new(Metrics::new()),
+            id,
+            4096,
+        );
+        for i in 0..1000 {
+            log.say("compile", &format!("line {i:04} {}", "x".repeat(40)));
+        }
+        log.say("compile", "error: the last line holds the error");
+        log.flush();
+        let events = store.events_after(id, 0, 10_000).unwrap();
+        let lines: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == "log")
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["line"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(lines[0].starts_with("line 0000"));
+        assert_eq!(
+            lines.last().unwrap(),
+            "error: the last line holds the error"
+        );
+        let stored: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(stored <= 4096, "{stored}");
+        let marker = events
+            .iter()
+            .find(|e| e.kind == "dropped")
+            .expect("a marker");
+        let m: serde_json::Value = serde_json::from_str(&marker.data).unwrap();
+        assert_eq!(m["lines"].as_u64().unwrap() as usize + lines.len(), 1001);
+        // Ids increase strictly through head, marker and tail.
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+}

@@ -1,0 +1,125 @@
+//! The service's Prometheus metrics (prometheus-client): builds by status, queue depth, queue
+//! wait and stage durations, cancels, forced kills, registry retries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::Stage;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    builds: Family<Labels, Counter>,
+    pub queue_depth: Gauge,
+    pub running: Gauge,
+    queue_wait: Histogram,
+    build_duration: Histogram,
+    stages: Family<Labels, Histogram>,
+    pub cancels: Counter,
+    pub forced_kills: Counter,
+    retries: Counter,
+    retries_seen: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("galley");
+        let builds = Family::<Labels, Counter>::default();
+        registry.register("builds", "Builds finished, by status", builds.clone());
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Builds waiting to run", queue_depth.clone());
+        let running = Gauge::default();
+        registry.register("builds_running", "Builds running now", running.clone());
+        let queue_wait = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        registry.register(
+            "queue_wait_seconds",
+            "Time from submission to start",
+            queue_wait.clone(),
+        );
+        let build_duration = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "build_duration_seconds",
+            "Time from start to end of a build",
+            build_duration.clone(),
+        );
+        let stages = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+        });
+        registry.register(
+            "stage_duration_seconds",
+            "Duration of successful stages, by stage",
+            stages.clone(),
+        );
+        let cancels = Counter::default();
+        registry.register("cancels", "Builds cancelled", cancels.clone());
+        let forced_kills = Counter::default();
+        registry.register(
+            "forced_kills",
+            "Cancels that needed SIGKILL after the grace period",
+            forced_kills.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "registry_retries",
+            "Registry requests retried (429, 5xx, transport errors)",
+            retries.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            builds,
+            queue_depth,
+            running,
+            queue_wait,
+            build_duration,
+            stages,
+            cancels,
+            forced_kills,
+            retries,
+            retries_seen: AtomicU64::new(0),
+        }
+    }
+
+    pub fn build_finished(&self, status: &str, seconds: f64) {
+        self.builds
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+        self.build_duration.observe(seconds);
+    }
+
+    pub fn queue_wait(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
+    }
+
+    pub fn stage_duration(&self, stage: Stage, ms: u64) {
+        self.stages
+            .get_or_create(&vec![("stage", stage.as_str().to_string())])
+            .observe(ms as f64 / 1000.0);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        // The registry client counts retries process-wide; carry the new ones over.
+        let now = crate::registry::client::retries();
+        let before = self.retries_seen.swap(now, Ordering::Relaxed);
+        self.retries.inc_by(now.saturating_sub(before));
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&mut out, &registry).expect("writing into a String cannot fail");
+        out
+    }
+}

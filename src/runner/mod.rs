@@ -1,0 +1,814 @@
+//! The service's runner: a queue of builds, worker threads that run the pipeline, cancel handles
+//! that reach every child process, events written to the store before they are announced, and
+//! the bookkeeping around them (restart recovery, retention, metrics).
+//!
+//! The store is the truth: a build is queued by writing it, starts by moving its status forward
+//! (which fails if a cancel got there first) and ends with one write of its outcome and its
+//! `end` event.
+
+pub mod events;
+pub mod metrics;
+pub mod source;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cancel::Cancel;
+use crate::config::serve::{Project, ServeConfig};
+use crate::pipeline::{self, CompileSlots, Context, PipelineError};
+use crate::spec::{BuildRequest, BuildSpec};
+use crate::store::{
+    now_ms, BuildRow, BuildStatus, Created, Finished, NewBuild, Started, StatusFacts, Store,
+    StoreError,
+};
+use crate::toolchain::{CargoZigbuild, Toolchain};
+use events::{event, ts, BuildLog, Hub};
+use metrics::Metrics;
+
+/// What a build was asked for: stored as the build's request, replayed by a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BuildInput {
+    pub project: String,
+    pub variants: Vec<String>,
+    pub version: String,
+    pub push: bool,
+    /// The git ref to build (git projects only).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no build {0}")]
+    NotFound(i64),
+    #[error("build {id} has already {status}")]
+    Finished { id: i64, status: BuildStatus },
+    #[error("build {id} is {status}: wait for it to end or cancel it first")]
+    NotFinished { id: i64, status: BuildStatus },
+    #[error("the queue is full ({0} builds waiting)")]
+    QueueFull(usize),
+    #[error("the Idempotency-Key was used before with a different request")]
+    KeyConflict,
+    #[error("the service is shutting down and takes no new builds")]
+    ShuttingDown,
+    #[error("cannot start the runner: {0}")]
+    Start(String),
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    New(i64),
+    /// The same Idempotency-Key and body as an earlier request: that build.
+    Replayed(i64),
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Clone)]
+pub enum CancelReply {
+    /// The build has ended as cancelled (now or earlier).
+    Cancelled(BuildRow),
+    /// The cancel was sent; the build is still stopping.
+    Stopping(BuildRow),
+}
+
+struct Inner {
+    config: ServeConfig,
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    queue: Mutex<VecDeque<i64>>,
+    queue_cv: Condvar,
+    running: Mutex<HashMap<i64, Cancel>>,
+    /// Who asked each running build to stop.
+    cancelled_by: Mutex<HashMap<i64, String>>,
+    slots: CompileSlots,
+    accepting: AtomicBool,
+    stopping: AtomicBool,
+    tag_prefix: String,
+    /// git operations of one project take turns (a mirror is one repository).
+    git_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    toolchain_versions: Mutex<Option<(Instant, crate::toolchain::ToolVersions)>>,
+}
+
+/// The runner: cheap to clone, shared by the API's handlers.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    hex::encode(buf)
+}
+
+impl Runner {
+    /// Opens the store, marks builds a crash left behind as interrupted (stopping their
+    /// processes), applies retention, and starts the workers.
+    pub fn start(config: ServeConfig) -> Result<Runner, RunnerError> {
+        std::fs::create_dir_all(config.data_dir.join("builds"))
+            .map_err(|e| RunnerError::Start(format!("{}: {e}", config.data_dir.display())))?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let instance = store.meta("instance", || random_hex(6))?;
+        let inner = Arc::new(Inner {
+            slots: CompileSlots::new(config.compile_slots),
+            config,
+            store,
+            hub: Arc::new(Hub::default()),
+            metrics: Arc::new(Metrics::new()),
+            queue: Mutex::new(VecDeque::new()),
+            queue_cv: Condvar::new(),
+            running: Mutex::new(HashMap::new()),
+            cancelled_by: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            tag_prefix: format!("galley-{instance}"),
+            git_locks: Mutex::new(HashMap::new()),
+            toolchain_versions: Mutex::new(None),
+        });
+        inner.recover()?;
+        inner.apply_retention();
+        let mut workers = Vec::new();
+        for n in 0..inner.config.max_running {
+            let inner = inner.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("galley-worker-{n}"))
+                    .spawn(move || inner.work())
+                    .map_err(|e| RunnerError::Start(e.to_string()))?,
+            );
+        }
+        Ok(Runner {
+            inner,
+            workers: Arc::new(Mutex::new(workers)),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &ServeConfig {
+        &self.inner.config
+    }
+
+    /// How many builds wait in the queue.
+    pub fn queued(&self) -> usize {
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Queues a build (validated by the caller). An Idempotency-Key seen before with the same
+    /// request gives that build back; with another request it is refused.
+    pub fn submit(
+        &self,
+        input: &BuildInput,
+        principal: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, RunnerError> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(RunnerError::ShuttingDown);
+        }
+        let request = serde_json::to_value(input).expect("a build input serializes");
+        let hash = hex::encode(crate::config::serve::sha256(request.to_string().as_bytes()));
+        let queued_event =
+            json!({"ts": ts(), "status": "queued", "started_by": principal}).to_string();
+        // Opened before the build exists, so no event of it can be missed.
+        let created = self.inner.store.create_build(&NewBuild {
+            project: &input.project,
+            request: &request,
+            request_hash: &hash,
+            started_by: principal,
+            idempotency: idempotency_key.map(|k| (principal, k)),
+            max_queued: self.inner.config.max_queued,
+            tag_prefix: &self.inner.tag_prefix,
+            queued_event: &queued_event,
+        })?;
+        match created {
+            Created::New(id) => {
+                self.inner.hub.open(id);
+                let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.push_back(id);
+                self.inner.metrics.queue_depth.set(q.len() as i64);
+                drop(q);
+                self.inner.queue_cv.notify_one();
+                Ok(Submitted::New(id))
+            }
+            Created::Replayed(id) => Ok(Submitted::Replayed(id)),
+            Created::KeyConflict => Err(RunnerError::KeyConflict),
+            Created::QueueFull => Err(RunnerError::QueueFull(self.inner.config.max_queued)),
+        }
+    }
+
+    /// Cancels a build: a queued one ends at once; a running one gets SIGTERM on every process
+    /// group (then SIGKILL after the grace period) and ends when its pipeline has stopped.
+    pub fn cancel(&self, id: i64, by: &str) -> Result<CancelReply, RunnerError> {
+        let row = self.inner.row(id)?;
+        match row.status {
+            BuildStatus::Cancelled => return Ok(CancelReply::Cancelled(row)),
+            s if s.is_final() => return Err(RunnerError::Finished { id, status: s }),
+            _ => {}
+        }
+        if row.status == BuildStatus::Queued {
+            self.inner
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|q| *q != id);
+            let finished = Finished {
+                error: Some(format!("cancelled by {by} before it started")),
+                cancelled_by: Some(by.to_string()),
+                forced_kill: Some(false),
+                ..Default::default()
+            };
+            if self
+                .inner
+                .finish_queued(id, BuildStatus::Cancelled, &finished)
+                .is_ok()
+            {
+                self.inner.metrics.cancels.inc();
+                self.inner.update_queue_gauge();
+                return Ok(CancelReply::Cancelled(self.inner.row(id)?));
+            }
+            // A worker took it meanwhile: cancel it as a running build.
+        }
+        self.inner
+            .cancelled_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert_with(|| by.to_string());
+        let handle = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(c) = handle {
+            c.cancel(&format!("cancelled by {by}"));
+        }
+        let row = self.inner.row(id)?;
+        Ok(match row.status {
+            BuildStatus::Cancelled => CancelReply::Cancelled(row),
+            s if s.is_final() => return Err(RunnerError::Finished { id, status: s }),
+            _ => CancelReply::Stopping(row),
+        })
+    }
+
+    /// Queues the inputs of an earlier build again.
+    pub fn rebuild(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
+        let row = self.inner.row(id)?;
+        let input: BuildInput = serde_json::from_value(row.request).map_err(|e| {
+            RunnerError::Start(format!("build {id} has an unreadable request: {e}"))
+        })?;
+        self.submit(&input, principal, None)
+    }
+
+    /// Removes a finished build's record, events and output.
+    pub fn delete(&self, id: i64) -> Result<(), RunnerError> {
+        let row = self.inner.row(id)?;
+        if !row.status.is_final() {
+            return Err(RunnerError::NotFinished {
+                id,
+                status: row.status,
+            });
+        }
+        self.inner.store.delete_build(id)?;
+        let _ = std::fs::remove_dir_all(self.inner.build_dir(id));
+        Ok(())
+    }
+
+    /// Stops taking builds, cancels the queued and running ones, and waits (at most `deadline`)
+    /// for the workers to finish.
+    pub fn shutdown(&self, deadline: Duration) {
+        let inner = &self.inner;
+        inner.accepting.store(false, Ordering::SeqCst);
+        let queued: Vec<i64> = inner
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for id in queued {
+            let finished = Finished {
+                error: Some("the service shut down before this build started".into()),
+                cancelled_by: Some("service shutdown".into()),
+                forced_kill: Some(false),
+                ..Default::default()
+            };
+            let _ = inner.finish_queued(id, BuildStatus::Cancelled, &finished);
+        }
+        let running: Vec<(i64, Cancel)> = inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, c) in running {
+            inner
+                .cancelled_by
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id)
+                .or_insert_with(|| "service shutdown".to_string());
+            c.cancel("the service is shutting down");
+        }
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.queue_cv.notify_all();
+        let started = Instant::now();
+        let workers: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
+            while !w.is_finished() && started.elapsed() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+
+    /// The project as configured.
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.inner.config.projects.get(name)
+    }
+
+    /// The data directory's per-build directory.
+    pub fn build_dir(&self, id: i64) -> PathBuf {
+        self.inner.build_dir(id)
+    }
+}
+
+impl Inner {
+    fn row(&self, id: i64) -> Result<BuildRow, RunnerError> {
+        self.store.get_build(id)?.ok_or(RunnerError::NotFound(id))
+    }
+
+    fn build_dir(&self, id: i64) -> PathBuf {
+        self.config.data_dir.join("builds").join(id.to_string())
+    }
+
+    fn update_queue_gauge(&self) {
+        let n = self.queue.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.metrics.queue_depth.set(n as i64);
+    }
+
+    /// Ends a build that never ran (cancelled in the queue, or at shutdown).
+    fn finish_queued(
+        &self,
+        id: i64,
+        status: BuildStatus,
+        finished: &Finished,
+    ) -> Result<(), RunnerError> {
+        let events = vec![
+            event(
+                "status",
+                json!({"ts": ts(), "status": status, "cancelled_by": finished.cancelled_by}),
+            ),
+            event("end", end_payload(status, finished, 0)),
+        ];
+        events::record(
+            &self.store,
+            &self.hub,
+            id,
+            &events,
+            Some((status, StatusFacts::Finished(finished))),
+        )?;
+        self.hub.close(id);
+        self.metrics.build_finished(status.as_str(), 0.0);
+        Ok(())
+    }
+
+    /// Builds left queued or running by a crash: interrupted, their processes stopped.
+    fn recover(&self) -> Result<(), RunnerError> {
+        let reason = "the service stopped while this build was queued or running (a crash or a kill); its log up to then is kept";
+        let left = self.store.interrupt_unfinished(reason, |_| {
+            let finished = Finished {
+                error: Some(reason.to_string()),
+                ..Default::default()
+            };
+            vec![
+                event("status", json!({"ts": ts(), "status": "interrupted"})),
+                event("end", end_payload(BuildStatus::Interrupted, &finished, 0)),
+            ]
+        })?;
+        for (id, tag) in left {
+            let killed = crate::cancel::sweep(&tag, rustix::process::Signal::KILL);
+            tracing::warn!(build = id, killed, "marked interrupted after a restart");
+            let _ = std::fs::remove_dir_all(self.build_dir(id).join("src"));
+        }
+        Ok(())
+    }
+
+    /// Removes finished builds past the retention limits, and old idempotency keys.
+    fn apply_retention(&self) {
+        match self
+            .store
+            .expired(self.config.max_builds, self.config.max_age)
+        {
+            Ok(ids) => {
+                for id in ids {
+                    if self.store.delete_build(id).is_ok() {
+                        let _ = std::fs::remove_dir_all(self.build_dir(id));
+                    }
+                }
+            }
+            Err(e) => tracing::error!("retention: {e}"),
+        }
+        if let Err(e) = self.store.expire_keys(Duration::from_secs(24 * 3600)) {
+            tracing::error!("retention of idempotency keys: {e}");
+        }
+    }
+
+    fn work(self: Arc<Self>) {
+        loop {
+            let id = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Some(id) = q.pop_front() {
+                        break id;
+                    }
+                    q = self.queue_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            self.update_queue_gauge();
+            if let Err(e) = self.execute(id) {
+                tracing::error!(build = id, "the runner failed: {e}");
+            }
+        }
+    }
+
+    fn git_lock(&self, project: &str) -> Arc<Mutex<()>> {
+        self.git_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(project.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The tool versions, asked again at most once a minute.
+    fn tool_versions(&self, toolchain: &CargoZigbuild) -> crate::toolchain::ToolVersions {
+        let mut cached = self
+            .toolchain_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*cached {
+            Some((at, v)) if at.elapsed() < Duration::from_secs(60) => v.clone(),
+            _ => {
+                let v = toolchain.versions();
+                *cached = Some((Instant::now(), v.clone()));
+                v
+            }
+        }
+    }
+
+    /// Runs one build from its queued record to its final record.
+    fn execute(&self, id: i64) -> Result<(), RunnerError> {
+        let row = self.row(id)?;
+        let cancel = Cancel::new(&row.process_tag, self.config.cancel_grace);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, cancel.clone());
+        let log = Arc::new(BuildLog::new(
+            self.store.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+            id,
+            self.config.log_cap_bytes,
+        ));
+        let out_dir = self.build_dir(id).join("out");
+        let started = Started {
+            output_dir: Some(out_dir.display().to_string()),
+            ..Default::default()
+        };
+        let running = log.state_change(
+            vec![event("status", json!({"ts": ts(), "status": "running"}))],
+            Some((BuildStatus::Running, StatusFacts::Started(&started))),
+        );
+        if let Err(e) = running {
+            // Cancelled while it waited: nothing to run.
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return match e {
+                StoreError::Transition { .. } => Ok(()),
+                other => Err(other.into()),
+            };
+        }
+        self.metrics
+            .queue_wait((now_ms() - row.created_at).max(0) as f64 / 1000.0);
+        self.metrics.running.inc();
+        let t0 = Instant::now();
+
+        // Lines wait at most FLUSH_EVERY in a batch, even when no more arrive.
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (log, done) = (log.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(events::FLUSH_EVERY);
+                    log.flush();
+                }
+            })
+        };
+        let outcome = self.run_build(id, &row, &cancel, &log);
+        done.store(true, Ordering::SeqCst);
+        let _ = ticker.join();
+
+        let (status, mut finished) = match outcome {
+            Ok(o) => o,
+            Err(e) => (
+                BuildStatus::Failed,
+                Finished {
+                    error: Some(e),
+                    ..Default::default()
+                },
+            ),
+        };
+        let status = if cancel.is_cancelled() {
+            // Every process must be gone before the record says so.
+            cancel.wait_settled(self.config.cancel_grace + Duration::from_secs(5));
+            finished.cancelled_by = Some(
+                self.cancelled_by
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id)
+                    .unwrap_or_else(|| "unknown".into()),
+            );
+            finished.forced_kill = Some(cancel.forced());
+            finished.report = None;
+            finished.error = cancel.check().err().map(|c| c.reason);
+            self.metrics.cancels.inc();
+            if cancel.forced() {
+                self.metrics.forced_kills.inc();
+            }
+            BuildStatus::Cancelled
+        } else {
+            status
+        };
+        if let Some(f) = log.failure() {
+            let e = finished.error.get_or_insert_with(String::new);
+            if !e.is_empty() {
+                e.push_str("; ");
+            }
+            e.push_str(&format!("the log is incomplete: {f}"));
+        }
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let mut evs = Vec::new();
+        if let Some(report) = &finished.report {
+            evs.push(event("report", report.clone()));
+        }
+        evs.push(event(
+            "status",
+            json!({"ts": ts(), "status": status, "cancelled_by": finished.cancelled_by}),
+        ));
+        evs.push(event("end", end_payload(status, &finished, duration_ms)));
+        let written = log.state_change(evs, Some((status, StatusFacts::Finished(&finished))));
+        self.hub.close(id);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.metrics.running.dec();
+        self.metrics
+            .build_finished(status.as_str(), duration_ms as f64 / 1000.0);
+        if status == BuildStatus::Cancelled {
+            // A cancelled build keeps its record and log, not a half-written output.
+            let _ = std::fs::remove_dir_all(self.build_dir(id));
+        }
+        self.apply_retention();
+        written.map(|_| ()).map_err(RunnerError::from)
+    }
+
+    /// The build itself: sources, spec, pipeline. Returns the final status and facts, or an
+    /// error message for a build that could not run.
+    fn run_build(
+        &self,
+        id: i64,
+        row: &BuildRow,
+        cancel: &Cancel,
+        log: &BuildLog,
+    ) -> Result<(BuildStatus, Finished), String> {
+        let input: BuildInput = serde_json::from_value(row.request.clone())
+            .map_err(|e| format!("the stored request is unreadable: {e}"))?;
+        let project = self
+            .config
+            .projects
+            .get(&input.project)
+            .ok_or_else(|| format!("project {} is no longer configured", input.project))?;
+        let toolchain = CargoZigbuild {
+            target_dir: Some(self.config.data_dir.join("targets").join(&project.name)),
+        };
+        let tools = serde_json::to_value(self.tool_versions(&toolchain)).ok();
+        let failed = |e: String| Finished {
+            tools: tools.clone(),
+            error: Some(e),
+            ..Default::default()
+        };
+
+        log.say(
+            "source",
+            &match &input.git_ref {
+                Some(r) => format!("checking out {r} of {}", project.name),
+                None => format!("building {} as it is", project.name),
+            },
+        );
+        let checkout = {
+            let lock = self.git_lock(&project.name);
+            let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+            source::checkout(
+                &self.config.data_dir,
+                project,
+                input.git_ref.as_deref(),
+                &self.build_dir(id).join("src"),
+                cancel,
+            )
+        };
+        let checkout = match checkout {
+            Ok(c) => c,
+            Err(e) => return Ok((BuildStatus::Failed, failed(format!("source: {e}")))),
+        };
+        self.store
+            .set_source(id, checkout.commit.as_deref(), checkout.dirty)
+            .map_err(|e| e.to_string())?;
+        let _ = log.state_change(
+            vec![event(
+                "source",
+                json!({"ts": ts(), "commit": checkout.commit, "dirty": checkout.dirty, "ref": input.git_ref}),
+            )],
+            None,
+        );
+        if checkout.dirty == Some(true) {
+            log.say("source", "warning: the project directory has uncommitted changes: the record and the image's revision say -dirty");
+        }
+
+        let req = BuildRequest {
+            project: checkout.dir.clone(),
+            variants: input.variants.clone(),
+            version: Some(input.version.clone()),
+            base: project.base.clone(),
+            output: self.build_dir(id).join("out"),
+            push: if input.push {
+                project.push.as_ref().map(|r| r.name())
+            } else {
+                None
+            },
+            insecure_registries: project.insecure.clone(),
+            ca_bundle: project.ca_bundle.clone(),
+            upx: std::env::var_os("GALLEY_UPX").map(PathBuf::from),
+            cache_dir: self.config.cache_dir.clone(),
+            ..Default::default()
+        };
+        let result = BuildSpec::resolve(&req)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| {
+                let ctx = Context {
+                    toolchain: &toolchain,
+                    events: log,
+                    cancel,
+                    compile_slots: Some(&self.slots),
+                };
+                pipeline::run(&spec, &ctx).map_err(|e| match e {
+                    PipelineError::Cancelled(c) => c.to_string(),
+                    other => other.to_string(),
+                })
+            });
+        checkout.remove();
+        Ok(match result {
+            Ok(report) => {
+                let status = if report.succeeded {
+                    BuildStatus::Succeeded
+                } else {
+                    BuildStatus::Failed
+                };
+                let error = (!report.succeeded).then(|| {
+                    report
+                        .variants
+                        .iter()
+                        .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.variant)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                (
+                    status,
+                    Finished {
+                        tools: serde_json::to_value(&report.tools).ok(),
+                        report: serde_json::to_value(&report).ok(),
+                        error,
+                        ..Default::default()
+                    },
+                )
+            }
+            Err(e) => (BuildStatus::Failed, failed(e)),
+        })
+    }
+}
+
+/// The payload of a build's `end` event.
+fn end_payload(status: BuildStatus, f: &Finished, duration_ms: u64) -> serde_json::Value {
+    json!({
+        "ts": ts(),
+        "status": status,
+        "error": f.error,
+        "cancelled_by": f.cancelled_by,
+        "forced_kill": f.forced_kill,
+        "duration_ms": duration_ms,
+    })
+}
+
+/// The version a tag carries: `1.4.2`, `v1.4.2`, `sqlite-1.4.2`, `sqlite-1.4.2-rc.1`.
+pub fn version_in_tag(tag: &str) -> Option<semver::Version> {
+    let mut starts = vec![0];
+    starts.extend(tag.match_indices('-').map(|(i, _)| i + 1));
+    starts.into_iter().find_map(|i| {
+        let rest = &tag[i..];
+        let rest = rest.strip_prefix('v').unwrap_or(rest);
+        semver::Version::parse(rest).ok()
+    })
+}
+
+/// A version bump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Bump {
+    Patch,
+    Minor,
+    Major,
+}
+
+/// `current` bumped: the next release after it (pre-release and build parts dropped).
+pub fn bump(current: &semver::Version, how: Bump) -> semver::Version {
+    let mut v = semver::Version::new(current.major, current.minor, current.patch);
+    match how {
+        // A pre-release of x.y.z is released as x.y.z.
+        Bump::Patch if !current.pre.is_empty() => {}
+        Bump::Patch => v.patch += 1,
+        Bump::Minor => {
+            v.minor += 1;
+            v.patch = 0;
+        }
+        Bump::Major => {
+            v.major += 1;
+            v.minor = 0;
+            v.patch = 0;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_in_tags() {
+        let v = |s: &str| version_in_tag(s).map(|v| v.to_string());
+        assert_eq!(v("1.4.2").as_deref(), Some("1.4.2"));
+        assert_eq!(v("v2.0.0").as_deref(), Some("2.0.0"));
+        assert_eq!(v("sqlite-1.4.2").as_deref(), Some("1.4.2"));
+        assert_eq!(v("db-sqlite-1.4.2-rc.1").as_deref(), Some("1.4.2-rc.1"));
+        assert_eq!(v("latest"), None);
+        assert_eq!(v("sqlite"), None);
+    }
+
+    #[test]
+    fn bumps() {
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        assert_eq!(bump(&v("1.4.2"), Bump::Patch).to_string(), "1.4.3");
+        assert_eq!(bump(&v("1.4.2"), Bump::Minor).to_string(), "1.5.0");
+        assert_eq!(bump(&v("1.4.2"), Bump::Major).to_string(), "2.0.0");
+        assert_eq!(bump(&v("1.5.0-rc.1"), Bump::Patch).to_string(), "1.5.0");
+    }
+}

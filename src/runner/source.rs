@@ -1,0 +1,283 @@
+//! Where a build's sources come from: a project directory as it is, or a clean worktree of a
+//! commit of a git repository, fetched into a mirror under the data directory.
+//!
+//! git runs as argv through `proc`, never through a shell; a ref has passed `is_ref` first and
+//! is given after `--end-of-options`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cancel::Cancel;
+use crate::config::serve::{Project, Source};
+use crate::config::{CargoPackage, ProjectConfig};
+use crate::proc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("git {what} failed: {detail}")]
+    Git { what: String, detail: String },
+    #[error(
+        "ref {0:?} is not in the repository: push it, or name a branch, tag or commit that exists"
+    )]
+    UnknownRef(String),
+    #[error("cannot read the project: {0}")]
+    Project(String),
+    #[error("stopped: {0}")]
+    Cancelled(String),
+}
+
+/// A ref a request may name: a branch, tag or commit, in git's own syntax minus everything that
+/// could be an option or a revision expression.
+pub fn is_ref(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 200
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._/-".contains(c))
+        && !s.contains("..")
+        && !s.contains("//")
+        && !s.ends_with('/')
+        && !s.ends_with(".lock")
+        && !s.ends_with('.')
+}
+
+/// The sources of one build, ready for cargo.
+pub struct Checkout {
+    /// The directory cargo builds.
+    pub dir: PathBuf,
+    /// The commit, when the project is in git.
+    pub commit: Option<String>,
+    /// Whether the directory differs from the commit (a path project only; a worktree is clean).
+    pub dirty: Option<bool>,
+    /// The worktree to remove when the build ends.
+    worktree: Option<(PathBuf, PathBuf)>,
+}
+
+impl Checkout {
+    /// Removes the worktree (a path project has nothing to remove).
+    pub fn remove(self) {
+        if let Some((mirror, dir)) = self.worktree {
+            let cancel = Cancel::default();
+            let remove = [
+                "worktree".as_ref(),
+                "remove".as_ref(),
+                "--force".as_ref(),
+                dir.as_os_str(),
+            ];
+            let _ = git(&mirror, &remove, &cancel);
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = git(&mirror, &["worktree", "prune"], &cancel);
+        }
+    }
+}
+
+/// Runs `git -C repo ARGS...`; returns its trimmed stdout.
+fn git<S: AsRef<std::ffi::OsStr>>(
+    repo: &Path,
+    args: &[S],
+    cancel: &Cancel,
+) -> Result<String, SourceError> {
+    let mut cmd = proc::command("git");
+    cmd.arg("-C").arg(repo).args(args);
+    // Never ask for credentials on a terminal the service does not have.
+    cmd.env("GIT_TERMINAL_PROMPT", "0");
+    let what = args
+        .first()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out =
+        proc::run_captured(&mut cmd, Duration::from_secs(600), cancel).map_err(|e| match e {
+            proc::ProcError::Cancelled { reason, .. } => SourceError::Cancelled(reason),
+            other => SourceError::Git {
+                what: what.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+    if !out.status.success() {
+        return Err(SourceError::Git {
+            what,
+            detail: out.stderr_tail(3),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The bare mirror of a git project, fetched now (created the first time).
+pub fn fetch_mirror(
+    data_dir: &Path,
+    name: &str,
+    url: &str,
+    cancel: &Cancel,
+) -> Result<PathBuf, SourceError> {
+    let mirror = data_dir.join("git").join(format!("{name}.git"));
+    if mirror.join("HEAD").is_file() {
+        git(&mirror, &["fetch", "--prune", "--tags", "origin"], cancel)?;
+    } else {
+        std::fs::create_dir_all(mirror.parent().expect("has a parent")).map_err(|e| {
+            SourceError::Git {
+                what: "clone".into(),
+                detail: e.to_string(),
+            }
+        })?;
+        let mut cmd = proc::command("git");
+        cmd.args(["clone", "--mirror", "--quiet", "--"])
+            .arg(url)
+            .arg(&mirror)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        let out = proc::run_captured(&mut cmd, Duration::from_secs(1800), cancel).map_err(|e| {
+            SourceError::Git {
+                what: "clone".into(),
+                detail: e.to_string(),
+            }
+        })?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&mirror);
+            return Err(SourceError::Git {
+                what: "clone".into(),
+                detail: out.stderr_tail(3),
+            });
+        }
+    }
+    Ok(mirror)
+}
+
+/// Resolves a ref to a commit in the mirror.
+pub fn resolve_ref(mirror: &Path, r: &str, cancel: &Cancel) -> Result<String, SourceError> {
+    let spec = format!("{r}^{{commit}}");
+    git(
+        mirror,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
+        cancel,
+    )
+    .map_err(|e| match e {
+        SourceError::Git { .. } => SourceError::UnknownRef(r.to_string()),
+        other => other,
+    })
+}
+
+/// Prepares the sources of a build: the project directory, or a worktree of `git_ref` (default
+/// the repository's HEAD) at `work`.
+pub fn checkout(
+    data_dir: &Path,
+    project: &Project,
+    git_ref: Option<&str>,
+    work: &Path,
+    cancel: &Cancel,
+) -> Result<Checkout, SourceError> {
+    match &project.source {
+        Source::Path(dir) => {
+            let facts = crate::spec::git_facts(dir);
+            Ok(Checkout {
+                dir: dir.clone(),
+                commit: facts.revision,
+                dirty: facts.dirty,
+                worktree: None,
+            })
+        }
+        Source::Git(url) => {
+            let mirror = fetch_mirror(data_dir, &project.name, url, cancel)?;
+            let commit = resolve_ref(&mirror, git_ref.unwrap_or("HEAD"), cancel)?;
+            let _ = std::fs::remove_dir_all(work);
+            let add = [
+                "worktree".as_ref(),
+                "add".as_ref(),
+                "--detach".as_ref(),
+                "--force".as_ref(),
+                "--quiet".as_ref(),
+                work.as_os_str(),
+                commit.as_ref(),
+            ];
+            git(&mirror, &add, cancel)?;
+            Ok(Checkout {
+                dir: work.to_path_buf(),
+                commit: Some(commit),
+                dirty: Some(false),
+                worktree: Some((mirror, work.to_path_buf())),
+            })
+        }
+    }
+}
+
+/// What a project offers to build: its variants (name and features) and its crate version.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub variants: Vec<(String, Vec<String>)>,
+    pub version: Option<String>,
+}
+
+/// Reads a project's galley.toml and Cargo.toml: from the directory, or from the mirror's HEAD
+/// for a git project (fetched when there is no mirror yet).
+pub fn offer(data_dir: &Path, project: &Project) -> Result<Offer, SourceError> {
+    let (config, package) = match &project.source {
+        Source::Path(dir) => (
+            ProjectConfig::load(dir).map_err(|e| SourceError::Project(e.to_string()))?,
+            CargoPackage::load(dir).map_err(|e| SourceError::Project(e.to_string()))?,
+        ),
+        Source::Git(url) => {
+            let mirror = data_dir.join("git").join(format!("{}.git", project.name));
+            let cancel = Cancel::default();
+            if !mirror.join("HEAD").is_file() {
+                fetch_mirror(data_dir, &project.name, url, &cancel)?;
+            }
+            let show = |file: &str| git(&mirror, &["show", &format!("HEAD:{file}")], &cancel);
+            let config = match show(crate::config::FILE_NAME) {
+                Ok(text) => ProjectConfig::parse(&text).map_err(SourceError::Project)?,
+                Err(_) => ProjectConfig::default(),
+            };
+            let cargo = show("Cargo.toml")?;
+            let package = CargoPackage::parse(Path::new("Cargo.toml"), &cargo)
+                .map_err(|e| SourceError::Project(e.to_string()))?;
+            (config, package)
+        }
+    };
+    Ok(Offer {
+        variants: config.variants_offered(&package),
+        version: package.version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ref;
+
+    #[test]
+    fn refs_are_allow_listed() {
+        for ok in [
+            "main",
+            "v1.4.2",
+            "release/1.x",
+            "feature/db_psql",
+            "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678",
+        ] {
+            assert!(is_ref(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "--upload-pack=touch /tmp/x",
+            "main;id",
+            "$(id)",
+            "a b",
+            "HEAD~1",
+            "main^{tree}",
+            "a..b",
+            "x/",
+            "x.lock",
+            "@{-1}",
+            "a\nb",
+            "../etc",
+            "/abs",
+            "x//y",
+            "main.",
+        ] {
+            assert!(!is_ref(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,867 @@
+//! Build history in SQLite: the only module that knows SQL.
+//!
+//! One file (`galley.db` in the data directory), WAL, a busy timeout, `BEGIN IMMEDIATE` for
+//! every read-modify-write. Builds and their events live here; a build's status only moves
+//! forward (queued → running → succeeded | failed | cancelled | interrupted), enforced by the
+//! UPDATE itself. Events have a per-build sequence number, the SSE id. A log over its cap keeps
+//! its head and its tail; the dropped middle is remembered as a range and replayed as one
+//! `dropped` marker event.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+/// A build's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The service stopped (a crash, a kill) while the build was queued or running.
+    Interrupted,
+}
+
+impl BuildStatus {
+    pub const ALL: [BuildStatus; 6] = [
+        BuildStatus::Queued,
+        BuildStatus::Running,
+        BuildStatus::Succeeded,
+        BuildStatus::Failed,
+        BuildStatus::Cancelled,
+        BuildStatus::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Queued => "queued",
+            BuildStatus::Running => "running",
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed => "failed",
+            BuildStatus::Cancelled => "cancelled",
+            BuildStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BuildStatus> {
+        BuildStatus::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+
+    /// Whether the build has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildStatus::Queued | BuildStatus::Running)
+    }
+
+    /// The statuses a build may move to this one from.
+    fn predecessors(self) -> &'static [&'static str] {
+        match self {
+            BuildStatus::Queued => &[],
+            BuildStatus::Running => &["queued"],
+            _ => &["queued", "running"],
+        }
+    }
+}
+
+impl std::fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the build database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("build {id} cannot move from {from} to {to}")]
+    Transition { id: i64, from: String, to: String },
+    #[error("no build {0}")]
+    NoBuild(i64),
+}
+
+/// A stored event: its sequence number (the SSE id), kind and JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub data: String,
+    /// Log bytes (for the cap); 0 for other events.
+    pub log_bytes: u64,
+}
+
+/// A build row.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRow {
+    pub id: i64,
+    pub project: String,
+    pub status: BuildStatus,
+    /// The request as accepted (JSON).
+    pub request: serde_json::Value,
+    pub started_by: String,
+    pub process_tag: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub commit: Option<String>,
+    pub dirty: Option<bool>,
+    pub tools: Option<serde_json::Value>,
+    pub report: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub forced_kill: Option<bool>,
+    pub output_dir: Option<String>,
+    pub dropped_lines: i64,
+    pub dropped_bytes: i64,
+}
+
+/// What creating a build did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new build, queued.
+    New(i64),
+    /// The same idempotency key and body were seen before: that build.
+    Replayed(i64),
+    /// The idempotency key was used before with another body.
+    KeyConflict,
+    /// The queue holds `max_queued` builds already.
+    QueueFull,
+}
+
+/// A new build to record.
+pub struct NewBuild<'a> {
+    pub project: &'a str,
+    pub request: &'a serde_json::Value,
+    /// sha256 of the request, for idempotency.
+    pub request_hash: &'a str,
+    pub started_by: &'a str,
+    /// (principal, key) of an `Idempotency-Key`.
+    pub idempotency: Option<(&'a str, &'a str)>,
+    pub max_queued: usize,
+    /// The prefix of the process tag (`galley-<instance>`); the id is appended.
+    pub tag_prefix: &'a str,
+    /// The `status` event announcing the queued build.
+    pub queued_event: &'a str,
+}
+
+/// Filters for the history.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub limit: usize,
+    pub before: Option<i64>,
+    pub project: Option<String>,
+    pub status: Option<BuildStatus>,
+}
+
+/// Facts to record when a build starts running.
+#[derive(Debug, Clone, Default)]
+pub struct Started {
+    pub commit: Option<String>,
+    pub dirty: Option<bool>,
+    pub output_dir: Option<String>,
+}
+
+/// Facts to record when a build ends.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    pub tools: Option<serde_json::Value>,
+    pub report: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub forced_kill: Option<bool>,
+}
+
+/// The database, with one connection for writes and a few for reads.
+pub struct Store {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    process_tag TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    commit_sha TEXT,
+    dirty INTEGER,
+    tools TEXT,
+    report TEXT,
+    error TEXT,
+    cancelled_by TEXT,
+    forced_kill INTEGER,
+    output_dir TEXT,
+    next_seq INTEGER NOT NULL DEFAULT 1,
+    dropped_from INTEGER,
+    dropped_lines INTEGER NOT NULL DEFAULT 0,
+    dropped_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS builds_by_project ON builds(project, id);
+CREATE INDEX IF NOT EXISTS builds_by_status ON builds(status, id);
+CREATE TABLE IF NOT EXISTS events (
+    build_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (build_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    build_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    debug_assert_eq!(mode, "wal");
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
+
+fn json_col(v: Option<String>) -> Option<serde_json::Value> {
+    v.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
+    let status: String = r.get(2)?;
+    Ok(BuildRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        status: BuildStatus::parse(&status).unwrap_or(BuildStatus::Interrupted),
+        request: json_col(r.get(3)?).unwrap_or_default(),
+        started_by: r.get(4)?,
+        process_tag: r.get(5)?,
+        created_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        commit: r.get(9)?,
+        dirty: r.get::<_, Option<i64>>(10)?.map(|d| d != 0),
+        tools: json_col(r.get(11)?),
+        report: json_col(r.get(12)?),
+        error: r.get(13)?,
+        cancelled_by: r.get(14)?,
+        forced_kill: r.get::<_, Option<i64>>(15)?.map(|d| d != 0),
+        output_dir: r.get(16)?,
+        dropped_lines: r.get(17)?,
+        dropped_bytes: r.get(18)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating) `galley.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join("galley.db");
+        let writer = open_conn(&path)?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            writer.execute_batch(SCHEMA)?;
+            writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        let readers = (0..4)
+            .map(|_| open_conn(&path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Store {
+            writer: Mutex::new(writer),
+            readers,
+        })
+    }
+
+    fn write(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Ok(c) = r.try_lock() {
+                return c;
+            }
+        }
+        self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A value kept across restarts (created with `init` the first time).
+    pub fn meta(&self, key: &str, init: impl FnOnce() -> String) -> Result<String, StoreError> {
+        let conn = self.write();
+        if let Some(v) = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?
+        {
+            return Ok(v);
+        }
+        let v = init();
+        conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", [key, &v])?;
+        Ok(v)
+    }
+
+    /// Records a queued build (with its first event), honouring the idempotency key and the
+    /// queue limit, in one transaction.
+    pub fn create_build(&self, b: &NewBuild<'_>) -> Result<Created, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some((principal, key)) = b.idempotency {
+            let seen: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT request_hash, build_id FROM idempotency WHERE principal = ?1 AND key = ?2",
+                    [principal, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((hash, id)) = seen {
+                return Ok(if hash == b.request_hash {
+                    Created::Replayed(id)
+                } else {
+                    Created::KeyConflict
+                });
+            }
+        }
+        let queued: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM builds WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?;
+        if queued as usize >= b.max_queued {
+            return Ok(Created::QueueFull);
+        }
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO builds (project, status, request, request_hash, started_by, created_at, next_seq) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, 2)",
+            params![b.project, b.request.to_string(), b.request_hash, b.started_by, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE builds SET process_tag = ?1 WHERE id = ?2",
+            params![format!("{}-{id}", b.tag_prefix), id],
+        )?;
+        tx.execute(
+            "INSERT INTO events (build_id, seq, kind, data) VALUES (?1, 1, 'status', ?2)",
+            params![id, b.queued_event],
+        )?;
+        if let Some((principal, key)) = b.idempotency {
+            tx.execute(
+                "INSERT INTO idempotency (principal, key, request_hash, build_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![principal, key, b.request_hash, id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Created::New(id))
+    }
+
+    /// Appends events, and (when given) moves the build's status in the same transaction; returns
+    /// the stored events with their sequence numbers. A status that would move backwards is an
+    /// error and nothing is written.
+    pub fn append(
+        &self,
+        id: i64,
+        events: &[NewEvent],
+        status: Option<(BuildStatus, StatusFacts<'_>)>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some((to, facts)) = &status {
+            let current: String = tx
+                .query_row("SELECT status FROM builds WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or(StoreError::NoBuild(id))?;
+            if !to.predecessors().contains(&current.as_str()) {
+                return Err(StoreError::Transition {
+                    id,
+                    from: current,
+                    to: to.as_str().into(),
+                });
+            }
+            let now = now_ms();
+            match facts {
+                StatusFacts::Started(s) => tx.execute(
+                    "UPDATE builds SET status = ?1, started_at = ?2, commit_sha = ?3, dirty = ?4, output_dir = ?5 WHERE id = ?6",
+                    params![to.as_str(), now, s.commit, s.dirty.map(i64::from), s.output_dir, id],
+                )?,
+                StatusFacts::Finished(f) => tx.execute(
+                    "UPDATE builds SET status = ?1, finished_at = ?2, tools = COALESCE(?3, tools), report = ?4, error = ?5, cancelled_by = ?6, forced_kill = ?7 WHERE id = ?8",
+                    params![
+                        to.as_str(),
+                        now,
+                        f.tools.as_ref().map(|v| v.to_string()),
+                        f.report.as_ref().map(|v| v.to_string()),
+                        f.error,
+                        f.cancelled_by,
+                        f.forced_kill.map(i64::from),
+                        id
+                    ],
+                )?,
+            };
+        }
+        let stored = insert_events(&tx, id, events)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Records the commit a build's sources are at, and whether they were dirty.
+    pub fn set_source(
+        &self,
+        id: i64,
+        commit: Option<&str>,
+        dirty: Option<bool>,
+    ) -> Result<(), StoreError> {
+        self.write().execute(
+            "UPDATE builds SET commit_sha = ?1, dirty = ?2 WHERE id = ?3",
+            params![commit, dirty.map(i64::from), id],
+        )?;
+        Ok(())
+    }
+
+    /// Drops stored log events (the oldest of a log's tail), remembering where the gap starts
+    /// and how much it held.
+    pub fn drop_events(&self, id: i64, seqs: &[i64], bytes: u64) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut del =
+                tx.prepare_cached("DELETE FROM events WHERE build_id = ?1 AND seq = ?2")?;
+            for s in seqs {
+                del.execute(params![id, s])?;
+            }
+        }
+        tx.execute(
+            "UPDATE builds SET dropped_from = COALESCE(dropped_from, ?1), dropped_lines = dropped_lines + ?2, dropped_bytes = dropped_bytes + ?3 WHERE id = ?4",
+            params![seqs[0], seqs.len() as i64, bytes as i64, id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Events after `after` (the SSE `Last-Event-ID`), at most `limit`. When the log's middle
+    /// was dropped, a `dropped` event stands where it was, with the id of its first line.
+    pub fn events_after(
+        &self,
+        id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let conn = self.read();
+        let gap: Option<(Option<i64>, i64, i64)> = conn
+            .query_row(
+                "SELECT dropped_from, dropped_lines, dropped_bytes FROM builds WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, data FROM events WHERE build_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![id, after, limit as i64], |r| {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                data: r.get(2)?,
+            })
+        })?;
+        let mut out = Vec::new();
+        let mut marker = match gap {
+            Some((Some(from), lines, bytes)) if from > after => Some(StoredEvent {
+                seq: from,
+                kind: "dropped".into(),
+                data: serde_json::json!({
+                    "lines": lines,
+                    "bytes": bytes,
+                    "message": format!("[galley: {lines} log lines ({bytes} bytes) dropped here: the log passed its cap (log_cap_bytes); its head and tail are kept]"),
+                })
+                .to_string(),
+            }),
+            _ => None,
+        };
+        for e in rows {
+            let e = e?;
+            if marker.as_ref().is_some_and(|m| m.seq < e.seq) {
+                out.push(marker.take().expect("checked"));
+            }
+            out.push(e);
+        }
+        // A gap at the very end (the tail was still being trimmed) is reported too.
+        if out.len() < limit {
+            out.extend(marker);
+        }
+        Ok(out)
+    }
+
+    /// A build's `stage` events, in order.
+    pub fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, data FROM events WHERE build_id = ?1 AND kind = 'stage' ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                data: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
+        let conn = self.read();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
+                [id],
+                build_row,
+            )
+            .optional()?)
+    }
+
+    /// History, newest first.
+    pub fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE id < ?1 AND (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR status = ?3) ORDER BY id DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                f.before.unwrap_or(i64::MAX),
+                f.project,
+                f.status.map(|s| s.as_str()),
+                f.limit as i64
+            ],
+            build_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ids of queued builds, oldest first (to resume the queue after a restart: none are left,
+    /// they are interrupted; used by the runner's bookkeeping and tests).
+    pub fn queued(&self) -> Result<Vec<i64>, StoreError> {
+        let conn = self.read();
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM builds WHERE status = 'queued' ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The versions of the project's succeeded builds.
+    pub fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_extract(request, '$.version') FROM builds WHERE project = ?1 AND status = 'succeeded'",
+        )?;
+        let rows = stmt.query_map([project], |r| r.get::<_, Option<String>>(0))?;
+        Ok(rows
+            .filter_map(|r| r.ok().flatten())
+            .collect::<Vec<String>>())
+    }
+
+    /// Removes a finished build and its events. Returns its output directory, if any.
+    pub fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out: Option<Option<String>> = tx
+            .query_row("SELECT output_dir FROM builds WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(out) = out else {
+            return Err(StoreError::NoBuild(id));
+        };
+        tx.execute("DELETE FROM events WHERE build_id = ?1", [id])?;
+        tx.execute("DELETE FROM idempotency WHERE build_id = ?1", [id])?;
+        tx.execute("DELETE FROM builds WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// On start: every build left queued or running is marked interrupted, with a `status` and an
+    /// `end` event (so its stream ends), `make_events` giving them. Returns (id, process tag).
+    pub fn interrupt_unfinished(
+        &self,
+        reason: &str,
+        make_events: impl Fn(i64) -> Vec<NewEvent>,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let ids: Vec<(i64, String)> = {
+            let conn = self.read();
+            let mut stmt = conn.prepare(
+                "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, _) in &ids {
+            let facts = Finished {
+                error: Some(reason.to_string()),
+                ..Default::default()
+            };
+            self.append(
+                *id,
+                &make_events(*id),
+                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
+            )?;
+        }
+        Ok(ids)
+    }
+
+    /// Finished builds past the retention limits (older than `max_age`, or beyond the newest
+    /// `max_builds`), oldest first.
+    pub fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
+        let conn = self.read();
+        let cutoff = now_ms() - max_age.as_millis() as i64;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < ?1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT ?2)) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![cutoff, max_builds as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets idempotency keys older than `age`.
+    pub fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        Ok(self
+            .write()
+            .execute("DELETE FROM idempotency WHERE created_at < ?1", [cutoff])?)
+    }
+
+    /// How many builds have each status.
+    pub fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError> {
+        let conn = self.read();
+        let mut stmt =
+            conn.prepare_cached("SELECT status, COUNT(*) FROM builds GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        Ok(rows
+            .filter_map(|r| r.ok())
+            .filter_map(|(s, n)| Some((BuildStatus::parse(&s)?, n)))
+            .collect())
+    }
+}
+
+/// The facts that go with a status change.
+#[derive(Debug, Clone)]
+pub enum StatusFacts<'a> {
+    Started(&'a Started),
+    Finished(&'a Finished),
+}
+
+fn insert_events(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    events: &[NewEvent],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first: i64 = tx
+        .query_row("SELECT next_seq FROM builds WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(StoreError::NoBuild(id))?;
+    let mut out = Vec::with_capacity(events.len());
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO events (build_id, seq, kind, data) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (i, e) in events.iter().enumerate() {
+            let seq = first + i as i64;
+            ins.execute(params![id, seq, e.kind, e.data])?;
+            out.push(StoredEvent {
+                seq,
+                kind: e.kind.to_string(),
+                data: e.data.clone(),
+            });
+        }
+    }
+    tx.execute(
+        "UPDATE builds SET next_seq = ?1 WHERE id = ?2",
+        params![first + events.len() as i64, id],
+    )?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("galley-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Store::open(&dir).unwrap()
+    }
+
+    fn new_build<'a>(req: &'a serde_json::Value, key: Option<(&'a str, &'a str)>) -> NewBuild<'a> {
+        NewBuild {
+            project: "tiny",
+            request: req,
+            request_hash: "h1",
+            started_by: "ci",
+            idempotency: key,
+            max_queued: 2,
+            tag_prefix: "galley-test",
+            queued_event: "{\"status\":\"queued\"}",
+        }
+    }
+
+    fn log(n: usize) -> NewEvent {
+        NewEvent {
+            kind: "log",
+            data: format!("{{\"line\":{n}}}"),
+            log_bytes: 10,
+        }
+    }
+
+    #[test]
+    fn status_only_moves_forward() {
+        let s = store("forward");
+        let req = serde_json::json!({"version": "1.0.0"});
+        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
+            panic!()
+        };
+        let started = Started::default();
+        let finished = Finished::default();
+        s.append(
+            id,
+            &[],
+            Some((BuildStatus::Running, StatusFacts::Started(&started))),
+        )
+        .unwrap();
+        s.append(
+            id,
+            &[],
+            Some((BuildStatus::Succeeded, StatusFacts::Finished(&finished))),
+        )
+        .unwrap();
+        for back in [
+            BuildStatus::Running,
+            BuildStatus::Cancelled,
+            BuildStatus::Failed,
+        ] {
+            let facts = Finished::default();
+            let err = s
+                .append(id, &[log(1)], Some((back, StatusFacts::Finished(&facts))))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+        }
+        // Nothing of the refused transactions was written.
+        assert_eq!(s.events_after(id, 0, 100).unwrap().len(), 1);
+        assert_eq!(
+            s.get_build(id).unwrap().unwrap().process_tag,
+            format!("galley-test-{id}")
+        );
+    }
+
+    #[test]
+    fn idempotency_and_queue_limit() {
+        let s = store("idem");
+        let req = serde_json::json!({"version": "1.0.0"});
+        let first = s
+            .create_build(&new_build(&req, Some(("ci", "k1"))))
+            .unwrap();
+        let Created::New(id) = first else { panic!() };
+        assert_eq!(
+            s.create_build(&new_build(&req, Some(("ci", "k1"))))
+                .unwrap(),
+            Created::Replayed(id)
+        );
+        let mut other = new_build(&req, Some(("ci", "k1")));
+        other.request_hash = "h2";
+        assert_eq!(s.create_build(&other).unwrap(), Created::KeyConflict);
+        // Another principal's key space is its own.
+        assert!(matches!(
+            s.create_build(&new_build(&req, Some(("ops", "k1"))))
+                .unwrap(),
+            Created::New(_)
+        ));
+        assert_eq!(
+            s.create_build(&new_build(&req, None)).unwrap(),
+            Created::QueueFull
+        );
+    }
+
+    #[test]
+    fn sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker() {
+        let s = store("seq");
+        let req = serde_json::json!({});
+        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
+            panic!()
+        };
+        let stored = s
+            .append(id, &(0..10).map(log).collect::<Vec<_>>(), None)
+            .unwrap();
+        assert_eq!(
+            stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (2..12).collect::<Vec<_>>()
+        );
+        s.drop_events(id, &[4, 5, 6], 30).unwrap();
+        let all = s.events_after(id, 0, 100).unwrap();
+        let kinds: Vec<(i64, &str)> = all.iter().map(|e| (e.seq, e.kind.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "status"),
+                (2, "log"),
+                (3, "log"),
+                (4, "dropped"),
+                (7, "log"),
+                (8, "log"),
+                (9, "log"),
+                (10, "log"),
+                (11, "log")
+            ]
+        );
+        assert!(all[3].data.contains("3 log lines (30 bytes)"));
+        // Resuming inside or after the gap: no second marker, nothing repeated.
+        assert_eq!(s.events_after(id, 5, 100).unwrap()[0].seq, 7);
+        assert_eq!(s.events_after(id, 4, 100).unwrap()[0].seq, 7);
+        assert_eq!(s.events_after(id, 3, 100).unwrap()[0].kind, "dropped");
+    }
+}
