@@ -201,7 +201,43 @@ def main():
                                   if l.startswith(("galley_builds_total", "galley_cancels_total", "galley_queue_depth"))]
     with open(a.out, "w") as f:
         json.dump(results, f, indent=2)
+    with open(a.out[: -len(".json")] + ".md" if a.out.endswith(".json") else a.out + ".md", "w") as f:
+        f.write(markdown(results, a))
     print(json.dumps(results, indent=2))
+
+
+def markdown(r, a):
+    fo, bp, gb, c = r["followers"], r["burst_post"], r["get_builds"], r["cancel"]
+    machine = open("/proc/cpuinfo").read().count("processor\t:")
+    return f"""# galley serve under load ({time.strftime('%Y-%m-%d', time.gmtime())})
+
+`bash benchmarks/serve-load.sh --clients {a.clients} --burst {a.burst}`: a release build of
+galley serving the tiny fixture on loopback ({machine} cores; max_queued 20, max_running 2,
+compile_slots 1, UPX on). Raw figures: the `.json` beside this file. Nothing here is asserted.
+
+## {a.clients} clients following one build (2 variants) from submission to its end
+
+| events stored | clients with every event, in order | events lost | events repeated | first event (p50) | end (p50 / max) |
+|---|---|---|---|---|---|
+| {fo['events_stored']} | {fo['clients_with_every_event_in_order']} of {a.clients} | {fo['events_lost']} | {fo['events_repeated']} | {fo['first_event_ms_p50']} ms | {fo['end_ms_p50']} / {fo['end_ms_max']} ms |
+
+## A burst of {a.burst} submissions released together
+
+| 202 | 429 (queue full, Retry-After) | other | POST p50 | POST p99 | max |
+|---|---|---|---|---|---|
+| {bp['accepted_202']} | {bp['refused_429']} | {bp['other'] or '-'} | {bp['p50_ms']} ms | {bp['p99_ms']} ms | {bp['max_ms']} ms |
+
+## History reads during the burst's builds (10 threads x 20 `GET /api/v1/builds?limit=50`)
+
+| requests | not 200 | p50 | p99 | max |
+|---|---|---|---|---|
+| {gb['requests']} | {gb['non_200']} | {gb['p50_ms']} ms | {gb['p99_ms']} ms | {gb['max_ms']} ms |
+
+## Cancelling the burst's builds ({c['requests']} at once)
+
+Statuses {c['statuses']}; p50 {c['p50_ms']} ms, max {c['max_ms']} ms (a queued build ends at once;
+a running one answers when its processes are gone).
+"""
 
 
 if __name__ == "__main__":
