@@ -204,6 +204,18 @@ def main():
     with open(a.out[: -len(".json")] + ".md" if a.out.endswith(".json") else a.out + ".md", "w") as f:
         f.write(markdown(results, a))
     print(json.dumps(results, indent=2))
+    # Correctness, not speed: a lost or repeated event, or a failed read, fails the run.
+    if fo_bad(results):
+        raise SystemExit(f"serve_load: events lost or repeated, or reads failed: {fo_bad(results)}")
+
+
+def fo_bad(r):
+    fo, gb = r["followers"], r["get_builds"]
+    bad = {k: v for k, v in (("events_lost", fo["events_lost"]), ("events_repeated", fo["events_repeated"]),
+                             ("get_non_200", gb["non_200"])) if v}
+    if fo["build_status"] != "succeeded":
+        bad["build_status"] = fo["build_status"]
+    return bad
 
 
 def markdown(r, a):
