@@ -13,6 +13,10 @@ missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The dashboard's browser tests: Debian's chromium, driven by playwright-core from npm.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 need_upx=0
 command -v upx >/dev/null 2>&1 || need_upx=1
 if [ ${#missing[@]} -gt 0 ] || [ $need_upx = 1 ]; then

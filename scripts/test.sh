@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs galley's checks and tests: installs what they need (idempotent), then fmt, clippy and the
-# test suite. The tests build real fixtures with cargo-zigbuild, UPX, skopeo, umoci and chroot
-# (chroot needs root).
+# Runs galley's checks and tests: installs what they need (idempotent), then fmt, clippy, the
+# Rust test suite and the dashboard's browser tests. The tests build real fixtures with
+# cargo-zigbuild, UPX, skopeo, umoci and chroot (chroot needs root), and drive Debian's chromium
+# with playwright-core against a real `galley serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,3 +11,6 @@ export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+# The browser tests use the galley that `cargo test` just built (target/debug/galley).
+(cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
+node --test --test-concurrency=1 tests/web/kitchen.test.mjs

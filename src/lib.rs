@@ -18,3 +18,4 @@ pub mod spec;
 pub mod store;
 pub mod target;
 pub mod toolchain;
+pub mod web;

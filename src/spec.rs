@@ -296,6 +296,13 @@ pub fn git_facts(project: &Path) -> GitFacts {
     };
     let revision = run(&["rev-parse", "--verify", "HEAD"])
         .filter(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    // A directory inside some repository but not tracked by it (a copy under an ignored
+    // target/, say) is not at that repository's commit: it is outside git.
+    let tracked =
+        revision.is_some() && run(&["ls-files", "--error-unmatch", "--", "Cargo.toml"]).is_some();
+    if !tracked {
+        return GitFacts::default();
+    }
     let commit_time = revision
         .as_ref()
         .and_then(|_| run(&["log", "-1", "--format=%ct"]))

@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let app = Router::new()
         .merge(protected)
         .merge(public)
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::not_found("no such endpoint: see /api/v1/openapi.json") })
         .with_state(state);
     (app, doc)

@@ -1,0 +1,288 @@
+// End-to-end tests of the kitchen in Debian's chromium (headless, driven by playwright-core),
+// against a real `galley serve` on loopback building the tiny fixture for real. The page is
+// reached through a small TCP proxy the tests can cut, to prove the event stream resumes without
+// gaps or repeats. Screenshots go to target/kitchen-screenshots/.
+//
+//   node --test tests/web/   (scripts/test.sh runs it after cargo test, which builds galley)
+
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { once } from "node:events";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const work = path.join(repo, "target/galley-tests/kitchen");
+const shots = path.join(repo, "target/kitchen-screenshots");
+const galleyBin = process.env.GALLEY_BIN || path.join(repo, "target/debug/galley");
+const TOKEN = "kitchen-test-token-0123456789";
+
+let service, proxy, browser, page;
+const pageErrors = [];
+// Set by a test that cuts the connection on purpose: the browser logs the failed requests.
+let cutting = false;
+
+function copyDir(src, dst) {
+  fs.mkdirSync(dst, { recursive: true });
+  for (const e of fs.readdirSync(src, { withFileTypes: true })) {
+    if (e.name === "target") continue;
+    const s = path.join(src, e.name), d = path.join(dst, e.name);
+    if (e.isDirectory()) copyDir(s, d); else fs.copyFileSync(s, d);
+  }
+}
+
+/** The tiny fixture with a build script that sleeps `secs` (a compile that takes that long). */
+function sleepyProject(name, secs) {
+  const dir = path.join(work, name);
+  copyDir(path.join(repo, "fixtures/tiny"), dir);
+  fs.writeFileSync(path.join(dir, "build.rs"),
+    `fn main() {\n    std::thread::sleep(std::time::Duration::from_secs(${secs}));\n}\n`);
+  return dir;
+}
+
+/** A TCP proxy in front of the service; `cut()` drops every connection and stops listening a while. */
+class Proxy {
+  constructor(target) { this.target = target; this.sockets = new Set(); this.connections = 0; }
+  async listen(port = 0) {
+    this.server = net.createServer((client) => {
+      this.connections += 1;
+      const upstream = net.connect(this.target.port, this.target.host);
+      for (const s of [client, upstream]) { this.sockets.add(s); s.on("close", () => this.sockets.delete(s)); s.on("error", () => {}); }
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on("close", () => upstream.destroy());
+      upstream.on("close", () => client.destroy());
+    });
+    this.server.listen(port, "127.0.0.1");
+    await once(this.server, "listening");
+    this.port = this.server.address().port;
+  }
+  async cut(downMs) {
+    const port = this.port;
+    const closed = new Promise((r) => this.server.close(r));
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    await new Promise((r) => setTimeout(r, downMs));
+    await this.listen(port);
+  }
+  url() { return `http://127.0.0.1:${this.port}`; }
+}
+
+async function startService() {
+  const base = path.join(work, "base");
+  if (!fs.existsSync(path.join(base, "index.json"))) {
+    execFileSync("bash", [path.join(repo, "fixtures/base/make-base.sh"), base, "3.20"], { stdio: "inherit" });
+  }
+  const tiny = path.join(work, "tiny");
+  copyDir(path.join(repo, "fixtures/tiny"), tiny);
+  const slow = sleepyProject("slow", 600);
+  const pause = sleepyProject("pause", 8);
+  const config = path.join(work, "serve.toml");
+  const projects = [["tiny", tiny], ["slow", slow], ["pause", pause]]
+    .map(([n, p]) => `[projects.${n}]\npath = "${p}"\nbase = "oci:${base}:3.20"\n`).join("\n");
+  fs.writeFileSync(config, `listen = "127.0.0.1:0"\ndata_dir = "${path.join(work, "data")}"\ncancel_grace = "3s"\nheartbeat = "2s"\n${projects}`);
+  const child = spawn(galleyBin, ["serve", "--config", config], {
+    env: { ...process.env, GALLEY_API_TOKEN: TOKEN, ZIG_GLOBAL_CACHE_DIR: process.env.ZIG_GLOBAL_CACHE_DIR || path.join(process.env.HOME, ".cache/zig") },
+    stdio: ["ignore", "pipe", fs.openSync(path.join(work, "serve.err"), "w")],
+  });
+  const line = await new Promise((resolve, reject) => {
+    readline.createInterface({ input: child.stdout }).once("line", resolve);
+    child.once("exit", (code) => reject(new Error(`galley serve exited ${code}: ${fs.readFileSync(path.join(work, "serve.err"), "utf8")}`)));
+  });
+  const url = new URL(line.replace("galley serve: listening on ", ""));
+  return { child, host: url.hostname, port: Number(url.port), url: url.origin };
+}
+
+async function apiGet(p) {
+  const r = await fetch(`${service.url}${p}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  assert.equal(r.status, 200, `GET ${p}`);
+  return r.headers.get("content-type").startsWith("application/json") ? r.json() : r.text();
+}
+
+/** Every stored event id of the kinds the page shows in its log (log, dropped, end). */
+async function storedLogIds(id) {
+  const r = await fetch(`${service.url}/api/v1/builds/${id}/events`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  const text = await r.text(); // a finished build's stream ends after its end event
+  const ids = [];
+  for (const block of text.split("\n\n")) {
+    const idm = block.match(/^id: (\d+)$/m), kind = block.match(/^event: (\w+)$/m);
+    if (idm && kind && ["log", "dropped", "end"].includes(kind[1])) ids.push(Number(idm[1]));
+  }
+  return ids;
+}
+
+const pageLogIds = () => page.$$eval("#log li", (lis) => lis.map((li) => Number(li.dataset.id)));
+const buildId = () => Number(new URL(page.url()).hash.match(/#\/builds\/(\d+)/)[1]);
+
+/** Processes whose environment carries the build's tag (none may be left after a kill). */
+function tagged(tag) {
+  const found = [];
+  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue;
+      if (fs.readFileSync(`/proc/${pid}/environ`).toString().split("\0").includes(`GALLEY_BUILD_TAG=${tag}`)) found.push(pid);
+    } catch { /* gone meanwhile */ }
+  }
+  return found;
+}
+
+async function newBuild(project, { variants, version } = {}) {
+  await page.goto(`${proxy.url()}/#/new`);
+  const form = page.locator("#build-form");
+  const select = form.getByLabel("Project", { exact: true });
+  await select.selectOption(project);
+  await page.waitForFunction((p) => document.querySelector("#project-help").textContent.includes(p), project);
+  if (variants) {
+    for (const box of await page.$$("#variants input")) {
+      const want = variants.includes(await box.getAttribute("value"));
+      if ((await box.isChecked()) !== want) await box.click();
+    }
+  }
+  const v = form.getByLabel("Version", { exact: true });
+  await page.waitForFunction(() => document.querySelector("#version").value !== "");
+  if (version !== undefined) await v.fill(version);
+  // From the keyboard: Enter in the version field submits the form.
+  await v.focus();
+  await page.keyboard.press("Enter");
+}
+
+before(async () => {
+  fs.rmSync(work, { recursive: true, force: true });
+  fs.mkdirSync(shots, { recursive: true });
+  service = await startService();
+  proxy = new Proxy(service);
+  await proxy.listen();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  page = await context.newPage();
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  // The browser logs every 4xx the page handles (401 asks for the token, 422 shows the field):
+  // those are expected; anything else (a script error, a CSP violation) is not.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/status of (401|422) /.test(m.text())) pageErrors.push(m.text());
+  });
+  // The token is asked for once and kept for the session.
+  await page.goto(proxy.url());
+  await page.getByLabel("Token", { exact: true }).fill(TOKEN);
+  await page.getByRole("button", { name: "Use this token" }).click();
+  await page.locator("#build-form").getByLabel("Project", { exact: true }).waitFor();
+});
+
+afterEach(() => {
+  // A script error or a failed resource is a defect even when the test's checks passed.
+  const errors = pageErrors.splice(0)
+    .filter((e) => !(cutting && /net::ERR_(INCOMPLETE_CHUNKED_ENCODING|CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE)/.test(e)));
+  cutting = false;
+  assert.deepEqual(errors, []);
+});
+
+after(async () => {
+  await browser?.close();
+  if (service) {
+    service.child.kill("SIGTERM");
+    await once(service.child, "exit");
+  }
+  proxy?.server.close();
+});
+
+test("a build of two variants shows its log live, every stage finishing and the digests", async () => {
+  await newBuild("tiny", { variants: ["sqlite", "postgres"] });
+  await page.waitForURL(/#\/builds\/\d+$/);
+  const id = buildId();
+  await page.locator("#log li", { hasText: "Compiling tiny" }).first().waitFor({ timeout: 120_000 });
+  await page.locator("#build-status", { hasText: "succeeded" }).waitFor({ timeout: 300_000 });
+  for (const variant of ["sqlite", "postgres"]) {
+    const row = page.locator("#matrix tbody tr", { hasText: variant });
+    const cells = await row.locator("td").evaluateAll((tds) => tds.map((td) => td.dataset.status));
+    assert.deepEqual(cells, ["succeeded", "succeeded", "succeeded", "succeeded", "succeeded", "succeeded"], variant);
+  }
+  const record = await apiGet(`/api/v1/builds/${id}`);
+  for (const v of record.variants) {
+    const card = page.locator(".card", { hasText: v.name }).first();
+    await card.locator("code", { hasText: v.digest }).first().waitFor();
+    assert.match(await card.textContent(), /raw → .* stripped → .* compressed → .* image/);
+  }
+  assert.ok(await page.locator("#chart svg rect").count() >= 12, "the chart draws a bar per stage");
+  // Status changes are announced to screen readers.
+  assert.match(await page.locator("#announcer").textContent(), /succeeded/);
+  await page.screenshot({ path: path.join(shots, "build-view.png"), fullPage: true });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await page.screenshot({ path: path.join(shots, "build-view-dark.png"), fullPage: true });
+  await page.emulateMedia({ colorScheme: "light" });
+});
+
+test("reloading a finished build replays its whole log, and history opens it", async () => {
+  const id = buildId();
+  await page.reload();
+  await page.locator("#log li.end").waitFor();
+  assert.deepEqual(await pageLogIds(), await storedLogIds(id));
+  await page.goto(`${proxy.url()}/#/history`);
+  const row = page.locator("#history-rows tr", { hasText: `#${id}` });
+  await row.waitFor();
+  assert.match(await row.textContent(), /succeeded.*tiny.*0\.1\.0.*postgres, sqlite.*api/s);
+  const filters = page.locator("#history-filters");
+  await filters.getByLabel("Status", { exact: true }).selectOption("failed");
+  await page.locator("#history-empty").waitFor();
+  await filters.getByLabel("Status", { exact: true }).selectOption("");
+  await row.getByRole("link").click();
+  await page.locator("#log li.end").waitFor();
+  await page.screenshot({ path: path.join(shots, "history-build.png"), fullPage: true });
+});
+
+test("a bad version and no variant are explained next to their fields", async () => {
+  await newBuild("tiny", { version: "1.4" });
+  const err = page.locator("#err-version");
+  await err.waitFor();
+  assert.match(await err.textContent(), /not a semantic version/);
+  assert.equal(await page.locator("#version").getAttribute("aria-invalid"), "true");
+  assert.match(page.url(), /#\/new$/, "nothing was started");
+  for (const box of await page.$$("#variants input")) if (await box.isChecked()) await box.click();
+  await page.locator("#build-form").getByLabel("Version", { exact: true }).fill("1.4.0");
+  await page.getByRole("button", { name: "Build" }).click();
+  await page.locator("#err-variants", { hasText: "no variant to build" }).waitFor();
+  await page.screenshot({ path: path.join(shots, "bad-version.png") });
+});
+
+test("Kill stops a running build and says whether SIGKILL was needed", async () => {
+  await newBuild("slow", { variants: ["sqlite"] });
+  await page.waitForURL(/#\/builds\/\d+$/);
+  const id = buildId();
+  const { process_tag: tag } = await apiGet(`/api/v1/builds/${id}`);
+  // The build script runs (and sleeps) once its process is tagged.
+  for (let i = 0; i < 600 && !tagged(tag).some((p) => fs.readFileSync(`/proc/${p}/comm`, "utf8").startsWith("build-script")); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await page.getByRole("button", { name: "Kill" }).click();
+  const status = page.locator("#build-status");
+  await status.filter({ hasText: "cancelled" }).waitFor({ timeout: 30_000 });
+  assert.match(await status.textContent(), /by api, stopped on SIGTERM/);
+  assert.deepEqual(tagged(tag), [], "no process of the build is left");
+  await page.locator("#log li.end", { hasText: "cancelled" }).waitFor();
+  await page.screenshot({ path: path.join(shots, "killed.png"), fullPage: true });
+});
+
+test("the log goes on without gaps or repeats when the event stream is cut mid-build", async () => {
+  await newBuild("pause", { variants: ["sqlite"] });
+  await page.waitForURL(/#\/builds\/\d+$/);
+  const id = buildId();
+  await page.locator("#log li", { hasText: "Compiling tiny" }).first().waitFor({ timeout: 120_000 });
+  const before = proxy.connections;
+  cutting = true;
+  await proxy.cut(2500);
+  await page.locator("#conn", { hasText: "reconnect" }).waitFor();
+  await page.locator("#build-status", { hasText: "succeeded" }).waitFor({ timeout: 300_000 });
+  assert.ok(proxy.connections > before, "the page connected again");
+  const shown = await pageLogIds();
+  assert.equal(new Set(shown).size, shown.length, "a line was shown twice");
+  assert.deepEqual(shown, await storedLogIds(id), "the page's log differs from the stored one");
+});
