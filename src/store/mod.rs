@@ -828,6 +828,41 @@ mod tests {
     }
 
     #[test]
+    fn retention_keeps_the_newest_finished_builds_and_never_a_running_one() {
+        let s = store("retention");
+        let req = serde_json::json!({});
+        let mut nb = new_build(&req, None);
+        nb.max_queued = 100;
+        let ids: Vec<i64> = (0..5)
+            .map(|_| match s.create_build(&nb).unwrap() {
+                Created::New(id) => id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let finished = Finished::default();
+        for id in &ids[..4] {
+            s.append(
+                *id,
+                &[],
+                Some((BuildStatus::Failed, StatusFacts::Finished(&finished))),
+            )
+            .unwrap();
+        }
+        // Keep 2: the 3 oldest finished go; the queued one (the newest) is never a candidate.
+        let day = Duration::from_secs(86_400);
+        assert_eq!(s.expired(2, day).unwrap(), ids[..3].to_vec());
+        // By age: everything finished is older than 0 s.
+        assert_eq!(s.expired(100, Duration::ZERO).unwrap(), ids[..4].to_vec());
+        s.delete_build(ids[0]).unwrap();
+        assert!(s.get_build(ids[0]).unwrap().is_none());
+        assert!(s.events_after(ids[0], 0, 10).unwrap().is_empty());
+        assert!(matches!(
+            s.delete_build(ids[0]),
+            Err(StoreError::NoBuild(_))
+        ));
+    }
+
+    #[test]
     fn sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker() {
         let s = store("seq");
         let req = serde_json::json!({});

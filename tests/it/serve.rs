@@ -699,11 +699,12 @@ fn serve_refuses_bad_input_with_a_4xx_and_spawns_nothing() {
 fn serve_openapi_document_lists_every_route_and_validates() {
     let dir = scratch("serve-openapi");
     let project = tiny_project(&dir);
-    let svc = Service::start(
+    let svc = Service::start_with_args(
         &dir.join("svc"),
         &format!("[projects.tiny]\npath = \"{project}\"\n"),
         None,
         &[],
+        &["--log-format", "json"],
     );
     let (status, doc) = svc.get("/api/v1/openapi.json");
     assert_eq!(status, 200);
@@ -753,6 +754,15 @@ fn serve_openapi_document_lists_every_route_and_validates() {
             "{method} {path} is not routed"
         );
     }
+    // --log-format json: the service's log is one JSON object per line.
+    let log = svc.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(log.contains("galley serve listening"));
     // An independent validator reads it as OpenAPI 3.1.
     let file = dir.join("openapi.json");
     std::fs::write(&file, doc.to_string()).unwrap();

@@ -17,6 +17,7 @@ pub struct Service {
     pub dir: PathBuf,
     pub token: Option<String>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 /// One SSE event as received.
@@ -31,6 +32,17 @@ impl Service {
     /// Writes `dir/serve.toml` (data_dir and a free port filled in, then `config`) and starts
     /// the service with `env` (plus GALLEY_API_TOKEN when `token` is given).
     pub fn start(dir: &Path, config: &str, token: Option<&str>, env: &[(&str, &str)]) -> Service {
+        Self::start_with_args(dir, config, token, env, &[])
+    }
+
+    /// Like `start`, with more arguments for `galley serve`.
+    pub fn start_with_args(
+        dir: &Path,
+        config: &str,
+        token: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Service {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(
             dir.join("serve.toml"),
@@ -49,6 +61,7 @@ impl Service {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -64,6 +77,7 @@ impl Service {
         cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.join("serve.toml"))
+            .args(&self.args)
             .env("GALLEY_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
