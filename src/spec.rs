@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{CargoPackage, ConfigError, ProjectConfig};
+use crate::config::workspace::{config_rustflags, Workspace, WorkspaceError};
+use crate::config::{CargoPackage, ConfigError, FileConfig, ProjectConfig};
 use crate::oci::image::ImageSettings;
 use crate::oci::time::{parse_epoch, rfc3339, BadEpoch};
 use crate::proc;
@@ -50,6 +51,10 @@ pub struct BuildRequest {
     pub base_ttl: Option<String>,
     /// Move the registry tags of the variants that succeeded even when another failed.
     pub partial: bool,
+    /// `RUSTFLAGS` given to galley (whitespace-separated).
+    pub rustflags: Option<String>,
+    /// `CARGO_ENCODED_RUSTFLAGS` given to galley (0x1f-separated); wins over `rustflags`.
+    pub encoded_rustflags: Option<String>,
 }
 
 /// Where the base image comes from.
@@ -103,7 +108,27 @@ impl BaseRef {
 pub struct VariantSpec {
     pub name: String,
     pub features: Vec<String>,
+    /// Keep the package's default features (false: `--no-default-features`).
+    pub default_features: bool,
+    /// The workspace member that owns the binary (`-p`).
+    pub package: Option<String>,
+    /// The cargo binary target: `/<workdir>/<binary>` in the image.
+    pub binary: String,
     pub tags: Vec<String>,
+    /// Where this variant is pushed (the variant's `repository`, else `--push`).
+    pub push: Option<Reference>,
+    /// The image settings, with this variant's default entrypoint.
+    pub image: ImageSettings,
+}
+
+/// A project file shipped in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    /// The file on disk (inside the project).
+    pub src: PathBuf,
+    /// Its path in the image, relative (no leading `/`).
+    pub dst: String,
+    pub mode: u32,
 }
 
 /// How to compress binaries.
@@ -120,7 +145,16 @@ pub struct CompressSpec {
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
     pub project: PathBuf,
+    /// The first variant's binary (what the report names the build after).
     pub binary: String,
+    /// The cargo profile (`release` unless galley.toml says otherwise).
+    pub profile: String,
+    /// The user's rustflags per target: the project's cargo config, then RUSTFLAGS.
+    pub rustflags: Vec<(Target, Vec<String>)>,
+    /// More environment for cargo: names or prefixes (`FOO_*`).
+    pub env_passthrough: Vec<String>,
+    /// Project files shipped in every image.
+    pub files: Vec<ImageFile>,
     pub version: String,
     pub variants: Vec<VariantSpec>,
     pub targets: Vec<Target>,
@@ -164,8 +198,37 @@ pub enum SpecError {
     BadFeature { variant: String, feature: String },
     #[error("binary name {0:?} is not allowed: use letters, digits, `_` and `-`")]
     BadBinary(String),
-    #[error("cannot tell which binary to package: set `binary = \"NAME\"` in galley.toml")]
-    NoBinary,
+    #[error("cannot tell which binary to package (binaries: {0}): set `binary = \"NAME\"` in galley.toml")]
+    NoBinary(String),
+    #[error("no package has a binary named {binary:?} (binaries: {available}): fix `binary` in galley.toml")]
+    NoSuchBinary { binary: String, available: String },
+    #[error(
+        "binary {binary:?} is in packages {packages}: set `package = \"NAME\"` in galley.toml"
+    )]
+    AmbiguousBinary { binary: String, packages: String },
+    #[error("package {package:?} is not in this project (packages: {available}): fix `package` in galley.toml")]
+    UnknownPackage { package: String, available: String },
+    #[error("variant {variant:?}: {feature:?} is not a feature of package {package} (its features: {available})")]
+    UnknownFeature {
+        variant: String,
+        feature: String,
+        package: String,
+        available: String,
+    },
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error("cannot read the rustflags of the project's cargo configuration: {0}")]
+    CargoConfig(String),
+    #[error("profile {0:?} is not allowed: use letters, digits, `_` and `-`")]
+    BadProfile(String),
+    #[error("env_passthrough entry {0:?} is not allowed: give a variable name or a prefix ending in `*` (never GALLEY_*, DOCKER_CONFIG or REGISTRY_AUTH_FILE)")]
+    BadPassthrough(String),
+    #[error("image file {src:?}: {why}")]
+    BadFile { src: String, why: String },
+    #[error(
+        "variant {variant:?}: repository {repository:?} is not host/repo without tag or digest"
+    )]
+    BadRepository { variant: String, repository: String },
     #[error("version {0:?} is not allowed: use letters, digits, `.`, `_` and `-` (at most 128), e.g. 1.4.2; or pass --version")]
     BadVersion(String),
     #[error("no version: pass --version or set [package] version in Cargo.toml")]
@@ -327,8 +390,225 @@ pub fn git_facts(project: &Path) -> GitFacts {
     }
 }
 
+/// What `BuildSpec::from_parts` needs to know about the project besides its galley.toml.
+pub struct Facts<'a> {
+    pub workspace: &'a Workspace,
+    pub git: &'a GitFacts,
+    /// The rustflags the project's cargo configuration sets for a target.
+    pub config_rustflags: &'a dyn Fn(Target) -> Result<Vec<String>, String>,
+    /// Expands one `[[image.files]]` entry into files, checked.
+    pub files: &'a dyn Fn(&FileConfig) -> Result<Vec<ImageFile>, SpecError>,
+}
+
+impl<'a> Facts<'a> {
+    /// Facts without cargo configuration rustflags, where `[[image.files]]` cannot be read (for
+    /// callers that have no project directory: tests, checks of galley.toml alone).
+    pub fn plain(workspace: &'a Workspace, git: &'a GitFacts) -> Facts<'a> {
+        fn no_rustflags(_: Target) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+        fn no_files(f: &FileConfig) -> Result<Vec<ImageFile>, SpecError> {
+            Err(SpecError::BadFile {
+                src: f.src.clone(),
+                why: "files are not read here".into(),
+            })
+        }
+        Facts {
+            workspace,
+            git,
+            config_rustflags: &no_rustflags,
+            files: &no_files,
+        }
+    }
+}
+
+fn is_profile(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.as_bytes()[0].is_ascii_alphabetic()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+fn is_passthrough(s: &str) -> bool {
+    let name = s.strip_suffix('*').unwrap_or(s);
+    is_env_key(name)
+        && !name.starts_with("GALLEY_")
+        && !matches!(name, "DOCKER_CONFIG" | "REGISTRY_AUTH_FILE")
+        && !name.is_empty()
+}
+
+/// Which package and binary a variant builds.
+fn pick_binary(
+    ws: &Workspace,
+    package: Option<&str>,
+    binary: Option<&str>,
+) -> Result<(Option<String>, String), SpecError> {
+    let listed = || {
+        let all = ws.all_binaries();
+        if all.is_empty() {
+            "none".to_string()
+        } else {
+            all.join(", ")
+        }
+    };
+    let only_bin = |p: &CargoPackage| -> Result<String, SpecError> {
+        match (p.bins.as_slice(), &p.name) {
+            ([only], _) => Ok(only.clone()),
+            // cargo's default binary is named after the package.
+            ([], Some(name)) => Ok(name.clone()),
+            _ => Err(SpecError::NoBinary(listed())),
+        }
+    };
+    if let Some(name) = package {
+        let p = ws.package(name).ok_or_else(|| SpecError::UnknownPackage {
+            package: name.to_string(),
+            available: ws
+                .packages
+                .iter()
+                .filter_map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let bin = match binary {
+            Some(b) => b.to_string(),
+            None => only_bin(p)?,
+        };
+        return Ok((Some(name.to_string()), bin));
+    }
+    if let Some(b) = binary {
+        let owners = ws.owners_of(b);
+        return match owners.as_slice() {
+            [one] => Ok((one.name.clone(), b.to_string())),
+            [] if ws.packages.len() == 1 => Ok((ws.packages[0].name.clone(), b.to_string())),
+            [] => Err(SpecError::NoSuchBinary {
+                binary: b.to_string(),
+                available: listed(),
+            }),
+            many => Err(SpecError::AmbiguousBinary {
+                binary: b.to_string(),
+                packages: many
+                    .iter()
+                    .filter_map(|p| p.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        };
+    }
+    if let Some(root) = ws.root.as_deref().and_then(|r| ws.package(r)) {
+        return Ok((root.name.clone(), only_bin(root)?));
+    }
+    let with_bins: Vec<&CargoPackage> = ws.packages.iter().filter(|p| !p.bins.is_empty()).collect();
+    match with_bins.as_slice() {
+        [one] if one.bins.len() == 1 => Ok((one.name.clone(), one.bins[0].clone())),
+        _ => Err(SpecError::NoBinary(listed())),
+    }
+}
+
+/// Expands and checks one `[[image.files]]` entry of the project at `project` (canonical):
+/// the source must stay inside the project, with no symlink on the way; a directory gives its
+/// files, sorted.
+pub fn expand_files(project: &Path, f: &FileConfig) -> Result<Vec<ImageFile>, SpecError> {
+    let bad = |why: String| SpecError::BadFile {
+        src: f.src.clone(),
+        why,
+    };
+    let dst = f.dst.trim_end_matches('/');
+    if !f.dst.starts_with('/')
+        || dst.is_empty()
+        || dst.contains('\0')
+        || dst[1..]
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Err(bad(format!(
+            "dst {:?} must be an absolute path without `.` or `..` parts, and not `/`",
+            f.dst
+        )));
+    }
+    if let Some(m) = f.mode {
+        if m > 0o7777 {
+            return Err(bad(format!("mode {m:o} has bits outside 0o7777")));
+        }
+    }
+    let rel = Path::new(&f.src);
+    if f.src.is_empty()
+        || rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(bad(
+            "src must be a path inside the project, relative to it, without `..`".into(),
+        ));
+    }
+    // No part of the way may be a symlink: it could point anywhere.
+    let mut at = project.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        let meta =
+            std::fs::symlink_metadata(&at).map_err(|e| bad(format!("{}: {e}", at.display())))?;
+        if meta.file_type().is_symlink() {
+            return Err(bad(format!(
+                "{} is a symlink: copy the file it points to instead",
+                at.display()
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    collect_files(&at, &dst[1..], f.mode, &mut out).map_err(bad)?;
+    if out.is_empty() {
+        return Err(bad("holds no file".into()));
+    }
+    Ok(out)
+}
+
+fn collect_files(
+    path: &Path,
+    dst: &str,
+    mode: Option<u32>,
+    out: &mut Vec<ImageFile>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(format!(
+            "{} is a symlink: copy the file it points to instead",
+            path.display()
+        ));
+    }
+    if kind.is_dir() {
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for n in names {
+            let name = n.to_str().ok_or_else(|| {
+                format!("{} has a name that is not UTF-8", path.join(&n).display())
+            })?;
+            collect_files(&path.join(name), &format!("{dst}/{name}"), mode, out)?;
+        }
+        return Ok(());
+    }
+    if !kind.is_file() {
+        return Err(format!(
+            "{} is not a regular file or directory",
+            path.display()
+        ));
+    }
+    let executable = meta.permissions().mode() & 0o111 != 0;
+    out.push(ImageFile {
+        src: path.to_path_buf(),
+        dst: dst.to_string(),
+        mode: mode.unwrap_or(if executable { 0o755 } else { 0o644 }),
+    });
+    Ok(())
+}
+
 impl BuildSpec {
-    /// Validates a request against the project's files and git facts.
+    /// Validates a request against the project's files (as cargo sees them) and git facts.
     pub fn resolve(req: &BuildRequest) -> Result<BuildSpec, SpecError> {
         let project = req
             .project
@@ -338,42 +618,39 @@ impl BuildSpec {
             return Err(SpecError::NoProject(req.project.clone()));
         }
         let config = ProjectConfig::load(&project)?;
-        let package = CargoPackage::load(&project)?;
+        let workspace = Workspace::load(&project)?;
         let git = git_facts(&project);
-        Self::from_parts(req, project, &config, &package, &git)
+        let rustflags = |t: Target| config_rustflags(&project, t.triple());
+        let files = |f: &FileConfig| expand_files(&project, f);
+        let facts = Facts {
+            workspace: &workspace,
+            git: &git,
+            config_rustflags: &rustflags,
+            files: &files,
+        };
+        Self::from_parts(req, project.clone(), &config, &facts)
     }
 
-    /// Validates a request from already-read parts (no I/O): the testable core of `resolve`.
+    /// Validates a request from already-read parts: the testable core of `resolve`.
     pub fn from_parts(
         req: &BuildRequest,
         project: PathBuf,
         config: &ProjectConfig,
-        package: &CargoPackage,
-        git: &GitFacts,
+        facts: &Facts<'_>,
     ) -> Result<BuildSpec, SpecError> {
+        let git = facts.git;
         let (source_date_epoch, epoch_source) = match (&req.source_date_epoch, git.commit_time) {
             (Some(v), _) => (parse_epoch(v)?, EpochSource::Environment),
             (None, Some(t)) => (t, EpochSource::GitCommit),
             (None, None) => (0, EpochSource::Zero),
         };
-
-        let binary = match (&config.binary, package.bins.as_slice(), &package.name) {
-            (Some(b), _, _) => b.clone(),
-            (None, [only], _) => only.clone(),
-            (None, [], Some(name)) => name.clone(),
-            _ => return Err(SpecError::NoBinary),
-        };
-        if !is_binary(&binary) {
-            return Err(SpecError::BadBinary(binary));
-        }
-
-        let version = req
-            .version
-            .clone()
-            .or_else(|| package.version.clone())
-            .ok_or(SpecError::NoVersion)?;
-        if !is_tag(&version) {
-            return Err(SpecError::BadVersion(version));
+        if let Some(p) = &config.package {
+            if !is_binary(p) {
+                return Err(SpecError::UnknownPackage {
+                    package: p.clone(),
+                    available: String::new(),
+                });
+            }
         }
 
         let names: Vec<String> = if req.variants.is_empty() {
@@ -384,7 +661,43 @@ impl BuildSpec {
         if names.is_empty() {
             return Err(SpecError::NoVariants);
         }
-        let templates: Vec<String> = if !req.tags.is_empty() {
+        // Package and binary per variant first: the version may come from the package.
+        let mut picked = Vec::new();
+        for name in &names {
+            if !is_variant(name) {
+                return Err(SpecError::BadVariant(name.clone()));
+            }
+            let vc = config.variants.get(name);
+            let binary = vc
+                .and_then(|v| v.binary.as_deref())
+                .or(config.binary.as_deref());
+            if let Some(b) = binary {
+                if !is_binary(b) {
+                    return Err(SpecError::BadBinary(b.to_string()));
+                }
+            }
+            picked.push(pick_binary(
+                facts.workspace,
+                config.package.as_deref(),
+                binary,
+            )?);
+        }
+        let first_package = picked[0]
+            .0
+            .as_deref()
+            .and_then(|p| facts.workspace.package(p));
+        let binary = picked[0].1.clone();
+
+        let version = req
+            .version
+            .clone()
+            .or_else(|| first_package.and_then(|p| p.version.clone()))
+            .ok_or(SpecError::NoVersion)?;
+        if !is_tag(&version) {
+            return Err(SpecError::BadVersion(version));
+        }
+
+        let project_templates: Vec<String> = if !req.tags.is_empty() {
             req.tags.clone()
         } else {
             config
@@ -392,23 +705,25 @@ impl BuildSpec {
                 .clone()
                 .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()])
         };
-        // An empty list would report success for an untagged image.
-        if templates.is_empty() {
-            return Err(SpecError::EmptyList("tags"));
-        }
+        let push = match &req.push {
+            None => None,
+            Some(p) => match Reference::parse(p) {
+                Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+                _ => return Err(SpecError::BadPush(p.clone())),
+            },
+        };
         let mut variants: Vec<VariantSpec> = Vec::new();
         let mut tag_owner: BTreeMap<String, String> = BTreeMap::new();
-        for name in names {
-            if !is_variant(&name) {
-                return Err(SpecError::BadVariant(name));
-            }
+        for (name, (package, binary)) in names.into_iter().zip(picked) {
             if variants.iter().any(|v| v.name == name) {
                 return Err(SpecError::DuplicateVariant(name));
             }
-            let features = match config.variants.get(&name) {
+            let vc = config.variants.get(&name);
+            let features = match vc {
                 Some(v) => v.features.clone(),
                 None => vec![format!("db_{name}")],
             };
+            let owner = package.as_deref().and_then(|p| facts.workspace.package(p));
             for f in &features {
                 if !is_feature(f) {
                     return Err(SpecError::BadFeature {
@@ -416,6 +731,27 @@ impl BuildSpec {
                         feature: f.clone(),
                     });
                 }
+                // `dep/feature` names a dependency's feature: cargo checks those.
+                if let Some(p) = owner.filter(|p| !f.contains('/') && !p.features.is_empty()) {
+                    if !p.features.contains(f) {
+                        return Err(SpecError::UnknownFeature {
+                            variant: name.clone(),
+                            feature: f.clone(),
+                            package: p.name.clone().unwrap_or_default(),
+                            available: p.features.join(", "),
+                        });
+                    }
+                }
+            }
+            // Per-variant tags replace the project's, but the command line wins over both.
+            let templates: Vec<String> =
+                match (req.tags.is_empty(), vc.and_then(|v| v.tags.clone())) {
+                    (true, Some(t)) => t,
+                    _ => project_templates.clone(),
+                };
+            // An empty list would report success for an untagged image.
+            if templates.is_empty() {
+                return Err(SpecError::EmptyList("tags"));
             }
             let mut tags = Vec::new();
             for t in &templates {
@@ -440,10 +776,27 @@ impl BuildSpec {
                     tags.push(tag);
                 }
             }
+            let variant_push = match (vc.and_then(|v| v.repository.as_deref()), &push) {
+                (Some(r), Some(_)) => match Reference::parse(r) {
+                    Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+                    _ => {
+                        return Err(SpecError::BadRepository {
+                            variant: name.clone(),
+                            repository: r.to_string(),
+                        })
+                    }
+                },
+                (_, p) => p.clone(),
+            };
             variants.push(VariantSpec {
+                default_features: vc.and_then(|v| v.default_features).unwrap_or(false),
+                image: image_settings(config, &binary)?,
                 name,
                 features,
+                package,
+                binary,
                 tags,
+                push: variant_push,
             });
         }
 
@@ -473,13 +826,6 @@ impl BuildSpec {
                 .or(config.base.as_deref())
                 .unwrap_or(DEFAULT_BASE),
         )?;
-        let push = match &req.push {
-            None => None,
-            Some(p) => match Reference::parse(p) {
-                Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
-                _ => return Err(SpecError::BadPush(p.clone())),
-            },
-        };
         let registry = RegistryOptions {
             insecure: req.insecure_registries.clone(),
             ca_bundle: req.ca_bundle.clone(),
@@ -487,6 +833,43 @@ impl BuildSpec {
             ..Default::default()
         };
         let image = image_settings(config, &binary)?;
+
+        // The user's rustflags: the project's cargo configuration for the target, then the
+        // environment's (CARGO_ENCODED_RUSTFLAGS wins over RUSTFLAGS, as in cargo). galley
+        // adds its path remapping after them.
+        let env_flags: Vec<String> = match (&req.encoded_rustflags, &req.rustflags) {
+            (Some(e), _) if !e.is_empty() => e.split('\x1f').map(str::to_string).collect(),
+            (_, Some(r)) => r.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        let mut rustflags = Vec::new();
+        for &t in &targets {
+            let mut flags = (facts.config_rustflags)(t).map_err(SpecError::CargoConfig)?;
+            flags.extend(env_flags.iter().cloned());
+            rustflags.push((t, flags));
+        }
+        let profile = config.profile.clone().unwrap_or_else(|| "release".into());
+        if !is_profile(&profile) {
+            return Err(SpecError::BadProfile(profile));
+        }
+        for e in &config.env_passthrough {
+            if !is_passthrough(e) {
+                return Err(SpecError::BadPassthrough(e.clone()));
+            }
+        }
+        let mut files: Vec<ImageFile> = Vec::new();
+        for f in &config.image.files {
+            for file in (facts.files)(f)? {
+                if files.iter().any(|x| x.dst == file.dst) {
+                    return Err(SpecError::BadFile {
+                        src: f.src.clone(),
+                        why: format!("/{} is given twice", file.dst),
+                    });
+                }
+                files.push(file);
+            }
+        }
+
         let compress_enabled = !req.no_compress && config.compress.unwrap_or(true);
         let smoke_args = if config.image.smoke == Some(false) {
             None
@@ -509,6 +892,10 @@ impl BuildSpec {
         Ok(BuildSpec {
             project,
             binary,
+            profile,
+            rustflags,
+            env_passthrough: config.env_passthrough.clone(),
+            files,
             version,
             variants,
             targets,
@@ -553,10 +940,11 @@ fn image_settings(config: &ProjectConfig, binary: &str) -> Result<ImageSettings,
     if !workdir.starts_with('/') || workdir.contains('\0') {
         return Err(bad("workdir", "must be an absolute path"));
     }
+    // The binary lives in the working directory.
     let entrypoint = c
         .entrypoint
         .clone()
-        .unwrap_or_else(|| vec![format!("/app/{binary}")]);
+        .unwrap_or_else(|| vec![format!("{}/{binary}", workdir.trim_end_matches('/'))]);
     if entrypoint.is_empty() || entrypoint.iter().any(|a| a.contains('\0')) {
         return Err(bad(
             "entrypoint",
@@ -617,7 +1005,9 @@ mod tests {
             bins: vec![],
             features: vec![],
         };
-        BuildSpec::from_parts(req, "/p".into(), &config, &package, &GitFacts::default())
+        let ws = Workspace::single(package);
+        let git = GitFacts::default();
+        BuildSpec::from_parts(req, "/p".into(), &config, &Facts::plain(&ws, &git))
     }
 
     #[test]
@@ -710,11 +1100,15 @@ mod tests {
         };
         let mut r = req();
         r.source_date_epoch = None;
-        let spec = BuildSpec::from_parts(&r, "/p".into(), &config, &package, &git).unwrap();
+        let ws = Workspace::single(package.clone());
+        let spec =
+            BuildSpec::from_parts(&r, "/p".into(), &config, &Facts::plain(&ws, &git)).unwrap();
         assert_eq!(spec.revision, Some(format!("{}-dirty", "a".repeat(40))));
         assert_eq!(spec.epoch_source, EpochSource::GitCommit);
         git.dirty = Some(false);
-        let spec = BuildSpec::from_parts(&r, "/p".into(), &config, &package, &git).unwrap();
+        let ws = Workspace::single(package.clone());
+        let spec =
+            BuildSpec::from_parts(&r, "/p".into(), &config, &Facts::plain(&ws, &git)).unwrap();
         assert_eq!(spec.revision, Some("a".repeat(40)));
     }
 

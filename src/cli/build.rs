@@ -84,6 +84,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         cache_dir: None,
         base_ttl: args.base_ttl,
         partial: args.partial,
+        rustflags: std::env::var("RUSTFLAGS").ok(),
+        encoded_rustflags: std::env::var("CARGO_ENCODED_RUSTFLAGS").ok(),
     };
     let spec = BuildSpec::resolve(&req)?;
     let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);

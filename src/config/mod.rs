@@ -4,6 +4,7 @@
 //! `serve` holds the service's own settings.
 
 pub mod serve;
+pub mod workspace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,13 @@ use serde::Deserialize;
 pub struct ProjectConfig {
     /// The cargo binary target to package (default: the package's only binary, or its name).
     pub binary: Option<String>,
+    /// The workspace member to build (`-p`); default: the package that owns the binary.
+    pub package: Option<String>,
+    /// The cargo profile (default `release`); any custom profile of the project.
+    pub profile: Option<String>,
+    /// More environment variables cargo and build scripts may see, by name or prefix (`FOO_*`).
+    #[serde(default)]
+    pub env_passthrough: Vec<String>,
     /// Variants by name. A variant not listed here, say `sqlite`, means the feature `db_sqlite`.
     #[serde(default)]
     pub variants: BTreeMap<String, VariantConfig>,
@@ -33,12 +41,20 @@ pub struct ProjectConfig {
     pub image: ImageConfig,
 }
 
-/// One variant: the cargo features it is built with.
+/// One variant: the cargo features it is built with, and what differs from the others.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
     #[serde(default)]
     pub features: Vec<String>,
+    /// Keep the package's default features (default false: `--no-default-features`).
+    pub default_features: Option<bool>,
+    /// This variant's binary (one binary per backend), instead of the project's.
+    pub binary: Option<String>,
+    /// Push this variant to another repository (`host/repo`) than `--push`'s.
+    pub repository: Option<String>,
+    /// Tag templates of this variant, instead of the project's.
+    pub tags: Option<Vec<String>>,
 }
 
 /// Settings of the runtime image.
@@ -65,6 +81,21 @@ pub struct ImageConfig {
     pub smoke_args: Option<Vec<String>>,
     /// Set false to skip running the binary after packing (then only `upx -t` checks it).
     pub smoke: Option<bool>,
+    /// Files of the project copied into the image.
+    #[serde(default)]
+    pub files: Vec<FileConfig>,
+}
+
+/// A file or directory of the project shipped in the image.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// A file or directory, relative to the project directory.
+    pub src: String,
+    /// An absolute path in the image.
+    pub dst: String,
+    /// The mode of every file (e.g. `0o644`); default: kept (0755 if executable, else 0644).
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +148,7 @@ impl ProjectConfig {
 }
 
 /// The facts galley reads from the project's Cargo.toml.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CargoPackage {
     pub name: Option<String>,
     pub version: Option<String>,

@@ -13,7 +13,7 @@ use crate::oci::{
     oci_layer_media_type, Descriptor, Index, PlatformSpec, MEDIA_CONFIG, MEDIA_INDEX,
     MEDIA_LAYER_GZIP, MEDIA_MANIFEST,
 };
-use crate::spec::BuildSpec;
+use crate::spec::{BuildSpec, VariantSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -27,16 +27,27 @@ pub enum AssembleError {
     Json(#[from] JsonError),
 }
 
-/// Writes the layer holding `/app/<binary>`.
+/// Writes the layer holding `<workdir>/<binary>` and the project's `[[image.files]]`.
 pub fn layer(
     binary: &VerifiedBinary,
     spec: &BuildSpec,
+    variant: &VariantSpec,
     out: &Layout,
 ) -> Result<LayerBlob, LayerError> {
-    let entries = [
-        Entry::dir("app", 0o755),
-        Entry::file(&format!("app/{}", spec.binary), 0o755, binary.path()),
-    ];
+    let workdir = variant.image.workdir.trim_matches('/');
+    let mut entries = Vec::new();
+    if !workdir.is_empty() {
+        entries.push(Entry::dir(workdir, 0o755));
+    }
+    let path = if workdir.is_empty() {
+        variant.binary.clone()
+    } else {
+        format!("{workdir}/{}", variant.binary)
+    };
+    entries.push(Entry::file(&path, 0o755, binary.path()));
+    for f in &spec.files {
+        entries.push(Entry::file(&f.dst, f.mode, &f.src));
+    }
     write_layer(&entries, spec.source_date_epoch, &out.blob_dir())
 }
 
@@ -86,24 +97,30 @@ pub struct Assembled {
 /// Writes config and manifest for one platform image; returns the manifest's descriptor.
 pub fn assemble(
     spec: &BuildSpec,
+    variant: &VariantSpec,
     out: &Layout,
     base: &BasePlatform,
     base_name: &str,
     layer: &LayerBlob,
 ) -> Result<Assembled, AssembleError> {
     let platform: PlatformSpec = base.target.platform().into();
+    let dir = variant.image.workdir.trim_end_matches('/');
+    let mut created_by = format!(
+        "galley: COPY {0} {dir}/{0} (WORKDIR {1})",
+        variant.binary, variant.image.workdir
+    );
+    if !spec.files.is_empty() {
+        created_by.push_str(&format!(" + {} project files", spec.files.len()));
+    }
     let added = AddedLayer {
         diff_id: &layer.diff_id,
-        created_by: format!(
-            "galley: COPY {0} {1}/{0} (WORKDIR {1})",
-            spec.binary, "/app"
-        ),
+        created_by,
     };
     let config_bytes = derive_config(
         &base.config,
         base.manifest.layers.len(),
         &platform,
-        &spec.image,
+        &variant.image,
         &added,
         &spec.created,
     )?;

@@ -141,23 +141,24 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     // The base first: a missing or corrupt base must not leave an output directory behind.
     let (base, base_layout) = base::resolve(spec, &registry)?;
     // Credentials are looked up now, so a missing helper fails before anything compiles.
-    let pusher = match &spec.push {
-        Some(target) => {
-            let mount = base.reference.as_ref().map(|r| {
-                let digests = base
-                    .platforms
-                    .iter()
-                    .flat_map(|p| p.manifest.layers.iter().map(|l| l.digest.clone()))
-                    .collect();
-                (r, digests)
-            });
-            Some(
-                Pusher::new(target, &registry, mount)
-                    .map_err(|e| PipelineError::Registry(Box::new(e)))?,
-            )
+    // One pusher per repository (a variant may have its own).
+    let mut pushers = Pushers::new();
+    for target in spec.variants.iter().filter_map(|v| v.push.as_ref()) {
+        if pushers.contains_key(&target.name()) {
+            continue;
         }
-        None => None,
-    };
+        let mount = base.reference.as_ref().map(|r| {
+            let digests = base
+                .platforms
+                .iter()
+                .flat_map(|p| p.manifest.layers.iter().map(|l| l.digest.clone()))
+                .collect();
+            (r, digests)
+        });
+        let pusher = Pusher::new(target, &registry, mount)
+            .map_err(|e| PipelineError::Registry(Box::new(e)))?;
+        pushers.insert(target.name(), pusher);
+    }
     let out = Layout::create(&spec.output).map_err(|source| PipelineError::Output {
         dir: spec.output.clone(),
         source,
@@ -179,11 +180,11 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         dir: work.clone(),
         source,
     })?;
-    let built = build_variants(spec, ctx, &out, &base, pusher.as_ref(), &work);
+    let built = build_variants(spec, ctx, &out, &base, &pushers, &work);
     let _ = std::fs::remove_dir_all(&work);
     ctx.cancel.check()?;
 
-    let collected = collect_variants(spec, &out, &base, pusher.as_ref(), built);
+    let collected = collect_variants(spec, &out, &base, &pushers, built);
     let descriptors: Vec<Option<Descriptor>> = collected.iter().map(|(_, d)| d.clone()).collect();
     let mut variants: Vec<VariantReport> = collected.into_iter().map(|(v, _)| v).collect();
     let tools = ctx.toolchain.versions();
@@ -226,7 +227,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     // Registry tags move only when every variant succeeded (or --partial): a failed variant
     // must not leave the others half-released.
     let all_built = variants.iter().all(|v| v.status == Status::Succeeded);
-    if pusher.is_some() && !all_built && !spec.partial {
+    if !pushers.is_empty() && !all_built && !spec.partial {
         {
             let failed: Vec<&str> = variants
                 .iter()
@@ -254,24 +255,17 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     let path = output.join("report.json");
     write_report(&out, &path, &report)?;
 
-    if let Some(pusher) = &pusher {
-        for (v, desc) in variants.iter_mut().zip(&descriptors) {
-            let (Some(push), Some(desc)) = (&mut v.push, desc) else {
+    {
+        for ((v, desc), vs) in variants.iter_mut().zip(&descriptors).zip(&spec.variants) {
+            let (Some(push), Some(desc), Some(pusher)) =
+                (&mut v.push, desc, pusher_of(&pushers, vs))
+            else {
                 continue;
             };
-            if v.status != Status::Succeeded {
+            if v.status != Status::Succeeded || push.withheld.is_some() {
                 continue;
             }
-            if push.withheld.is_some() {
-                continue;
-            }
-            let tags = &spec
-                .variants
-                .iter()
-                .find(|s| s.name == v.variant)
-                .expect("every report has its spec")
-                .tags;
-            match pusher.push_tags(&out, desc, tags) {
+            match pusher.push_tags(&out, desc, &vs.tags) {
                 Ok(refs) => {
                     for r in &refs {
                         ctx.events.log(&LogLine {
@@ -323,6 +317,14 @@ fn write_report(out: &Layout, path: &Path, report: &Report) -> Result<(), Pipeli
         })
 }
 
+/// The pushers of a build, by repository name.
+type Pushers = std::collections::BTreeMap<String, Pusher>;
+
+/// The pusher of a variant's repository, if it is pushed.
+fn pusher_of<'a>(pushers: &'a Pushers, variant: &VariantSpec) -> Option<&'a Pusher> {
+    variant.push.as_ref().and_then(|r| pushers.get(&r.name()))
+}
+
 /// One platform image of one variant, as its worker returns it.
 struct Built {
     variant: usize,
@@ -337,7 +339,7 @@ fn build_variants(
     ctx: &Context<'_>,
     out: &Layout,
     base: &BaseImage,
-    pusher: Option<&Pusher>,
+    pushers: &Pushers,
     work: &Path,
 ) -> Vec<Built> {
     thread::scope(|scope| {
@@ -345,6 +347,7 @@ fn build_variants(
         'variants: for (vi, variant) in spec.variants.iter().enumerate() {
             for &target in &spec.targets {
                 let dir = work.join(format!("{}-{}", variant.name, target.triple()));
+                let pusher = pusher_of(pushers, variant);
                 let mut unit = Unit::new(ctx, variant, target, pusher.is_some());
                 let compiled = compile(spec, &mut unit, &dir);
                 let cancelled = ctx.cancel.is_cancelled();
@@ -395,7 +398,7 @@ fn collect_variants(
     spec: &BuildSpec,
     out: &Layout,
     base: &BaseImage,
-    pusher: Option<&Pusher>,
+    pushers: &Pushers,
     built: Vec<Built>,
 ) -> Vec<(VariantReport, Option<Descriptor>)> {
     let mut variants = Vec::new();
@@ -437,7 +440,7 @@ fn collect_variants(
                         vr.digest = Some(top.digest.clone());
                         vr.media_type = Some(top.media_type.clone());
                         vr.tags = variant.tags.clone();
-                        if let Some(pusher) = pusher {
+                        if let Some(pusher) = pusher_of(pushers, variant) {
                             let pushed = push_variant(pusher, out, &top, &vr.platforms);
                             if let Some(e) = &pushed.error {
                                 vr.status = Status::Failed;
@@ -589,21 +592,25 @@ fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf,
     };
     let variant = unit.variant;
     let target = unit.target;
+    let rustflags: &[String] = spec
+        .rustflags
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, f)| f.as_slice())
+        .unwrap_or(&[]);
     let req = CompileRequest {
         project: &spec.project,
         target,
         features: &variant.features,
-        binary: &spec.binary,
+        default_features: variant.default_features,
+        package: variant.package.as_deref(),
+        binary: &variant.binary,
+        profile: &spec.profile,
+        rustflags,
+        env_passthrough: &spec.env_passthrough,
         source_date_epoch: spec.source_date_epoch,
     };
-    unit.say(
-        Stage::Compile,
-        &format!(
-            "cargo zigbuild --release --locked --target {} --no-default-features --features {}",
-            target,
-            variant.features.join(",")
-        ),
-    );
+    unit.say(Stage::Compile, &req.describe());
     let compiled = unit.stage(Stage::Compile, |u| {
         let log = |message: &str| {
             u.ctx.events.log(&LogLine {
@@ -616,7 +623,7 @@ fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf,
         };
         u.ctx.toolchain.compile(&req, u.ctx.cancel, &log)
     })?;
-    let raw = dir.join(format!("{}.raw", spec.binary));
+    let raw = dir.join(format!("{}.raw", variant.binary));
     std::fs::copy(&compiled.path, &raw)
         .map_err(|e| format!("compile: cannot copy {}: {e}", compiled.path.display()))?;
     Ok(raw)
@@ -683,7 +690,8 @@ fn package(
     );
 
     cancel.check().map_err(|c| c.to_string())?;
-    let stripped_path = dir.join(&spec.binary);
+    let variant = unit.variant;
+    let stripped_path = dir.join(&variant.binary);
     let (stripped, outcome) =
         unit.stage(Stage::Strip, |_| strip::strip(&verified, &stripped_path))?;
     unit.report.sizes.stripped = Some(stripped.size());
@@ -700,7 +708,7 @@ fn package(
         ),
     );
 
-    let packed_path = dir.join(format!("{}.upx", spec.binary));
+    let packed_path = dir.join(format!("{}.upx", variant.binary));
     let shipped = unit.stage(Stage::Compress, |u| {
         let compressed = compress::compress(&stripped, &packed_path, &spec.compress, cancel);
         cancel.check().map_err(|c| c.to_string())?;
@@ -728,7 +736,9 @@ fn package(
     })?;
 
     cancel.check().map_err(|c| c.to_string())?;
-    let layer = unit.stage(Stage::Layer, |_| assemble::layer(&shipped, spec, out))?;
+    let layer = unit.stage(Stage::Layer, |_| {
+        assemble::layer(&shipped, spec, variant, out)
+    })?;
     unit.report.sizes.layer = Some(layer.size);
     unit.report.sizes.layer_tar = Some(layer.tar_size);
     unit.report.layer_digest = Some(layer.digest.clone());
@@ -737,7 +747,7 @@ fn package(
         .for_target(target)
         .ok_or_else(|| format!("no base image for {target}"))?;
     let assembled = unit.stage(Stage::Assemble, |_| {
-        assemble::assemble(spec, out, platform_base, &base.name, &layer)
+        assemble::assemble(spec, variant, out, platform_base, &base.name, &layer)
     })?;
     unit.report.sizes.image = Some(assembled.image_size);
     unit.report.sizes.base_layers = Some(assembled.base_layers_size);

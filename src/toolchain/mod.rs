@@ -19,8 +19,42 @@ pub struct CompileRequest<'a> {
     pub project: &'a Path,
     pub target: Target,
     pub features: &'a [String],
+    /// Keep the package's default features (false: `--no-default-features`).
+    pub default_features: bool,
+    /// The workspace member (`-p`), when known.
+    pub package: Option<&'a str>,
     pub binary: &'a str,
+    /// The cargo profile (`release`, or a custom one).
+    pub profile: &'a str,
+    /// The user's rustflags (cargo config and RUSTFLAGS); galley's path remapping follows them.
+    pub rustflags: &'a [String],
+    /// More environment for cargo: names or prefixes (`FOO_*`).
+    pub env_passthrough: &'a [String],
     pub source_date_epoch: u64,
+}
+
+impl CompileRequest<'_> {
+    /// The cargo command line as a person would type it (for the log).
+    pub fn describe(&self) -> String {
+        let mut s = String::from("cargo zigbuild");
+        if self.profile == "release" {
+            s.push_str(" --release");
+        } else {
+            s.push_str(&format!(" --profile {}", self.profile));
+        }
+        s.push_str(&format!(" --locked --target {}", self.target));
+        if let Some(p) = self.package {
+            s.push_str(&format!(" -p {p}"));
+        }
+        if !self.default_features {
+            s.push_str(" --no-default-features");
+        }
+        if !self.features.is_empty() {
+            s.push_str(&format!(" --features {}", self.features.join(",")));
+        }
+        s.push_str(&format!(" --bin {}", self.binary));
+        s
+    }
 }
 
 /// Where the compiler left the binary. The file is overwritten by the next compile of the same

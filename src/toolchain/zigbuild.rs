@@ -22,9 +22,49 @@ fn cargo_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
 }
 
+/// Environment cargo, build scripts and C compilers commonly need, beyond `proc`'s allow-list:
+/// names, and prefixes ending in `*`. Registry credentials of galley itself are never in it.
+pub const BUILD_ENV: &[&str] = &[
+    "SSH_AUTH_SOCK",
+    "GIT_SSH_COMMAND",
+    "CARGO_REGISTRIES_*",
+    "CARGO_REGISTRY_*",
+    "CARGO_NET_GIT_FETCH_WITH_CLI",
+    "CARGO_NET_RETRY",
+    "CARGO_HTTP_*",
+    "CC",
+    "CXX",
+    "AR",
+    "CFLAGS",
+    "CXXFLAGS",
+    "CC_*",
+    "CXX_*",
+    "AR_*",
+    "CFLAGS_*",
+    "CXXFLAGS_*",
+    "TARGET_CC",
+    "TARGET_CFLAGS",
+    "PROTOC",
+    "PROTOC_INCLUDE",
+    "PKG_CONFIG_*",
+    "LIBCLANG_PATH",
+    "BINDGEN_EXTRA_CLANG_ARGS*",
+];
+
+/// Whether `key` matches a name or a `PREFIX*` pattern.
+pub fn env_matches(patterns: &[impl AsRef<str>], key: &str) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.as_ref();
+        match p.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == p,
+        }
+    })
+}
+
 impl CargoZigbuild {
     /// The rustc flags that make output independent of where the project and cargo's caches live.
-    fn remap_flags(project: &Path, target_dir: &Path) -> String {
+    fn remap_flags(project: &Path, target_dir: &Path) -> Vec<String> {
         let mut flags = Vec::new();
         if let Some(home) = cargo_home() {
             flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
@@ -35,7 +75,7 @@ impl CargoZigbuild {
             "--remap-path-prefix={}=/target",
             target_dir.display()
         ));
-        flags.join("\x1f")
+        flags
     }
 }
 
@@ -51,28 +91,39 @@ impl Toolchain for CargoZigbuild {
             .clone()
             .unwrap_or_else(|| req.project.join("target"));
         let mut cmd = proc::command("cargo");
-        cmd.current_dir(req.project)
-            .args([
-                "zigbuild",
-                "--release",
-                "--locked",
-                "--target",
-                req.target.triple(),
-                "--no-default-features",
-            ])
-            .arg("--features")
-            .arg(req.features.join(","))
-            .arg("--bin")
+        cmd.current_dir(req.project).arg("zigbuild");
+        if req.profile == "release" {
+            cmd.arg("--release");
+        } else {
+            cmd.arg("--profile").arg(req.profile);
+        }
+        cmd.args(["--locked", "--target", req.target.triple()]);
+        if let Some(p) = req.package {
+            cmd.arg("-p").arg(p);
+        }
+        if !req.default_features {
+            cmd.arg("--no-default-features");
+        }
+        if !req.features.is_empty() {
+            cmd.arg("--features").arg(req.features.join(","));
+        }
+        // The project's own rustflags first, galley's remapping after: both reach rustc.
+        let mut flags = req.rustflags.to_vec();
+        flags.extend(Self::remap_flags(req.project, &target_dir));
+        cmd.arg("--bin")
             .arg(req.binary)
             .arg("--target-dir")
             .arg(&target_dir)
             .arg("--message-format=json-render-diagnostics")
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                Self::remap_flags(req.project, &target_dir),
-            )
+            .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
             .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
             .env("CARGO_TERM_COLOR", "never");
+        for (k, v) in std::env::vars_os() {
+            let key = k.to_string_lossy();
+            if env_matches(BUILD_ENV, &key) || env_matches(req.env_passthrough, &key) {
+                cmd.env(&k, v);
+            }
+        }
 
         let executables: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
         let tail: Mutex<Vec<String>> = Mutex::new(Vec::new());

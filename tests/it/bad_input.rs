@@ -125,9 +125,8 @@ fn a_compile_error_fails_the_variant_and_moves_no_tag() {
     let _heavy = heavy();
     let dir = scratch("compile-error");
     let project = dir.join("tiny");
-    copy_fixture("tiny", &project);
+    crate::support::tiny_with_a_broken_variant(&project);
     let out = dir.join("out");
-    // `nonexistent` maps to the feature db_nonexistent, which cargo refuses.
     let o = galley()
         .arg("build")
         .arg("--project")
@@ -138,7 +137,7 @@ fn a_compile_error_fails_the_variant_and_moves_no_tag() {
         .arg(base_arg())
         .args([
             "--variants",
-            "sqlite,nonexistent",
+            "sqlite,broken",
             "--version",
             "1.0.0",
             "--no-compress",
@@ -155,10 +154,10 @@ fn a_compile_error_fails_the_variant_and_moves_no_tag() {
     );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["succeeded"], false);
-    let bad = crate::support::variant(&report, "nonexistent");
+    let bad = crate::support::variant(&report, "broken");
     assert_eq!(bad["status"], "failed");
     assert!(
-        bad["error"].as_str().unwrap().contains("db_nonexistent"),
+        bad["error"].as_str().unwrap().contains("db_broken"),
         "{bad}"
     );
     assert!(bad["tags"].as_array().unwrap().is_empty());
@@ -168,7 +167,36 @@ fn a_compile_error_fails_the_variant_and_moves_no_tag() {
     );
     let index = std::fs::read_to_string(out.join("index.json")).unwrap();
     assert!(
-        index.contains("sqlite-1.0.0") && !index.contains("nonexistent"),
+        index.contains("sqlite-1.0.0") && !index.contains("broken"),
         "{index}"
     );
+}
+
+/// A variant whose feature the crate does not have is refused before anything runs, and the
+/// message lists the crate's features.
+#[test]
+fn an_unknown_feature_is_refused_with_the_crates_features() {
+    let dir = scratch("unknown-feature");
+    let project = dir.join("tiny");
+    copy_fixture("tiny", &project);
+    let out = dir.join("out");
+    let o = galley()
+        .arg("build")
+        .arg("--project")
+        .arg(&project)
+        .arg("--output")
+        .arg(&out)
+        .arg("--base")
+        .arg(base_arg())
+        .args(["--variants", "sqlite,nonexistent", "--version", "1.0.0"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("variant \"nonexistent\": \"db_nonexistent\" is not a feature of package tiny (its features: db_mysql, db_psql, db_sqlite, default)"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing may be written");
 }

@@ -61,8 +61,16 @@ fn dockerfile_runtime_matches_the_authd_image_settings() {
         source_date_epoch: Some("1".into()),
         ..Default::default()
     };
-    let spec =
-        BuildSpec::from_parts(&req, project, &config, &package, &GitFacts::default()).unwrap();
+    let spec = BuildSpec::from_parts(
+        &req,
+        project,
+        &config,
+        &galley::spec::Facts::plain(
+            &galley::config::workspace::Workspace::single(package),
+            &GitFacts::default(),
+        ),
+    )
+    .unwrap();
     let image = &spec.image;
 
     assert_eq!(d.workdir.as_deref(), Some(image.workdir.as_str()));

@@ -12,7 +12,7 @@ use galley::registry::{Reference, RegistryOptions, RetryPolicy};
 use galley::target::Target;
 
 use crate::fake_registry::{FakeRegistry, Faults};
-use crate::support::{build, copy_fixture, heavy, scratch, variant};
+use crate::support::{build, heavy, scratch, variant};
 
 /// `galley build` of tiny with `variants`, pushing to the fake registry.
 fn build_push(
@@ -23,7 +23,7 @@ fn build_push(
 ) -> (std::process::Output, serde_json::Value) {
     let project = dir.join("tiny");
     if !project.exists() {
-        copy_fixture("tiny", &project);
+        crate::support::tiny_with_a_broken_variant(&project);
     }
     let push = format!("{}/team/tiny", fake.host());
     let mut args = vec![
@@ -59,8 +59,7 @@ fn multi_variant_push_moves_no_registry_tag_when_a_variant_fails_unless_partial(
     let _heavy = heavy();
     let dir = scratch("release-partial");
     let fake = FakeRegistry::start(Faults::default());
-    // `nonexistent` maps to the feature db_nonexistent, which cargo refuses.
-    let (out, report) = build_push(&dir, &fake, "sqlite,nonexistent", &[]);
+    let (out, report) = build_push(&dir, &fake, "sqlite,broken", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         fake.tags("team/tiny").is_empty(),
@@ -71,7 +70,7 @@ fn multi_variant_push_moves_no_registry_tag_when_a_variant_fails_unless_partial(
     assert_eq!(sqlite["status"], "succeeded");
     let withheld = sqlite["push"]["withheld"].as_str().unwrap();
     assert!(
-        withheld.contains("nonexistent failed") && withheld.contains("--partial"),
+        withheld.contains("broken failed") && withheld.contains("--partial"),
         "{withheld}"
     );
     assert_eq!(sqlite["push"]["references"], serde_json::json!([]));
@@ -81,7 +80,7 @@ fn multi_variant_push_moves_no_registry_tag_when_a_variant_fails_unless_partial(
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("registry tags not moved"), "{stderr}");
 
-    let (out, report) = build_push(&dir, &fake, "sqlite,nonexistent", &["--partial"]);
+    let (out, report) = build_push(&dir, &fake, "sqlite,broken", &["--partial"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fake.tags("team/tiny"), ["sqlite-1.0.0"]);
     let sqlite = variant(&report, "sqlite");

@@ -94,6 +94,26 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// Copies the tiny fixture to `dest` with one more variant, `broken`: its feature `db_broken`
+/// exists, but the code it enables does not compile (a variant whose compile fails).
+pub fn tiny_with_a_broken_variant(dest: &Path) {
+    copy_fixture("tiny", dest);
+    let manifest = dest.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("db_mysql = []", "db_mysql = []\ndb_broken = []"),
+    )
+    .unwrap();
+    let main = dest.join("src/main.rs");
+    let code = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(
+        &main,
+        format!("{code}\n#[cfg(feature = \"db_broken\")]\ncompile_error!(\"the broken variant does not build (db_broken)\");\n"),
+    )
+    .unwrap();
+}
+
 /// The epoch every test build uses.
 pub const EPOCH: &str = "1700000000";
 
