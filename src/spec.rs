@@ -1183,6 +1183,37 @@ mod tests {
     }
 
     #[test]
+    fn env_passthrough_refuses_galleys_own_secrets() {
+        for ok in ["MY_VAR", "VENDOR_*", "_X"] {
+            assert!(
+                resolve(&req(), &format!("env_passthrough = [\"{ok}\"]")).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "GALLEY_API_TOKEN",
+            "GALLEY_*",
+            "DOCKER_CONFIG",
+            "REGISTRY_AUTH_FILE",
+            "A-B",
+            "*",
+            "",
+            "X Y",
+        ] {
+            let err = resolve(&req(), &format!("env_passthrough = [\"{bad}\"]")).unwrap_err();
+            assert!(matches!(err, SpecError::BadPassthrough(_)), "{bad}: {err}");
+        }
+        assert!(matches!(
+            resolve(&req(), "profile = \"--x\""),
+            Err(SpecError::BadProfile(_))
+        ));
+        assert_eq!(
+            resolve(&req(), "profile = \"dist\"").unwrap().profile,
+            "dist"
+        );
+    }
+
+    #[test]
     fn parses_base_references() {
         assert_eq!(
             BaseRef::parse("oci:dir").unwrap(),

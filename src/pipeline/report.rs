@@ -202,14 +202,14 @@ impl Report {
             self.galley_version, self.binary, self.version, self.base.name, self.base.digest
         );
         let epoch = match self.epoch_source {
-            EpochSource::Environment => "SOURCE_DATE_EPOCH",
-            EpochSource::GitCommit => "HEAD commit time",
-            EpochSource::Zero => "no SOURCE_DATE_EPOCH and no git history: 0",
+            EpochSource::Environment => format!("SOURCE_DATE_EPOCH={}", self.source_date_epoch),
+            EpochSource::GitCommit => format!("HEAD commit time {}", self.source_date_epoch),
+            EpochSource::Zero => "no SOURCE_DATE_EPOCH and no git history: 0".to_string(),
         };
         let _ = writeln!(
             s,
-            "created {} ({epoch}={}), output {}",
-            self.created, self.source_date_epoch, self.output
+            "created {} ({epoch}), output {}",
+            self.created, self.output
         );
         if self.dirty == Some(true) {
             let _ = writeln!(

@@ -851,7 +851,8 @@ mod tests {
         // Keep 2: the 3 oldest finished go; the queued one (the newest) is never a candidate.
         let day = Duration::from_secs(86_400);
         assert_eq!(s.expired(2, day).unwrap(), ids[..3].to_vec());
-        // By age: everything finished is older than 0 s.
+        // By age: everything finished is older than 0 s (a few ms later).
+        std::thread::sleep(Duration::from_millis(5));
         assert_eq!(s.expired(100, Duration::ZERO).unwrap(), ids[..4].to_vec());
         s.delete_build(ids[0]).unwrap();
         assert!(s.get_build(ids[0]).unwrap().is_none());

@@ -222,3 +222,23 @@ impl Toolchain for CargoZigbuild {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_environment_patterns_match_names_and_prefixes() {
+        assert!(env_matches(BUILD_ENV, "CC_x86_64_unknown_linux_musl"));
+        assert!(env_matches(BUILD_ENV, "CARGO_REGISTRIES_CORP_INDEX"));
+        assert!(env_matches(BUILD_ENV, "SSH_AUTH_SOCK"));
+        assert!(
+            !env_matches(BUILD_ENV, "CCACHE_DIR"),
+            "CC is a name, not a prefix"
+        );
+        assert!(!env_matches(BUILD_ENV, "GALLEY_API_TOKEN"));
+        assert!(!env_matches(BUILD_ENV, "DOCKER_CONFIG"));
+        assert!(env_matches(&["VENDOR_*", "MY_VAR"], "VENDOR_SDK"));
+        assert!(!env_matches(&["MY_VAR"], "MY_VAR_2"));
+    }
+}

@@ -16,6 +16,8 @@
 //! - `fake_registry`: an in-process registry with fault injection.
 //! - `registry_faults`: 202 on mount, relative Location, token refresh, 429, 500, reset, refused manifest.
 //! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
+//! - `projects`: a workspace with one binary per backend, the project's rustflags, image files;
+//!   a base config with a tab and a newline; a published crate with C code (b3sum).
 //! - `cancel`: Ctrl-C of `galley build` stops every child (checked in /proc), leaves nothing.
 //! - `release`: when tags move (all variants or --partial), report.json first, index.json
 //!   locked, the base tag's TTL.
@@ -33,6 +35,7 @@ mod elf_verdicts;
 mod fake_registry;
 mod golden;
 mod multi_platform;
+mod projects;
 mod real_registry;
 mod registry_e2e;
 mod registry_faults;

@@ -77,7 +77,7 @@ pub fn copy_fixture(name: &str, dest: &Path) {
     copy_dir(&repo().join("fixtures").join(name), dest);
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
+pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
