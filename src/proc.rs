@@ -42,6 +42,14 @@ const ENV_ALLOW: &[&str] = &[
     "no_proxy",
 ];
 
+/// The allow-listed variables of this process's environment, as children inherit them.
+pub fn inherited_env() -> Vec<(String, String)> {
+    ENV_ALLOW
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
 /// A command with an allow-listed environment, in its own process group.
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);

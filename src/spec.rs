@@ -55,6 +55,10 @@ pub struct BuildRequest {
     pub rustflags: Option<String>,
     /// `CARGO_ENCODED_RUSTFLAGS` given to galley (0x1f-separated); wins over `rustflags`.
     pub encoded_rustflags: Option<String>,
+    /// Turn the stage cache off (`--no-cache`): every stage runs.
+    pub no_cache: bool,
+    /// The stage cache's size limit in bytes (default `cache::DEFAULT_MAX_BYTES`).
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// Where the base image comes from.
@@ -155,6 +159,10 @@ pub struct BuildSpec {
     pub env_passthrough: Vec<String>,
     /// Project files shipped in every image.
     pub files: Vec<ImageFile>,
+    /// Path dependencies outside the project (their sources are compile inputs too).
+    pub external_sources: Vec<PathBuf>,
+    /// The stage cache's limit, `None` when it is off.
+    pub stage_cache: Option<u64>,
     pub version: String,
     pub variants: Vec<VariantSpec>,
     pub targets: Vec<Target>,
@@ -319,6 +327,22 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(secs))
+}
+
+/// Parses a size: bytes, or a number with `KiB`, `MiB` or `GiB` (also `K`, `M`, `G`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Facts read from git about the project's HEAD.
@@ -896,6 +920,11 @@ impl BuildSpec {
             rustflags,
             env_passthrough: config.env_passthrough.clone(),
             files,
+            external_sources: facts.workspace.external_paths.clone(),
+            stage_cache: (!req.no_cache).then(|| {
+                req.cache_max_bytes
+                    .unwrap_or(crate::cache::DEFAULT_MAX_BYTES)
+            }),
             version,
             variants,
             targets,
@@ -1211,6 +1240,16 @@ mod tests {
             resolve(&req(), "profile = \"dist\"").unwrap().profile,
             "dist"
         );
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        for bad in ["", "GiB", "2 TB", "-1", "1.5G"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         partial: args.partial,
         rustflags: std::env::var("RUSTFLAGS").ok(),
         encoded_rustflags: std::env::var("CARGO_ENCODED_RUSTFLAGS").ok(),
+        no_cache: args.no_cache,
+        cache_max_bytes: match &args.cache_max {
+            None => None,
+            Some(s) => Some(crate::spec::parse_size(s).ok_or_else(|| {
+                anyhow::anyhow!("--cache-max {s:?} is not a size: use bytes or a number with KiB, MiB or GiB (e.g. 2GiB)")
+            })?),
+        },
     };
     let spec = BuildSpec::resolve(&req)?;
     let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);

@@ -118,6 +118,12 @@ pub struct BuildArgs {
     /// variant failed (by default no registry tag moves unless every variant succeeded).
     #[arg(long)]
     pub partial: bool,
+    /// Run every stage: no compile skip, no cached UPX or layer.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The stage cache's size limit (e.g. 2GiB, 500MiB); least recently used entries go first.
+    #[arg(long, env = "GALLEY_CACHE_MAX")]
+    pub cache_max: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

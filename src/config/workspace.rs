@@ -17,6 +17,8 @@ pub struct Workspace {
     pub packages: Vec<CargoPackage>,
     /// The package of a non-virtual root manifest.
     pub root: Option<String>,
+    /// Directories of path dependencies outside the project: sources cargo reads too.
+    pub external_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,14 @@ struct MetaPackage {
     features: std::collections::BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     targets: Vec<MetaTarget>,
+    #[serde(default)]
+    dependencies: Vec<MetaDependency>,
+}
+
+#[derive(Deserialize)]
+struct MetaDependency {
+    #[serde(default)]
+    path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +67,7 @@ impl Workspace {
         Workspace {
             root: package.name.clone(),
             packages: vec![package],
+            external_paths: Vec::new(),
         }
     }
 
@@ -87,6 +98,12 @@ impl Workspace {
         let root_manifest = dir.join("Cargo.toml");
         let mut root = None;
         let mut packages = Vec::new();
+        let mut external_paths: Vec<PathBuf> = Vec::new();
+        let inside = |p: &Path| {
+            let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            let d = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+            p.starts_with(d)
+        };
         for p in m
             .packages
             .into_iter()
@@ -102,6 +119,11 @@ impl Workspace {
             if same(&p.manifest_path, &root_manifest) {
                 root = Some(p.name.clone());
             }
+            for d in p.dependencies.iter().filter_map(|d| d.path.as_ref()) {
+                if !inside(d) && !external_paths.contains(d) {
+                    external_paths.push(d.clone());
+                }
+            }
             packages.push(CargoPackage {
                 bins: p
                     .targets
@@ -115,7 +137,12 @@ impl Workspace {
             });
         }
         packages.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Workspace { packages, root })
+        external_paths.sort();
+        Ok(Workspace {
+            packages,
+            root,
+            external_paths,
+        })
     }
 
     /// The package of that name.
@@ -213,7 +240,7 @@ mod tests {
     fn reads_members_versions_features_and_binaries() {
         let json = br#"{"packages":[
             {"name":"core","version":"2.1.0","id":"path+file:///w/core#2.1.0","manifest_path":"/w/core/Cargo.toml","features":{"sqlite":[]},"targets":[{"name":"core","kind":["lib"]}]},
-            {"name":"sso","version":"2.1.0","id":"path+file:///w/sso#2.1.0","manifest_path":"/w/sso/Cargo.toml","features":{"db_sqlite":["core/sqlite"],"db_psql":[]},"targets":[{"name":"sso_sqlite","kind":["bin"]},{"name":"sso_psql","kind":["bin"]}]},
+            {"name":"sso","version":"2.1.0","id":"path+file:///w/sso#2.1.0","manifest_path":"/w/sso/Cargo.toml","features":{"db_sqlite":["core/sqlite"],"db_psql":[]},"targets":[{"name":"sso_sqlite","kind":["bin"]},{"name":"sso_psql","kind":["bin"]}],"dependencies":[{"name":"core","path":"/w/core"},{"name":"shared","path":"/elsewhere/shared"},{"name":"serde"}]},
             {"name":"serde","version":"1.0.0","id":"registry+x#serde@1.0.0","manifest_path":"/r/serde/Cargo.toml","features":{},"targets":[]}
         ],"workspace_members":["path+file:///w/core#2.1.0","path+file:///w/sso#2.1.0"],"workspace_root":"/w"}"#;
         let w = Workspace::parse(json, Path::new("/w")).unwrap();
@@ -224,6 +251,7 @@ mod tests {
         assert_eq!(sso.bins, ["sso_sqlite", "sso_psql"]);
         assert_eq!(sso.features, ["db_psql", "db_sqlite"]);
         assert_eq!(w.owners_of("sso_psql").len(), 1);
+        assert_eq!(w.external_paths, [PathBuf::from("/elsewhere/shared")]);
         assert!(w.owners_of("nope").is_empty());
     }
 

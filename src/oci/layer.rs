@@ -55,7 +55,7 @@ impl Entry {
 }
 
 /// A layer written to a blob directory.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerBlob {
     /// sha256 of the compressed bytes: the blob's name.
     pub digest: Digest,

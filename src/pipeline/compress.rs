@@ -13,7 +13,7 @@ use crate::proc::{self, tail};
 use crate::spec::CompressSpec;
 
 /// What the compress stage did, for the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Compression {
     /// Whether the image holds the UPX-packed binary.
     pub applied: bool,
@@ -38,7 +38,11 @@ pub struct Compressed {
 
 const UPX_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn upx_version(upx: &Path, cancel: &Cancel) -> Option<String> {
+/// How galley runs UPX (part of the compress cache's key).
+pub const UPX_FLAGS: &[&str] = &["--best", "--lzma"];
+
+/// `upx --version`'s first line, or `None` when UPX does not run.
+pub fn upx_version(upx: &Path, cancel: &Cancel) -> Option<String> {
     let mut cmd = proc::command(upx);
     cmd.arg("--version");
     let out = proc::run_captured(&mut cmd, Duration::from_secs(30), cancel).ok()?;
@@ -48,12 +52,14 @@ fn upx_version(upx: &Path, cancel: &Cancel) -> Option<String> {
         .then(|| text.lines().next().unwrap_or("upx").trim().to_string())
 }
 
-/// Packs `input` into `packed_path` when possible. A cancel stops UPX and the smoke runs (the
-/// caller checks the handle: the result then says only that nothing was packed).
+/// Packs `input` into `packed_path` when possible, with the UPX whose version is `version`
+/// (`None`: UPX is not there). A cancel stops UPX and the smoke runs (the caller checks the
+/// handle: the result then says only that nothing was packed).
 pub fn compress(
     input: &VerifiedBinary,
     packed_path: &Path,
     spec: &CompressSpec,
+    version: Option<String>,
     cancel: &Cancel,
 ) -> Compressed {
     let keep = |tool: Option<String>, why: String| Compressed {
@@ -78,12 +84,13 @@ pub fn compress(
             warning: None,
         };
     }
-    let Some(version) = upx_version(&spec.upx, cancel) else {
+    let Some(version) = version else {
         return keep(None, format!("UPX not available ({} --version failed or not found; install upx-ucl from bookworm-backports)", spec.upx.display()));
     };
     let _ = std::fs::remove_file(packed_path);
     let mut cmd = proc::command(&spec.upx);
-    cmd.args(["--best", "--lzma", "-q", "--no-progress", "-o"])
+    cmd.args(UPX_FLAGS)
+        .args(["-q", "--no-progress", "-o"])
         .arg(packed_path)
         .arg(input.path());
     match proc::run_captured(&mut cmd, UPX_TIMEOUT, cancel) {

@@ -94,6 +94,8 @@ pub struct StageEvent<'a> {
     pub ms: Option<u64>,
     /// Why it failed or was skipped.
     pub detail: Option<&'a str>,
+    /// Whether the stage's output came from the stage cache, and its key.
+    pub cache: Option<&'a super::CacheNote>,
 }
 
 /// Where a build's events go. Called from several threads at once.

@@ -19,6 +19,7 @@ use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cache::{self, Kind, StageCache};
 use crate::cancel::{Cancel, Cancelled};
 use crate::oci::layout::{Layout, LayoutError};
 use crate::oci::time::rfc3339_millis;
@@ -27,7 +28,7 @@ use crate::registry::push::{PushStats, Pusher};
 use crate::registry::{RegistryError, RegistryOptions};
 use crate::spec::{BuildSpec, VariantSpec};
 use crate::target::Target;
-use crate::toolchain::{CompileRequest, Toolchain};
+use crate::toolchain::{CompileRequest, ToolVersions, Toolchain};
 use base::{BaseError, BaseImage};
 pub use events::{EventSink, LogLine, Stage, StageEvent, StageStatus, Stream};
 use report::{BaseReport, PlatformReport, PushReport, Report, StageTiming, Status, VariantReport};
@@ -180,14 +181,45 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         dir: work.clone(),
         source,
     })?;
-    let built = build_variants(spec, ctx, &out, &base, &pushers, &work);
+    let tools = ctx.toolchain.versions(&spec.project);
+    let stage_cache = match spec.stage_cache {
+        None => None,
+        Some(max) => match StageCache::open(&spec.cache_dir, max) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // A cache that cannot be used makes the build slower, never wrong.
+                tracing::warn!("stage cache off: {e}");
+                None
+            }
+        },
+    };
+    let b = Build {
+        spec,
+        ctx,
+        out: &out,
+        base: &base,
+        pushers: &pushers,
+        tools: &tools,
+        cache: stage_cache.as_ref(),
+    };
+    let built = build_variants(&b, &work);
     let _ = std::fs::remove_dir_all(&work);
     ctx.cancel.check()?;
 
-    let collected = collect_variants(spec, &out, &base, &pushers, built);
+    let collected = collect_variants(&b, built);
+    if let Some(c) = &stage_cache {
+        match c.evict() {
+            Ok(e) if e.entries > 0 => tracing::info!(
+                "stage cache: {} entries and {} bytes evicted (least recently used first)",
+                e.entries,
+                e.bytes
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("stage cache eviction: {e}"),
+        }
+    }
     let descriptors: Vec<Option<Descriptor>> = collected.iter().map(|(_, d)| d.clone()).collect();
     let mut variants: Vec<VariantReport> = collected.into_iter().map(|(v, _)| v).collect();
-    let tools = ctx.toolchain.versions();
     let mut report = Report {
         galley_version: env!("CARGO_PKG_VERSION"),
         project: spec.project.display().to_string(),
@@ -325,6 +357,18 @@ fn pusher_of<'a>(pushers: &'a Pushers, variant: &VariantSpec) -> Option<&'a Push
     variant.push.as_ref().and_then(|r| pushers.get(&r.name()))
 }
 
+/// What every stage of a build shares.
+struct Build<'a> {
+    spec: &'a BuildSpec,
+    ctx: &'a Context<'a>,
+    out: &'a Layout,
+    base: &'a BaseImage,
+    pushers: &'a Pushers,
+    tools: &'a ToolVersions,
+    /// The stage cache, unless it is off.
+    cache: Option<&'a StageCache>,
+}
+
 /// One platform image of one variant, as its worker returns it.
 struct Built {
     variant: usize,
@@ -334,27 +378,20 @@ struct Built {
 
 /// Compiles every variant for every target on this thread (one cargo at a time), packaging
 /// each on a worker thread while the next compiles.
-fn build_variants(
-    spec: &BuildSpec,
-    ctx: &Context<'_>,
-    out: &Layout,
-    base: &BaseImage,
-    pushers: &Pushers,
-    work: &Path,
-) -> Vec<Built> {
+fn build_variants(b: &Build<'_>, work: &Path) -> Vec<Built> {
+    let (spec, ctx) = (b.spec, b.ctx);
     thread::scope(|scope| {
         let mut workers = Vec::new();
         'variants: for (vi, variant) in spec.variants.iter().enumerate() {
             for &target in &spec.targets {
                 let dir = work.join(format!("{}-{}", variant.name, target.triple()));
-                let pusher = pusher_of(pushers, variant);
+                let pusher = pusher_of(b.pushers, variant);
                 let mut unit = Unit::new(ctx, variant, target, pusher.is_some());
-                let compiled = compile(spec, &mut unit, &dir);
+                let compiled = compile(b, &mut unit, &dir);
                 let cancelled = ctx.cancel.is_cancelled();
                 match compiled {
                     Ok(raw) => workers.push(scope.spawn(move || {
-                        let manifest = match package(spec, out, base, pusher, &mut unit, &raw, &dir)
-                        {
+                        let manifest = match package(b, pusher, &mut unit, &raw, &dir) {
                             Ok(d) => Some(d),
                             Err(e) => {
                                 unit.fail(e);
@@ -394,13 +431,8 @@ fn build_variants(
 
 /// Turns the platform results into variant reports: an index over several platforms, the
 /// index pushed (its platform images were pushed by their workers).
-fn collect_variants(
-    spec: &BuildSpec,
-    out: &Layout,
-    base: &BaseImage,
-    pushers: &Pushers,
-    built: Vec<Built>,
-) -> Vec<(VariantReport, Option<Descriptor>)> {
+fn collect_variants(b: &Build<'_>, built: Vec<Built>) -> Vec<(VariantReport, Option<Descriptor>)> {
+    let (spec, out, base, pushers) = (b.spec, b.out, b.base, b.pushers);
     let mut variants = Vec::new();
     for (vi, variant) in spec.variants.iter().enumerate() {
         let mine: Vec<&Built> = built.iter().filter(|b| b.variant == vi).collect();
@@ -484,6 +516,16 @@ struct Unit<'a> {
     report: PlatformReport,
     /// Stages not reached yet, reported as skipped (or cancelled) when the unit ends early.
     pending: Vec<Stage>,
+    /// Set by a stage that looked in the cache: whether it answered, and the key.
+    cache_note: Option<CacheNote>,
+}
+
+/// How a stage used the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheNote {
+    /// The output came from the cache (the work was not done).
+    pub cached: bool,
+    pub key: String,
 }
 
 impl<'a> Unit<'a> {
@@ -499,6 +541,7 @@ impl<'a> Unit<'a> {
             target,
             report: PlatformReport::new(target.triple(), platform_name(target)),
             pending,
+            cache_note: None,
         }
     }
 
@@ -520,6 +563,7 @@ impl<'a> Unit<'a> {
             status,
             ms,
             detail,
+            cache: self.cache_note.as_ref(),
         });
     }
 
@@ -531,6 +575,7 @@ impl<'a> Unit<'a> {
         f: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, String> {
         self.pending.retain(|s| *s != stage);
+        self.cache_note = None;
         let started_at = rfc3339_millis(SystemTime::now());
         self.event(stage, StageStatus::Running, None, None);
         let t = Instant::now();
@@ -546,8 +591,14 @@ impl<'a> Unit<'a> {
             status,
             started_at,
             ms,
+            cache: self
+                .cache_note
+                .as_ref()
+                .map(|n| if n.cached { "cached" } else { "ran" }),
+            cache_key: self.cache_note.as_ref().map(|n| n.key.clone()),
         });
         self.event(stage, status, Some(ms), error.as_deref());
+        self.cache_note = None;
         result.map_err(|e| format!("{stage}: {e}"))
     }
 
@@ -573,10 +624,77 @@ impl<'a> Unit<'a> {
 }
 
 /// Compiles and copies the binary into the variant's work directory (the next compile
-/// overwrites cargo's copy).
-fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, String> {
+/// overwrites cargo's copy). When the stage cache holds a compile of exactly these inputs, cargo
+/// is not started at all.
+fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, String> {
+    let spec = b.spec;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let ctx = unit.ctx;
+    let variant = unit.variant;
+    let target = unit.target;
+    let rustflags: &[String] = spec
+        .rustflags
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, f)| f.as_slice())
+        .unwrap_or(&[]);
+    let zig_cache = spec.cache_dir.join("zig");
+    let req = CompileRequest {
+        project: &spec.project,
+        target,
+        features: &variant.features,
+        default_features: variant.default_features,
+        package: variant.package.as_deref(),
+        binary: &variant.binary,
+        profile: &spec.profile,
+        rustflags,
+        env_passthrough: &spec.env_passthrough,
+        external_sources: &spec.external_sources,
+        zig_cache: Some(&zig_cache),
+        source_date_epoch: spec.source_date_epoch,
+    };
+    let raw = dir.join(format!("{}.raw", variant.binary));
+
+    // The cache first: a hit needs no compile slot.
+    let keyed = b
+        .cache
+        .and_then(|c| match ctx.toolchain.fingerprint(&req, b.tools) {
+            Ok(inputs) => Some((c, StageCache::key(Kind::Compile, &inputs), inputs)),
+            Err(why) => {
+                unit.say(Stage::Compile, &format!("compile cache not used: {why}"));
+                None
+            }
+        });
+    if let Some((c, key, _)) = &keyed {
+        let hit = c.get(Kind::Compile, key).and_then(|h| {
+            let d: crate::oci::Digest = h.outputs["raw"].as_str()?.parse().ok()?;
+            Some(d)
+        });
+        if let Some(digest) = hit {
+            match c.restore(&digest, &raw) {
+                Ok(()) => {
+                    unit.stage(Stage::Compile, |u| {
+                        u.cache_note = Some(CacheNote {
+                            cached: true,
+                            key: key.clone(),
+                        });
+                        Ok::<(), String>(())
+                    })?;
+                    unit.say(
+                        Stage::Compile,
+                        &format!(
+                            "cached: {} (inputs unchanged, cargo not started)",
+                            req.describe()
+                        ),
+                    );
+                    return Ok(raw);
+                }
+                // A corrupt entry is rebuilt, never used.
+                Err(e) => unit.say(Stage::Compile, &format!("{e}; compiling")),
+            }
+        }
+    }
+
     let _slot = match ctx.compile_slots {
         Some(slots) => {
             if slots.available() == 0 {
@@ -590,28 +708,14 @@ fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf,
         }
         None => None,
     };
-    let variant = unit.variant;
-    let target = unit.target;
-    let rustflags: &[String] = spec
-        .rustflags
-        .iter()
-        .find(|(t, _)| *t == target)
-        .map(|(_, f)| f.as_slice())
-        .unwrap_or(&[]);
-    let req = CompileRequest {
-        project: &spec.project,
-        target,
-        features: &variant.features,
-        default_features: variant.default_features,
-        package: variant.package.as_deref(),
-        binary: &variant.binary,
-        profile: &spec.profile,
-        rustflags,
-        env_passthrough: &spec.env_passthrough,
-        source_date_epoch: spec.source_date_epoch,
-    };
     unit.say(Stage::Compile, &req.describe());
     let compiled = unit.stage(Stage::Compile, |u| {
+        if let Some((_, key, _)) = &keyed {
+            u.cache_note = Some(CacheNote {
+                cached: false,
+                key: key.clone(),
+            });
+        }
         let log = |message: &str| {
             u.ctx.events.log(&LogLine {
                 variant: &variant.name,
@@ -623,10 +727,90 @@ fn compile(spec: &BuildSpec, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf,
         };
         u.ctx.toolchain.compile(&req, u.ctx.cancel, &log)
     })?;
-    let raw = dir.join(format!("{}.raw", variant.binary));
     std::fs::copy(&compiled.path, &raw)
         .map_err(|e| format!("compile: cannot copy {}: {e}", compiled.path.display()))?;
+    if let Some((c, key, inputs)) = &keyed {
+        let stored = c.store(&raw).and_then(|d| {
+            c.put(
+                Kind::Compile,
+                key,
+                inputs,
+                &serde_json::json!({"raw": d.to_string()}),
+                &[&d],
+            )
+        });
+        if let Err(e) = stored {
+            unit.say(Stage::Compile, &format!("warning: not cached: {e}"));
+        }
+    }
     Ok(raw)
+}
+
+/// The layer stage, answered by the stage cache when the binary, the files and every layer
+/// setting are the ones of an earlier layer.
+fn layer_stage(
+    b: &Build<'_>,
+    unit: &mut Unit<'_>,
+    shipped: &verify::VerifiedBinary,
+) -> Result<crate::oci::layer::LayerBlob, String> {
+    let (spec, out, variant) = (b.spec, b.out, unit.variant);
+    let keyed = match b.cache {
+        Some(c) => {
+            let mut files = Vec::new();
+            for f in &spec.files {
+                let d = cache::file_digest(&f.src).map_err(|e| format!("layer: {e}"))?;
+                files.push(serde_json::json!({"dst": f.dst, "mode": f.mode, "digest": d}));
+            }
+            let inputs = serde_json::json!({
+                "binary": shipped.digest(),
+                "binary_name": variant.binary,
+                "workdir": variant.image.workdir,
+                "files": files,
+                "epoch": spec.source_date_epoch,
+                "gzip_level": crate::oci::layer::GZIP_LEVEL,
+            });
+            Some((c, StageCache::key(Kind::Layer, &inputs), inputs))
+        }
+        None => None,
+    };
+    let hit = keyed.as_ref().and_then(|(c, key, _)| {
+        let h = c.get(Kind::Layer, key)?;
+        let blob: crate::oci::layer::LayerBlob = serde_json::from_value(h.outputs).ok()?;
+        let reader = c.open_object(&blob.digest).ok()?;
+        match out.put_blob_from_reader(reader, &blob.digest) {
+            Ok(_) => Some(blob),
+            Err(e) => {
+                c.forget_object(&blob.digest);
+                unit.say(
+                    Stage::Layer,
+                    &format!("cache entry refused ({e}): writing the layer"),
+                );
+                None
+            }
+        }
+    });
+    unit.stage(Stage::Layer, |u| {
+        if let Some((_, key, _)) = &keyed {
+            u.cache_note = Some(CacheNote {
+                cached: hit.is_some(),
+                key: key.clone(),
+            });
+        }
+        if let Some(blob) = hit {
+            return Ok(blob);
+        }
+        let blob = assemble::layer(shipped, spec, variant, out).map_err(|e| e.to_string())?;
+        if let Some((c, key, inputs)) = &keyed {
+            let outputs = serde_json::to_value(&blob).expect("a layer serializes");
+            let stored = c
+                .store(&out.blob_path(&blob.digest))
+                .and_then(|d| c.put(Kind::Layer, key, inputs, &outputs, &[&d]));
+            if let Err(e) = stored {
+                u.say(Stage::Layer, &format!("warning: not cached: {e}"));
+            }
+        }
+        Ok::<_, String>(blob)
+    })
 }
 
 /// Pushes a variant's top descriptor (the index, when there are several platforms); the platform
@@ -663,14 +847,13 @@ fn push_variant(
 
 /// Every stage after compiling, for one variant and target.
 fn package(
-    spec: &BuildSpec,
-    out: &Layout,
-    base: &BaseImage,
+    b: &Build<'_>,
     pusher: Option<&Pusher>,
     unit: &mut Unit<'_>,
     raw: &Path,
     dir: &Path,
 ) -> Result<Descriptor, String> {
+    let (spec, out, base) = (b.spec, b.out, b.base);
     let target = unit.target;
     let cancel = unit.ctx.cancel;
     let verified = unit.stage(Stage::Verify, |_| verify::verify(raw, target))?;
@@ -709,8 +892,57 @@ fn package(
     );
 
     let packed_path = dir.join(format!("{}.upx", variant.binary));
+    let upx = if spec.compress.enabled {
+        compress::upx_version(&spec.compress.upx, cancel)
+    } else {
+        None
+    };
+    // The compress cache: the stripped binary, UPX's version and flags and the smoke run.
+    let keyed = match (b.cache, &upx) {
+        (Some(c), Some(version)) => {
+            let inputs = serde_json::json!({
+                "stripped": stripped.digest(),
+                "upx": version,
+                "flags": compress::UPX_FLAGS,
+                "smoke_args": spec.compress.smoke_args,
+                "smoke_runs": target.runs_on_host(),
+            });
+            Some((c, StageCache::key(Kind::Compress, &inputs), inputs))
+        }
+        _ => None,
+    };
+    let hit = keyed.as_ref().and_then(|(c, key, _)| {
+        let h = c.get(Kind::Compress, key)?;
+        let digest: crate::oci::Digest = h.outputs["packed"].as_str()?.parse().ok()?;
+        let compression: compress::Compression =
+            serde_json::from_value(h.outputs["compression"].clone()).ok()?;
+        let warning = h.outputs["warning"].as_str().map(str::to_string);
+        match c.restore(&digest, &packed_path) {
+            Ok(()) => Some(compress::Compressed {
+                packed: true,
+                compression,
+                warning,
+            }),
+            Err(e) => {
+                unit.say(Stage::Compress, &format!("{e}"));
+                None
+            }
+        }
+    });
     let shipped = unit.stage(Stage::Compress, |u| {
-        let compressed = compress::compress(&stripped, &packed_path, &spec.compress, cancel);
+        let cached = hit.is_some();
+        if let Some((_, key, _)) = &keyed {
+            u.cache_note = Some(CacheNote {
+                cached,
+                key: key.clone(),
+            });
+        }
+        let compressed = match hit {
+            Some(c) => c,
+            None => {
+                compress::compress(&stripped, &packed_path, &spec.compress, upx.clone(), cancel)
+            }
+        };
         cancel.check().map_err(|c| c.to_string())?;
         let shipped = if compressed.packed {
             let packed = verify::verify(&packed_path, target)
@@ -721,8 +953,31 @@ fn package(
                 .push(("compressed".into(), packed.digest().clone()));
             u.say(
                 Stage::Compress,
-                &format!("upx: {} -> {} bytes", stripped.size(), packed.size()),
+                &format!(
+                    "upx: {} -> {} bytes{}",
+                    stripped.size(),
+                    packed.size(),
+                    if cached {
+                        " (cached: packed and checked before)"
+                    } else {
+                        ""
+                    }
+                ),
             );
+            if let (Some((c, key, inputs)), false) = (&keyed, cached) {
+                let outputs = serde_json::json!({
+                    "packed": packed.digest().to_string(),
+                    "compression": compressed.compression,
+                    "warning": compressed.warning,
+                });
+                // The object first: an entry never names a missing object.
+                let stored = c
+                    .store(packed.path())
+                    .and_then(|d| c.put(Kind::Compress, key, inputs, &outputs, &[&d]));
+                if let Err(e) = stored {
+                    u.say(Stage::Compress, &format!("warning: not cached: {e}"));
+                }
+            }
             packed
         } else {
             stripped.clone()
@@ -736,9 +991,7 @@ fn package(
     })?;
 
     cancel.check().map_err(|c| c.to_string())?;
-    let layer = unit.stage(Stage::Layer, |_| {
-        assemble::layer(&shipped, spec, variant, out)
-    })?;
+    let layer = layer_stage(b, unit, &shipped)?;
     unit.report.sizes.layer = Some(layer.size);
     unit.report.sizes.layer_tar = Some(layer.tar_size);
     unit.report.layer_digest = Some(layer.digest.clone());

@@ -159,6 +159,12 @@ pub struct StageTiming {
     pub status: StageStatus,
     pub started_at: String,
     pub ms: u64,
+    /// `cached` (the stage cache answered) or `ran`, for stages the cache covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    /// The cache key: the sha256 of the stage's inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 impl PlatformReport {
@@ -264,7 +270,14 @@ impl Report {
                 let times: Vec<String> = p
                     .stages
                     .iter()
-                    .map(|t| format!("{} {:.1}s", t.stage, t.ms as f64 / 1000.0))
+                    .map(|t| {
+                        let cached = if t.cache == Some("cached") {
+                            " (cached)"
+                        } else {
+                            ""
+                        };
+                        format!("{} {:.1}s{cached}", t.stage, t.ms as f64 / 1000.0)
+                    })
                     .collect();
                 let _ = writeln!(s, "  time: {}", times.join(", "));
                 if let Some(e) = &p.error {

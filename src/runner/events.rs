@@ -282,6 +282,10 @@ impl EventSink for BuildLog {
         if let Some(d) = e.detail {
             data["detail"] = d.into();
         }
+        if let Some(c) = e.cache {
+            data["cache"] = if c.cached { "cached" } else { "ran" }.into();
+            data["cache_key"] = c.key.clone().into();
+        }
         if let Err(err) = self.state_change(vec![event("stage", data)], None) {
             tracing::error!(build = self.id, "cannot store a stage event: {err}");
         }

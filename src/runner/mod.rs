@@ -28,7 +28,7 @@ use crate::store::{
     now_ms, BuildRow, BuildStatus, Created, Finished, NewBuild, Started, StatusFacts, Store,
     StoreError,
 };
-use crate::toolchain::{CargoZigbuild, Toolchain};
+use crate::toolchain::CargoZigbuild;
 use events::{event, ts, BuildLog, Hub};
 use metrics::Metrics;
 
@@ -97,7 +97,6 @@ struct Inner {
     tag_prefix: String,
     /// git operations of one project take turns (a mirror is one repository).
     git_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    toolchain_versions: Mutex<Option<(Instant, crate::toolchain::ToolVersions)>>,
 }
 
 /// The runner: cheap to clone, shared by the API's handlers.
@@ -137,7 +136,6 @@ impl Runner {
             stopping: AtomicBool::new(false),
             tag_prefix: format!("galley-{instance}"),
             git_locks: Mutex::new(HashMap::new()),
-            toolchain_versions: Mutex::new(None),
         });
         inner.recover()?;
         inner.apply_retention();
@@ -476,22 +474,6 @@ impl Inner {
             .clone()
     }
 
-    /// The tool versions, asked again at most once a minute.
-    fn tool_versions(&self, toolchain: &CargoZigbuild) -> crate::toolchain::ToolVersions {
-        let mut cached = self
-            .toolchain_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match &*cached {
-            Some((at, v)) if at.elapsed() < Duration::from_secs(60) => v.clone(),
-            _ => {
-                let v = toolchain.versions();
-                *cached = Some((Instant::now(), v.clone()));
-                v
-            }
-        }
-    }
-
     /// Runs one build from its queued record to its final record.
     fn execute(&self, id: i64) -> Result<(), RunnerError> {
         let row = self.row(id)?;
@@ -631,9 +613,8 @@ impl Inner {
         let toolchain = CargoZigbuild {
             target_dir: Some(self.config.data_dir.join("targets").join(&project.name)),
         };
-        let tools = serde_json::to_value(self.tool_versions(&toolchain)).ok();
+        // Tool versions come with the report; a build that fails before has none to tell.
         let failed = |e: String| Finished {
-            tools: tools.clone(),
             error: Some(e),
             ..Default::default()
         };

@@ -30,6 +30,10 @@ pub struct CompileRequest<'a> {
     pub rustflags: &'a [String],
     /// More environment for cargo: names or prefixes (`FOO_*`).
     pub env_passthrough: &'a [String],
+    /// Path dependencies outside the project: sources too.
+    pub external_sources: &'a [PathBuf],
+    /// zig's global cache when the environment names none (galley keeps it warm across builds).
+    pub zig_cache: Option<&'a Path>,
     pub source_date_epoch: u64,
 }
 
@@ -119,6 +123,18 @@ pub trait Toolchain: Send + Sync {
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<Compiled, CompileError>;
 
-    /// The versions of the tools, for the report and the build record.
-    fn versions(&self) -> ToolVersions;
+    /// The versions of the tools as they run in `project` (a `rust-toolchain.toml` there counts),
+    /// for the report, the build record and the compile cache.
+    fn versions(&self, project: &Path) -> ToolVersions;
+
+    /// Everything a compile reads, as data: the compile cache's key. `Err` says why the inputs
+    /// cannot all be named; the compile then runs.
+    fn fingerprint(
+        &self,
+        req: &CompileRequest<'_>,
+        tools: &ToolVersions,
+    ) -> Result<serde_json::Value, String> {
+        let _ = (req, tools);
+        Err("this toolchain does not describe its inputs".into())
+    }
 }

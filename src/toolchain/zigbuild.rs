@@ -62,6 +62,54 @@ pub fn env_matches(patterns: &[impl AsRef<str>], key: &str) -> bool {
     })
 }
 
+/// What a compile adds to `proc`'s environment: `BUILD_ENV` and the project's passthrough.
+fn build_env(req: &CompileRequest<'_>) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| env_matches(BUILD_ENV, k) || env_matches(req.env_passthrough, k))
+        .collect()
+}
+
+/// Variables whose value is only where something lives (remapped, or a socket): they do not
+/// change what cargo builds, and counting them would defeat the compile cache.
+const NOT_INPUTS: &[&str] = &[
+    "HOME",
+    "USER",
+    "TMPDIR",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "ZIG_GLOBAL_CACHE_DIR",
+    "ZIG_LOCAL_CACHE_DIR",
+    "SSH_AUTH_SOCK",
+];
+
+/// The cargo configuration files cargo reads from outside the project (its parents and
+/// `$CARGO_HOME`), and rust-toolchain files of the parents: their contents are inputs.
+fn outer_config_files(project: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in project.ancestors().skip(1) {
+        for name in [
+            ".cargo/config.toml",
+            ".cargo/config",
+            "rust-toolchain.toml",
+            "rust-toolchain",
+        ] {
+            let f = dir.join(name);
+            if f.is_file() {
+                out.push(f);
+            }
+        }
+    }
+    if let Some(home) = cargo_home() {
+        for name in ["config.toml", "config"] {
+            let f = home.join(name);
+            if f.is_file() && !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
 impl CargoZigbuild {
     /// The rustc flags that make output independent of where the project and cargo's caches live.
     fn remap_flags(project: &Path, target_dir: &Path) -> Vec<String> {
@@ -118,11 +166,11 @@ impl Toolchain for CargoZigbuild {
             .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
             .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
             .env("CARGO_TERM_COLOR", "never");
-        for (k, v) in std::env::vars_os() {
-            let key = k.to_string_lossy();
-            if env_matches(BUILD_ENV, &key) || env_matches(req.env_passthrough, &key) {
-                cmd.env(&k, v);
-            }
+        for (k, v) in build_env(req) {
+            cmd.env(k, v);
+        }
+        if let (Some(zig), None) = (req.zig_cache, std::env::var_os("ZIG_GLOBAL_CACHE_DIR")) {
+            cmd.env("ZIG_GLOBAL_CACHE_DIR", zig);
         }
 
         let executables: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
@@ -199,11 +247,56 @@ impl Toolchain for CargoZigbuild {
         }
     }
 
-    fn versions(&self) -> ToolVersions {
+    fn fingerprint(
+        &self,
+        req: &CompileRequest<'_>,
+        tools: &ToolVersions,
+    ) -> Result<serde_json::Value, String> {
+        let target_dir = self
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| req.project.join("target"));
+        let skip = [req.project.join("target"), target_dir];
+        let (sources, files) =
+            crate::cache::tree_digest(req.project, &skip).map_err(|e| e.to_string())?;
+        let mut external = Vec::new();
+        for dir in req.external_sources {
+            let (d, n) =
+                crate::cache::tree_digest(dir, &[dir.join("target")]).map_err(|e| e.to_string())?;
+            external.push(serde_json::json!({"digest": d, "files": n}));
+        }
+        let mut outer = Vec::new();
+        for f in outer_config_files(req.project) {
+            let d = crate::cache::file_digest(&f).map_err(|e| e.to_string())?;
+            outer.push(serde_json::json!({"file": f.file_name().map(|n| n.to_string_lossy().into_owned()), "digest": d}));
+        }
+        let env: std::collections::BTreeMap<String, String> = proc::inherited_env()
+            .into_iter()
+            .chain(build_env(req))
+            .filter(|(k, _)| !NOT_INPUTS.contains(&k.as_str()))
+            .collect();
+        Ok(serde_json::json!({
+            "tools": {"rustc": tools.rustc, "cargo_zigbuild": tools.cargo_zigbuild, "zig": tools.zig},
+            "target": req.target.triple(),
+            "profile": req.profile,
+            "package": req.package,
+            "binary": req.binary,
+            "features": req.features,
+            "default_features": req.default_features,
+            "rustflags": req.rustflags,
+            "source_date_epoch": req.source_date_epoch,
+            "sources": {"digest": sources, "files": files},
+            "external_sources": external,
+            "outer_config": outer,
+            "env": env,
+        }))
+    }
+
+    fn versions(&self, project: &Path) -> ToolVersions {
         let cancel = Cancel::default();
         let version = |program: &str, args: &[&str]| -> String {
             let mut cmd = proc::command(program);
-            cmd.args(args);
+            cmd.current_dir(project).args(args);
             match proc::run_captured(&mut cmd, Duration::from_secs(30), &cancel) {
                 Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
                     .lines()

@@ -18,6 +18,7 @@
 //! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
 //! - `projects`: a workspace with one binary per backend, the project's rustflags, image files;
 //!   a base config with a tab and a newline; a published crate with C code (b3sum).
+//! - `cache`: the stage cache: hits, every kind of invalidation, corrupt entries, two processes.
 //! - `cancel`: Ctrl-C of `galley build` stops every child (checked in /proc), leaves nothing.
 //! - `release`: when tags move (all variants or --partial), report.json first, index.json
 //!   locked, the base tag's TTL.
@@ -28,6 +29,7 @@
 mod authd;
 mod bad_input;
 mod build_e2e;
+mod cache;
 mod cancel;
 mod dockerfile;
 mod elf_verdicts;

@@ -74,6 +74,8 @@ impl Service {
             .open(self.dir.join("serve.err"))
             .unwrap();
         let mut cmd = galley();
+        // The service's own stage cache, kept across its restarts.
+        cmd.env("GALLEY_CACHE_DIR", self.dir.join("cache"));
         cmd.arg("serve")
             .arg("--config")
             .arg(self.dir.join("serve.toml"))

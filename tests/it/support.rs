@@ -47,8 +47,37 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// The galley binary under test.
+///
+/// Each command gets a cache directory of its own (stage cache and base blobs), so no test finds
+/// another test's compile in the cache; a test that wants a cache across commands sets
+/// `GALLEY_CACHE_DIR` itself. zig's cache stays shared: it only holds musl and compiler-rt.
 pub fn galley() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_galley"))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    static CLEAN: OnceLock<()> = OnceLock::new();
+    let caches = repo().join("target/galley-tests/caches");
+    // Earlier runs' caches go once per test run.
+    CLEAN.get_or_init(|| {
+        let _ = std::fs::remove_dir_all(&caches);
+    });
+    let cache = caches.join(format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_galley"));
+    cmd.env("GALLEY_CACHE_DIR", cache)
+        .env("ZIG_GLOBAL_CACHE_DIR", shared_zig_cache());
+    cmd
+}
+
+/// The zig cache every test shares: `$ZIG_GLOBAL_CACHE_DIR`, else `~/.cache/zig`.
+pub fn shared_zig_cache() -> PathBuf {
+    std::env::var_os("ZIG_GLOBAL_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/zig")
+        })
 }
 
 /// The base image layout (busybox-static, built once per test run by fixtures/base/make-base.sh).

@@ -87,7 +87,13 @@ async function startService() {
     .map(([n, p]) => `[projects.${n}]\npath = "${p}"\nbase = "oci:${base}:3.20"\n`).join("\n");
   fs.writeFileSync(config, `listen = "127.0.0.1:0"\ndata_dir = "${path.join(work, "data")}"\ncancel_grace = "3s"\nheartbeat = "2s"\n${projects}`);
   const child = spawn(galleyBin, ["serve", "--config", config], {
-    env: { ...process.env, GALLEY_API_TOKEN: TOKEN, ZIG_GLOBAL_CACHE_DIR: process.env.ZIG_GLOBAL_CACHE_DIR || path.join(process.env.HOME, ".cache/zig") },
+    env: {
+      ...process.env,
+      GALLEY_API_TOKEN: TOKEN,
+      // Its own stage cache (the tests watch real compiles), the shared zig cache.
+      GALLEY_CACHE_DIR: path.join(work, "cache"),
+      ZIG_GLOBAL_CACHE_DIR: process.env.ZIG_GLOBAL_CACHE_DIR || path.join(process.env.HOME, ".cache/zig"),
+    },
     stdio: ["ignore", "pipe", fs.openSync(path.join(work, "serve.err"), "w")],
   });
   const line = await new Promise((resolve, reject) => {
@@ -259,7 +265,8 @@ test("Kill stops a running build and says whether SIGKILL was needed", async () 
   const id = buildId();
   const { process_tag: tag } = await apiGet(`/api/v1/builds/${id}`);
   // The build script runs (and sleeps) once its process is tagged.
-  for (let i = 0; i < 600 && !tagged(tag).some((p) => fs.readFileSync(`/proc/${p}/comm`, "utf8").startsWith("build-script")); i++) {
+  const comm = (p) => { try { return fs.readFileSync(`/proc/${p}/comm`, "utf8"); } catch { return ""; } };
+  for (let i = 0; i < 600 && !tagged(tag).some((p) => comm(p).startsWith("build-script")); i++) {
     await new Promise((r) => setTimeout(r, 200));
   }
   await page.getByRole("button", { name: "Kill" }).click();

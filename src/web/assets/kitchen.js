@@ -242,15 +242,15 @@ let view = null; // { id, record, status, variants: [[name, target]], stageMs }
 
 function cellId(variant, target, stage) { return `cell-${variant}-${target}-${stage}`.replace(/[^A-Za-z0-9_-]/g, "_"); }
 
-function setCell(variant, target, stage, status, ms, detail) {
+function setCell(variant, target, stage, status, ms, detail, cache) {
   const td = $(cellId(variant, target, stage));
   if (!td) return;
   td.dataset.status = status;
   td.className = `s-${status}`;
-  const text = `${SYMBOL[status] || ""} ${status}`;
+  const text = `${SYMBOL[status] || ""} ${status}${cache === "cached" && status === "succeeded" ? " (cached)" : ""}`;
   td.replaceChildren(el("span", { text }), el("span", { class: "ms", text: secs(ms) }));
   td.title = detail || "";
-  td.setAttribute("aria-label", `${variant} ${stage}: ${status}${ms !== undefined && ms !== null ? `, ${secs(ms)}` : ""}${detail ? `: ${detail}` : ""}`);
+  td.setAttribute("aria-label", `${variant} ${stage}: ${status}${cache === "cached" ? " from the cache" : ""}${ms !== undefined && ms !== null ? `, ${secs(ms)}` : ""}${detail ? `: ${detail}` : ""}`);
 }
 
 function renderMatrix(rows, withPush) {
@@ -325,7 +325,7 @@ function onEvent(e) {
   const d = e.data;
   switch (e.kind) {
     case "log": case "dropped": logLine(e); break;
-    case "stage": setCell(d.variant, d.target, d.stage, d.status, d.ms, d.detail); break;
+    case "stage": setCell(d.variant, d.target, d.stage, d.status, d.ms, d.detail, d.cache); break;
     case "status": setStatus(d.status); break;
     case "source": {
       if (d.commit) view.meta.commit = `${d.commit.slice(0, 12)}${d.dirty ? " (dirty)" : ""}`;
