@@ -247,7 +247,8 @@ def main():
     ap.add_argument("--flows", default=",".join(ALL_FLOWS))
     ap.add_argument("--variants", default="sqlite,postgres,mysql", help="variants of the warm scenarios")
     ap.add_argument("--cold-variants", default="sqlite,postgres,mysql")
-    ap.add_argument("--scenarios", default="change,nochange,cold")
+    ap.add_argument("--scenarios", default="change,nochange,cold",
+                    help="change, nochange, cold, coldproj (cold project, warm toolchain: host flows only)")
     ap.add_argument("--cold-flows", default=None,
                     help="flows of the cold scenario, each optionally FLOW:REPS (default: --flows, --reps each)")
     ap.add_argument("--reps", type=int, default=3)
@@ -363,7 +364,7 @@ def main():
                 f.write(str(du_bytes([os.path.join(fdir, "storage")])))
         baseline[flow] = int(open(bfile).read())
 
-    warm = [s for s in scenarios if s != "cold"]
+    warm = [s for s in scenarios if s not in ("cold", "coldproj")]
     if warm:
         # Prime: one untimed build, so the warm scenarios start from a built state.
         for flow in flows:
@@ -389,25 +390,33 @@ def main():
                             break
                     else:
                         failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
-    if "cold" in scenarios:
-        for i in range(max(cold_reps.values(), default=0)):
+    # cold: every cache of the flow emptied. coldproj: the same, but the toolchain's own cache
+    # (zig's musl and compiler-rt) kept, as a multi-stage builder image keeps its prebuilt libc;
+    # host flows only (a multi-stage flow's cold run already keeps its builder image).
+    for scenario in [s for s in ("cold", "coldproj") if s in scenarios]:
+        keep = {"KEEP_TOOLCHAIN": "1"} if scenario == "coldproj" else {}
+        these = [f for f in cold_flows if scenario == "cold" or FLOWS[f][0] != "multistage.sh"]
+        for i in range(max((cold_reps[f] for f in these), default=0)):
             rep = args.first_rep + i
-            for flow in cold_flows:
+            for flow in these:
                 if i >= cold_reps[flow] or late():
                     continue
                 for attempt in (1, 2):
-                    c = action(flow, "clean", args.cold_variants, f"clean{rep}")
+                    os.environ.update(keep)
+                    c = action(flow, "clean", args.cold_variants, f"clean-{scenario}{rep}")
+                    for k in keep:
+                        os.environ.pop(k, None)
                     if c["exit"] != 0:
                         # Not emptied, so not cold: recorded as failed, never timed as cold.
                         c["note"] = "clean failed: no cold build run"
-                        record(flow, "cold", rep, args.cold_variants, c)
+                        record(flow, scenario, rep, args.cold_variants, c)
                         break
-                    r = action(flow, "build", args.cold_variants, f"cold{rep}")
-                    record(flow, "cold", rep, args.cold_variants, r)
+                    r = action(flow, "build", args.cold_variants, f"{scenario}{rep}")
+                    record(flow, scenario, rep, args.cold_variants, r)
                     if r["exit"] == 0:
                         break
                 else:
-                    failed.append(f"{flow} cold rep {rep}: see {r['log']}")
+                    failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
     out.close()
     if failed:
         print("bench: builds that failed twice:\n  " + "\n  ".join(failed), file=sys.stderr)

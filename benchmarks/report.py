@@ -14,8 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import COLD_EMPTIES, FLOWS  # noqa: E402
 
 CONTENDED = 0.25  # average cores used by other processes during a run (of nproc)
-SCEN_ORDER = ["cold", "change", "nochange"]
-SCEN_NAME = {"cold": "cold", "change": "one-line change", "nochange": "no change"}
+SCEN_ORDER = ["cold", "coldproj", "change", "nochange"]
+SCEN_NAME = {"cold": "cold", "coldproj": "cold project, warm toolchain", "change": "one-line change",
+             "nochange": "no change"}
 FLOW_ORDER = list(FLOWS)
 
 
@@ -247,6 +248,10 @@ def markdown(data, name):
     for flow in FLOW_ORDER:
         if any(s["flow"] == flow and s["scenario"] == "cold" for s in summary):
             L.append(f"- {flow}: {COLD_EMPTIES[flow]}.")
+    if any(s["scenario"] == "coldproj" for s in summary):
+        L.append("- cold project, warm toolchain (host flows only): the same as cold, but zig's cache "
+                 "(its musl libc and compiler-rt) is kept, as a multi-stage builder image arrives "
+                 "with its libc prebuilt.")
     failed = [r for r in data["runs"] if r["exit"] != 0]
     if failed:
         L += ["", "## Failed runs", "",

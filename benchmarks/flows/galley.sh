@@ -12,7 +12,9 @@ case "$1" in
     mkdir -p "$FLOW_DIR" "$CARGO_HOME" ;;
   clean)
     [ "$cdir" = "$FLOW_DIR" ] || { echo "$FLOW shares $cdir: no cold run of its own" >&2; exit 2; }
-    rm -rf "$CARGO_HOME" "$ZIG_GLOBAL_CACHE_DIR" "$GALLEY_CACHE_DIR" "$PROJECT/target" "$FLOW_DIR/out"
+    # KEEP_TOOLCHAIN=1 (the coldproj scenario) keeps zig's cache: a warm toolchain.
+    zig_cache=("$ZIG_GLOBAL_CACHE_DIR"); [ "${KEEP_TOOLCHAIN:-0}" = 1 ] && zig_cache=()
+    rm -rf "$CARGO_HOME" "${zig_cache[@]}" "$GALLEY_CACHE_DIR" "$PROJECT/target" "$FLOW_DIR/out"
     mkdir -p "$CARGO_HOME"
     reset_repo ;;
   build)
