@@ -520,6 +520,12 @@ pub async fn create(
         Ok((submitted, status))
     })
     .await?;
+    Ok(accepted(submitted, status))
+}
+
+/// The 202 answer to a submission: the build, where to find it, and whether an earlier request
+/// with the same Idempotency-Key queued it.
+fn accepted(submitted: Submitted, status: BuildStatus) -> Response {
     let (id, replayed) = match submitted {
         Submitted::New(id) => (id, false),
         Submitted::Replayed(id) => (id, true),
@@ -540,7 +546,7 @@ pub async fn create(
     if replayed {
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(resp)
+    resp
 }
 
 /// History filters.
@@ -723,19 +729,7 @@ pub async fn rebuild(
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let submitted = blocking(move || runner.rebuild(id, &who.0).map_err(runner_error)).await?;
-    let new = match submitted {
-        Submitted::New(n) | Submitted::Replayed(n) => n,
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/v1/builds/{new}"))],
-        Json(Accepted {
-            id: new,
-            status: BuildStatus::Queued,
-            urls: BuildUrls::of(new),
-        }),
-    )
-        .into_response())
+    Ok(accepted(submitted, BuildStatus::Queued))
 }
 
 /// The whole log as text: one line per log event, the dropped middle of a capped log marked.

@@ -96,18 +96,9 @@ pub fn derive_config(
     }
     diff_ids.push(Value::String(layer.diff_id.to_string()));
 
-    let c = match root
-        .entry("config")
-        .or_insert_with(|| Value::Object(Map::new()))
-    {
-        Value::Object(c) => c,
-        // `"config": null` is how some tools write "no settings".
-        other @ Value::Null => {
-            *other = Value::Object(Map::new());
-            other.as_object_mut().expect("just set")
-        }
-        _ => return Err(bad("`config` is not an object")),
-    };
+    let c = field_or(root, "config", Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| bad("`config` is not an object"))?;
     c.insert("WorkingDir".into(), settings.workdir.clone().into());
     c.insert("Entrypoint".into(), strings(&settings.entrypoint));
     match &settings.cmd {
@@ -167,17 +158,9 @@ pub fn derive_config(
     }
 
     root.insert("created".into(), created.into());
-    let history = match root
-        .entry("history")
-        .or_insert_with(|| Value::Array(Vec::new()))
-    {
-        Value::Array(h) => h,
-        other @ Value::Null => {
-            *other = Value::Array(Vec::new());
-            other.as_array_mut().expect("just set")
-        }
-        _ => return Err(bad("`history` is not a list")),
-    };
+    let history = field_or(root, "history", Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| bad("`history` is not a list"))?;
     history.push(serde_json::json!({
         "created": created,
         "created_by": layer.created_by,
@@ -189,6 +172,16 @@ pub fn derive_config(
     oci_spec::image::ImageConfiguration::from_reader(bytes.as_slice())
         .map_err(|e| ImageError::BaseConfig(format!("the derived config is not valid: {e}")))?;
     Ok(bytes)
+}
+
+/// A field of the config, `empty` put in its place when it is missing or `null` (how some tools
+/// write "none").
+fn field_or<'a>(root: &'a mut Map<String, Value>, key: &str, empty: Value) -> &'a mut Value {
+    let v = root.entry(key).or_insert(Value::Null);
+    if v.is_null() {
+        *v = empty;
+    }
+    v
 }
 
 fn strings(items: &[String]) -> Value {
