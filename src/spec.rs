@@ -139,6 +139,8 @@ pub struct ImageFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompressSpec {
     pub enabled: bool,
+    /// UPX's flags: `--best --lzma`, or `-9` for `compress = "fast"`.
+    pub flags: Vec<String>,
     pub upx: PathBuf,
     /// Arguments for the smoke run of the packed binary; `None` skips the run.
     pub smoke_args: Option<Vec<String>>,
@@ -227,6 +229,8 @@ pub enum SpecError {
     Workspace(#[from] WorkspaceError),
     #[error("cannot read the rustflags of the project's cargo configuration: {0}")]
     CargoConfig(String),
+    #[error("compress = {0:?} is not a level: use \"best\" (--best --lzma), \"fast\" (-9: quicker start-up, bigger) or false")]
+    BadCompress(String),
     #[error("profile {0:?} is not allowed: use letters, digits, `_` and `-`")]
     BadProfile(String),
     #[error("env_passthrough entry {0:?} is not allowed: give a variable name or a prefix ending in `*` (never GALLEY_*, DOCKER_CONFIG or REGISTRY_AUTH_FILE)")]
@@ -894,7 +898,15 @@ impl BuildSpec {
             }
         }
 
-        let compress_enabled = !req.no_compress && config.compress.unwrap_or(true);
+        use crate::config::CompressConfig;
+        let (compress_enabled, upx_flags): (bool, &[&str]) = match &config.compress {
+            _ if req.no_compress => (false, &[]),
+            None | Some(CompressConfig::On(true)) => (true, &["--best", "--lzma"]),
+            Some(CompressConfig::On(false)) => (false, &[]),
+            Some(CompressConfig::Level(l)) if l == "best" => (true, &["--best", "--lzma"]),
+            Some(CompressConfig::Level(l)) if l == "fast" => (true, &["-9"]),
+            Some(CompressConfig::Level(l)) => return Err(SpecError::BadCompress(l.clone())),
+        };
         let smoke_args = if config.image.smoke == Some(false) {
             None
         } else {
@@ -942,6 +954,7 @@ impl BuildSpec {
             source: config.image.source.clone(),
             compress: CompressSpec {
                 enabled: compress_enabled,
+                flags: upx_flags.iter().map(|f| f.to_string()).collect(),
                 upx: req.upx.clone().unwrap_or_else(|| PathBuf::from("upx")),
                 smoke_args,
                 smoke_timeout: Duration::from_secs(10),
@@ -1240,6 +1253,21 @@ mod tests {
             resolve(&req(), "profile = \"dist\"").unwrap().profile,
             "dist"
         );
+    }
+
+    #[test]
+    fn compress_takes_a_level_or_a_boolean() {
+        let flags = |toml: &str| resolve(&req(), toml).map(|s| (s.compress.enabled, s.compress.flags));
+        let best = (true, vec!["--best".to_string(), "--lzma".to_string()]);
+        assert_eq!(flags("").unwrap(), best);
+        assert_eq!(flags("compress = true").unwrap(), best);
+        assert_eq!(flags("compress = \"best\"").unwrap(), best);
+        assert_eq!(flags("compress = \"fast\"").unwrap(), (true, vec!["-9".to_string()]));
+        assert!(!flags("compress = false").unwrap().0);
+        assert!(matches!(
+            resolve(&req(), "compress = \"ultra\""),
+            Err(SpecError::BadCompress(_))
+        ));
     }
 
     #[test]

@@ -33,12 +33,21 @@ pub struct ProjectConfig {
     pub tags: Option<Vec<String>>,
     /// Base image reference (default: docker.io/library/alpine:3.20).
     pub base: Option<String>,
-    /// Whether to compress binaries with UPX (default true).
-    pub compress: Option<bool>,
+    /// UPX: `"best"` (`--best --lzma`, the default, also `true`), `"fast"` (`-9`: a quicker
+    /// start-up for a bigger binary) or `false`.
+    pub compress: Option<CompressConfig>,
     /// How long the base tag's digest is reused before asking the registry again (default `24h`).
     pub base_ttl: Option<String>,
     #[serde(default)]
     pub image: ImageConfig,
+}
+
+/// How `compress` is written in galley.toml: a boolean or a level name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CompressConfig {
+    On(bool),
+    Level(String),
 }
 
 /// One variant: the cargo features it is built with, and what differs from the others.

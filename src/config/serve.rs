@@ -33,8 +33,11 @@ pub struct ServeFile {
     pub log_cap_bytes: Option<u64>,
     /// Seconds between heartbeat comments on idle event streams (default 15s).
     pub heartbeat: Option<String>,
-    /// Where base images are cached (default: galley's cache directory, shared with the CLI).
+    /// Where base images and stage outputs are cached (default: galley's cache directory,
+    /// shared with the CLI).
     pub cache_dir: Option<PathBuf>,
+    /// The stage cache's size limit in bytes (default 2 GiB).
+    pub cache_max_bytes: Option<u64>,
     #[serde(default)]
     pub retention: RetentionFile,
     #[serde(default)]
@@ -119,6 +122,7 @@ pub struct ServeConfig {
     pub log_cap_bytes: u64,
     pub heartbeat: Duration,
     pub cache_dir: Option<PathBuf>,
+    pub cache_max_bytes: Option<u64>,
     pub max_builds: usize,
     pub max_age: Duration,
     pub projects: BTreeMap<String, Project>,
@@ -410,6 +414,7 @@ impl ServeConfig {
             log_cap_bytes,
             heartbeat,
             cache_dir: file.cache_dir.as_deref().map(rel),
+            cache_max_bytes: file.cache_max_bytes,
             max_builds,
             max_age,
             projects,

@@ -38,9 +38,6 @@ pub struct Compressed {
 
 const UPX_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How galley runs UPX (part of the compress cache's key).
-pub const UPX_FLAGS: &[&str] = &["--best", "--lzma"];
-
 /// `upx --version`'s first line, or `None` when UPX does not run.
 pub fn upx_version(upx: &Path, cancel: &Cancel) -> Option<String> {
     let mut cmd = proc::command(upx);
@@ -89,7 +86,7 @@ pub fn compress(
     };
     let _ = std::fs::remove_file(packed_path);
     let mut cmd = proc::command(&spec.upx);
-    cmd.args(UPX_FLAGS)
+    cmd.args(&spec.flags)
         .args(["-q", "--no-progress", "-o"])
         .arg(packed_path)
         .arg(input.path());

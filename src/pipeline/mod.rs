@@ -903,7 +903,7 @@ fn package(
             let inputs = serde_json::json!({
                 "stripped": stripped.digest(),
                 "upx": version,
-                "flags": compress::UPX_FLAGS,
+                "flags": spec.compress.flags,
                 "smoke_args": spec.compress.smoke_args,
                 "smoke_runs": target.runs_on_host(),
             });

@@ -670,6 +670,7 @@ impl Inner {
             ca_bundle: project.ca_bundle.clone(),
             upx: std::env::var_os("GALLEY_UPX").map(PathBuf::from),
             cache_dir: self.config.cache_dir.clone(),
+            cache_max_bytes: self.config.cache_max_bytes,
             ..Default::default()
         };
         let result = BuildSpec::resolve(&req)
