@@ -390,9 +390,10 @@ def main():
                             break
                     else:
                         failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
-    # cold: every cache of the flow emptied. coldproj: the same, but the toolchain's own cache
-    # (zig's musl and compiler-rt) kept, as a multi-stage builder image keeps its prebuilt libc;
-    # host flows only (a multi-stage flow's cold run already keeps its builder image).
+    # cold: every cache of the flow emptied. coldproj: the same, then the toolchain warmed (zig's
+    # musl and compiler-rt built by linking a dependency-free crate), as a multi-stage builder
+    # image arrives with its libc prebuilt; host flows only (a multi-stage flow's cold run
+    # already keeps its builder image).
     for scenario in [s for s in ("cold", "coldproj") if s in scenarios]:
         keep = {"KEEP_TOOLCHAIN": "1"} if scenario == "coldproj" else {}
         these = [f for f in cold_flows if scenario == "cold" or FLOWS[f][0] != "multistage.sh"]

@@ -12,10 +12,12 @@ case "$1" in
     mkdir -p "$FLOW_DIR" "$CARGO_HOME" ;;
   clean)
     [ "$cdir" = "$FLOW_DIR" ] || { echo "$FLOW shares $cdir: no cold run of its own" >&2; exit 2; }
-    # KEEP_TOOLCHAIN=1 (the coldproj scenario) keeps zig's cache: a warm toolchain.
-    zig_cache=("$ZIG_GLOBAL_CACHE_DIR"); [ "${KEEP_TOOLCHAIN:-0}" = 1 ] && zig_cache=()
-    rm -rf "$CARGO_HOME" "${zig_cache[@]}" "$GALLEY_CACHE_DIR" "$PROJECT/target" "$FLOW_DIR/out"
+    rm -rf "$CARGO_HOME" "$ZIG_GLOBAL_CACHE_DIR" "$GALLEY_CACHE_DIR" "$PROJECT/target" "$FLOW_DIR/out"
     mkdir -p "$CARGO_HOME"
+    # KEEP_TOOLCHAIN=1 (the coldproj scenario): a warm toolchain, as a builder image has its libc
+    # prebuilt. zig's cache is emptied too (zig cc also caches the project's C objects), then
+    # filled with musl libc and compiler-rt alone by linking the dependency-free fixture.
+    if [ "${KEEP_TOOLCHAIN:-0}" = 1 ]; then warm_toolchain; fi
     reset_repo ;;
   build)
     extra=(); [ "${BENCH_UPX:-1}" = 1 ] || extra=(--no-compress)

@@ -12,9 +12,11 @@ case "$1" in
     mkdir -p "$FLOW_DIR" "$CARGO_HOME" ;;
   clean)
     [ "$cdir" = "$FLOW_DIR" ] || { echo "$FLOW shares $cdir: no cold run of its own" >&2; exit 2; }
-    # KEEP_TOOLCHAIN=1 (the coldproj scenario) keeps zig's cache: a warm toolchain.
-    zig_cache=("$ZIG_GLOBAL_CACHE_DIR"); [ "${KEEP_TOOLCHAIN:-0}" = 1 ] && zig_cache=()
-    rm -rf "$CARGO_HOME" "${zig_cache[@]}" "$cdir/target" "$FLOW_DIR/bin"; mkdir -p "$CARGO_HOME" ;;
+    rm -rf "$CARGO_HOME" "$ZIG_GLOBAL_CACHE_DIR" "$cdir/target" "$FLOW_DIR/bin"; mkdir -p "$CARGO_HOME"
+    # KEEP_TOOLCHAIN=1 (the coldproj scenario): a warm toolchain, as a builder image has its libc
+    # prebuilt. zig's cache is emptied too (zig cc also caches the project's C objects), then
+    # filled with musl libc and compiler-rt alone by linking the dependency-free fixture.
+    if [ "${KEEP_TOOLCHAIN:-0}" = 1 ]; then warm_toolchain; fi ;;
   build)
     mkdir -p "$FLOW_DIR/bin"
     for variant in ${VARIANTS//,/ }; do

@@ -47,3 +47,11 @@ reset_store() {
 # Deletes the flow's repository in the benchmark registry (filesystem storage), so a cold push
 # uploads every blob again instead of finding them there.
 reset_repo() { rm -rf "$REGISTRY_ROOT/docker/registry/v2/repositories/bench/$FLOW"; }
+# Fills zig's cache ($ZIG_GLOBAL_CACHE_DIR) with musl libc and compiler-rt and nothing of the
+# project: links the dependency-free fixture for the musl target in a scratch target dir.
+warm_toolchain() {
+  local t
+  t=$(mktemp -d)
+  (cd "$REPO_ROOT/fixtures/tiny" && cargo zigbuild --release --locked --target x86_64-unknown-linux-musl --target-dir "$t" -q) >&2
+  rm -rf "$t"
+}
