@@ -308,13 +308,17 @@ def main():
             f.write("target\n")
         del keep_target
 
+    # Every edit of every invocation is new: content-addressed caches (buildah's layers, galley's
+    # stage cache) would otherwise answer a "change" seen in an earlier invocation.
+    invocation = f"{time.time_ns():x}"
+
     def edit(flow, n):
         """The one-line source change, the same for every flow: a string in main.rs."""
         env, _ = env_for(flow, args.variants)
         path = os.path.join(env["PROJECT"], "src", "main.rs")
         with open(path) as f:
             text = f.read()
-        new = re.sub(r'"usage: authd \[--version\][^"]*"', f'"usage: authd [--version] (edit {n})"', text, count=1)
+        new = re.sub(r'"usage: authd \[--version\][^"]*"', f'"usage: authd [--version] (edit {n}.{invocation})"', text, count=1)
         if new == text:
             sys.exit("bench: the edit did not apply to main.rs")
         with open(path, "w") as f:

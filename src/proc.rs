@@ -158,9 +158,35 @@ pub fn run_captured(
     timeout: Duration,
     cancel: &Cancel,
 ) -> Result<Captured, ProcError> {
+    run_captured_at(cmd, timeout, cancel, 0)
+}
+
+/// Like `run_captured`, for work that may wait: the child runs at nice 10, so a compile running
+/// beside it (UPX of one variant while the next compiles) gets the CPU first.
+pub fn run_captured_background(
+    cmd: &mut Command,
+    timeout: Duration,
+    cancel: &Cancel,
+) -> Result<Captured, ProcError> {
+    run_captured_at(cmd, timeout, cancel, 10)
+}
+
+fn run_captured_at(
+    cmd: &mut Command,
+    timeout: Duration,
+    cancel: &Cancel,
+    nice: i32,
+) -> Result<Captured, ProcError> {
     let program = program_name(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let (mut child, guard) = spawn(cmd, cancel)?;
+    if nice != 0 {
+        // Best effort: a child that started at normal priority only runs a little longer.
+        let _ = rustix::process::setpriority_process(
+            rustix::process::Pid::from_raw(child.id() as i32),
+            nice,
+        );
+    }
     let out = reader_thread(child.stdout.take());
     let err = reader_thread(child.stderr.take());
     let started = Instant::now();

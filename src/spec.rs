@@ -1257,12 +1257,16 @@ mod tests {
 
     #[test]
     fn compress_takes_a_level_or_a_boolean() {
-        let flags = |toml: &str| resolve(&req(), toml).map(|s| (s.compress.enabled, s.compress.flags));
+        let flags =
+            |toml: &str| resolve(&req(), toml).map(|s| (s.compress.enabled, s.compress.flags));
         let best = (true, vec!["--best".to_string(), "--lzma".to_string()]);
         assert_eq!(flags("").unwrap(), best);
         assert_eq!(flags("compress = true").unwrap(), best);
         assert_eq!(flags("compress = \"best\"").unwrap(), best);
-        assert_eq!(flags("compress = \"fast\"").unwrap(), (true, vec!["-9".to_string()]));
+        assert_eq!(
+            flags("compress = \"fast\"").unwrap(),
+            (true, vec!["-9".to_string()])
+        );
         assert!(!flags("compress = false").unwrap().0);
         assert!(matches!(
             resolve(&req(), "compress = \"ultra\""),

@@ -90,7 +90,8 @@ pub fn compress(
         .args(["-q", "--no-progress", "-o"])
         .arg(packed_path)
         .arg(input.path());
-    match proc::run_captured(&mut cmd, UPX_TIMEOUT, cancel) {
+    // Packing can wait for the next variant's compile; its CPU goes to cargo first.
+    match proc::run_captured_background(&mut cmd, UPX_TIMEOUT, cancel) {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
             let _ = std::fs::remove_file(packed_path);
