@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::digest::{Digest, HashingWriter};
 use super::json::{canonical, JsonError};
 use super::layer::{tempfile_in, write_bytes_blob};
-use super::{Descriptor, Index, ANNOTATION_REF_NAME};
+use super::{is_index, Descriptor, Index, ANNOTATION_REF_NAME, ANNOTATION_SUBJECT};
 
 /// Manifests, configs and indexes larger than this are refused (registries cap them at 4 MiB).
 pub const MAX_JSON_BLOB: u64 = 8 << 20;
@@ -299,13 +299,73 @@ impl Layout {
                 .insert(ANNOTATION_REF_NAME.to_string(), tag.clone());
             index.manifests.push(d);
         }
-        index.manifests.sort_by(|a, b| {
-            a.annotations
-                .get(ANNOTATION_REF_NAME)
-                .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
-        });
+        // Referrers of images no tag reaches any more go with them.
+        let mut reachable: std::collections::HashSet<Digest> = std::collections::HashSet::new();
+        for d in index
+            .manifests
+            .iter()
+            .filter(|d| d.annotations.contains_key(ANNOTATION_REF_NAME))
+        {
+            reachable.insert(d.digest.clone());
+            if is_index(&d.media_type) {
+                if let Ok(child) = self.read_json::<Index>("image index", &d.digest) {
+                    reachable.extend(child.manifests.into_iter().map(|c| c.digest));
+                }
+            }
+        }
+        index
+            .manifests
+            .retain(|d| match d.annotations.get(ANNOTATION_SUBJECT) {
+                Some(subject) if !d.annotations.contains_key(ANNOTATION_REF_NAME) => subject
+                    .parse::<Digest>()
+                    .map(|s| reachable.contains(&s))
+                    .unwrap_or(false),
+                _ => true,
+            });
+        sort_entries(&mut index);
         self.write_index(&index)
     }
+
+    /// Adds referrers (artifact manifests already written as blobs) to index.json, untagged, each
+    /// annotated with the digest of the manifest it refers to; `set_tags` drops them once no tag
+    /// reaches that manifest.
+    pub fn add_referrers(&self, referrers: &[(Descriptor, Digest)]) -> Result<(), LayoutError> {
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        for (desc, subject) in referrers {
+            if index.manifests.iter().any(|d| d.digest == desc.digest) {
+                continue;
+            }
+            let mut d = desc.clone();
+            d.annotations
+                .insert(ANNOTATION_SUBJECT.to_string(), subject.to_string());
+            index.manifests.push(d);
+        }
+        sort_entries(&mut index);
+        self.write_index(&index)
+    }
+
+    /// The referrers of `subject` in this layout, as their index.json entries.
+    pub fn referrers(&self, subject: &Digest) -> Result<Vec<Descriptor>, LayoutError> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .filter(|d| d.annotations.get(ANNOTATION_SUBJECT) == Some(&subject.to_string()))
+            .collect())
+    }
+}
+
+/// index.json's entries in an order that does not depend on build order: tagged by tag, then
+/// referrers by digest.
+fn sort_entries(index: &mut Index) {
+    index.manifests.sort_by(|a, b| {
+        let key = |d: &Descriptor| {
+            let tag = d.annotations.get(ANNOTATION_REF_NAME);
+            (tag.is_none(), tag.cloned(), d.digest.as_str().to_string())
+        };
+        key(a).cmp(&key(b))
+    });
 }
 
 fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {

@@ -27,6 +27,42 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// The media type of the empty JSON config of an artifact manifest.
+pub const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// The empty JSON blob (`{}`) every artifact manifest names as its config.
+pub const EMPTY_JSON: &[u8] = b"{}";
+/// On a referrer's index.json entry in a layout: the digest of the manifest it refers to.
+pub const ANNOTATION_SUBJECT: &str = "dev.galley.subject";
+
+/// An artifact manifest that refers to `subject` (OCI 1.1 referrers): the empty config, one
+/// layer holding the document, `artifactType` saying what it is, and `annotations` (which a
+/// registry copies into its referrers list). Returns its canonical bytes.
+pub fn artifact_manifest(
+    artifact_type: &str,
+    layer: &Descriptor,
+    subject: &Descriptor,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, json::JsonError> {
+    let subject = Descriptor::new(&subject.media_type, subject.digest.clone(), subject.size);
+    json::canonical(
+        "artifact manifest",
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {
+                "mediaType": MEDIA_EMPTY,
+                "digest": Digest::of(EMPTY_JSON),
+                "size": EMPTY_JSON.len(),
+                "data": "e30=",
+            },
+            "layers": [layer],
+            "subject": subject,
+            "annotations": annotations,
+        }),
+    )
+}
+
 /// The annotation that names a tag inside an OCI image layout's index.json.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -79,6 +115,13 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformSpec>,
+    /// What an artifact manifest holds (an SBOM, a provenance statement), for referrers.
+    #[serde(
+        default,
+        rename = "artifactType",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -90,6 +133,7 @@ impl Descriptor {
             digest,
             size,
             platform: None,
+            artifact_type: None,
             annotations: BTreeMap::new(),
         }
     }
