@@ -72,6 +72,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<bool> {
         let mut stats = PushStats::default();
         let outcome = pusher
             .push_content(&layout, desc, &mut stats)
+            .and_then(|()| pusher.push_referrers_of(&layout, desc, &mut stats))
             .and_then(|()| pusher.push_tags(&layout, desc, tags));
         let (references, error) = match outcome {
             Ok(r) => (r, None),

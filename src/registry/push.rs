@@ -6,14 +6,15 @@
 use std::collections::HashSet;
 use std::fs::File;
 
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 use serde::Serialize;
 
-use super::client::{Client, Step};
+use super::client::{read_bounded, Client, Step};
 use super::{Reference, RegistryError, RegistryOptions};
-use crate::oci::layout::Layout;
-use crate::oci::{is_index, Descriptor, Digest, Index, Manifest};
+use crate::oci::json::canonical;
+use crate::oci::layout::{Layout, MAX_JSON_BLOB};
+use crate::oci::{is_index, Descriptor, Digest, Index, Manifest, MEDIA_INDEX};
 
 /// What a push did with blobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -150,13 +151,124 @@ impl Pusher {
         Ok(refs)
     }
 
+    /// Pushes a referrer: an artifact manifest (an SBOM, a provenance) whose `subject` is the
+    /// image `subject`, with its blobs. A registry with the referrers API says it indexed the
+    /// subject (`OCI-Subject`); for one without, the referrer is added to the referrers tag
+    /// schema's index (`sha256-<hex>`), which is how OCI 1.1 clients find it there.
+    pub fn push_referrer(
+        &self,
+        layout: &Layout,
+        referrer: &Descriptor,
+        subject: &Digest,
+        stats: &mut PushStats,
+    ) -> Result<(), RegistryError> {
+        let bytes = layout
+            .read_json_blob(&referrer.digest)
+            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::Local(format!("manifest {}: {e}", referrer.digest)))?;
+        self.push_blob(layout, &manifest.config, stats)?;
+        for layer in &manifest.layers {
+            self.push_blob(layout, layer, stats)?;
+        }
+        let indexed = self.put_manifest(
+            &referrer.digest.to_string(),
+            &referrer.media_type,
+            &bytes,
+            &referrer.digest,
+        )?;
+        stats.manifests += 1;
+        if indexed {
+            return Ok(());
+        }
+        let mut entry =
+            Descriptor::new(&referrer.media_type, referrer.digest.clone(), referrer.size);
+        entry.artifact_type = referrer.artifact_type.clone();
+        // The manifest's own annotations, as the referrers API would list them (not the
+        // layout-only ones galley adds in index.json).
+        entry.annotations = manifest.annotations.clone();
+        let tag = format!("sha256-{}", subject.hex());
+        let mut index = self.referrers_index(&tag)?.unwrap_or(Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_INDEX.to_string()),
+            manifests: Vec::new(),
+            annotations: Default::default(),
+        });
+        if index.manifests.iter().any(|d| d.digest == entry.digest) {
+            return Ok(());
+        }
+        index.manifests.push(entry);
+        index
+            .manifests
+            .sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
+        let bytes = canonical("referrers index", &index)
+            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        self.put_manifest(&tag, MEDIA_INDEX, &bytes, &Digest::of(&bytes))?;
+        stats.manifests += 1;
+        Ok(())
+    }
+
+    /// Pushes the referrers the layout records for `desc` and, for an index, for each of its
+    /// images (their content must be pushed already).
+    pub fn push_referrers_of(
+        &self,
+        layout: &Layout,
+        desc: &Descriptor,
+        stats: &mut PushStats,
+    ) -> Result<(), RegistryError> {
+        let local = |e: crate::oci::layout::LayoutError| RegistryError::Local(e.to_string());
+        let mut subjects = vec![desc.digest.clone()];
+        if is_index(&desc.media_type) {
+            let index: Index = layout
+                .read_json("image index", &desc.digest)
+                .map_err(local)?;
+            subjects.extend(index.manifests.into_iter().map(|d| d.digest));
+        }
+        for subject in &subjects {
+            for r in layout.referrers(subject).map_err(local)? {
+                self.push_referrer(layout, &r, subject, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index a referrers tag holds, `None` when the tag does not exist yet.
+    fn referrers_index(&self, tag: &str) -> Result<Option<Index>, RegistryError> {
+        let url = self
+            .client
+            .url(&format!("/v2/{}/manifests/{tag}", self.repo()));
+        let step = Step {
+            repository: self.repo(),
+            what: format!("get referrers index {tag}"),
+        };
+        let resp = self.client.send(&step, &|http| {
+            Ok(http.get(url.clone()).header(ACCEPT, MEDIA_INDEX))
+        })?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let bytes = read_bounded(resp, MAX_JSON_BLOB);
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| RegistryError::Invalid {
+                        registry: self.target.registry.clone(),
+                        repository: self.repo().to_string(),
+                        what: format!("the referrers tag {tag} is not an image index: {e}"),
+                    })
+            }
+            _ => Err(self.client.status_error(&step, resp)),
+        }
+    }
+
+    /// PUTs a manifest by tag or digest. Returns whether the registry said it indexed the
+    /// manifest's `subject` (the `OCI-Subject` header of the referrers API).
     fn put_manifest(
         &self,
         reference: &str,
         media_type: &str,
         bytes: &[u8],
         digest: &Digest,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let url = self
             .client
             .url(&format!("/v2/{}/manifests/{reference}", self.repo()));
@@ -188,7 +300,7 @@ impl Pusher {
                 });
             }
         }
-        Ok(())
+        Ok(resp.headers().contains_key("OCI-Subject"))
     }
 
     fn push_blob(
