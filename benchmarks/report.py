@@ -40,7 +40,7 @@ def phase_split(r):
     if r["flow"].startswith("galley") and "galley" in r:
         st = r["galley"]["stages_ms"]
         comp = st.get("compile", 0) / 1000
-        pkg = sum(st.get(k, 0) for k in ("verify", "strip", "compress", "layer", "assemble")) / 1000
+        pkg = sum(st.get(k, 0) for k in ("verify", "strip", "compress", "layer", "assemble", "attest")) / 1000
         push = st.get("push", 0) / 1000
         if not push:
             push = sum((p.get("ms") or 0) for k, p in r["galley"]["push"].items() if k != "status") / 1000

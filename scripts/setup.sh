@@ -44,11 +44,21 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 
-# --- Test-only Python tools (PyPI): an independent OpenAPI 3.1 validator ------------------------
+# --- Test-only Python tools (PyPI): independent validators -------------------------------------
+# An OpenAPI 3.1 validator; the SPDX project's own validator (pyspdxtools); the in-toto attestation
+# framework's bindings, which parse SLSA provenance strictly.
 OPENAPI_VALIDATOR_VERSION=0.9.0
-if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-  log "pip install openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
-  python3 -m pip install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+SPDX_TOOLS_VERSION=0.8.3
+IN_TOTO_ATTESTATION_VERSION=0.9.3
+py_missing=()
+python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 || py_missing+=("openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION")
+command -v pyspdxtools >/dev/null 2>&1 || py_missing+=("spdx-tools==$SPDX_TOOLS_VERSION")
+python3 -c 'import in_toto_attestation.predicates.provenance.v1.provenance_pb2' >/dev/null 2>&1 \
+  || py_missing+=("in-toto-attestation==$IN_TOTO_ATTESTATION_VERSION")
+if [ ${#py_missing[@]} -gt 0 ]; then
+  log "pip install ${py_missing[*]}"
+  python3 -m pip install -q "${py_missing[@]}"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 
 # --- Rust targets -----------------------------------------------------------------------------

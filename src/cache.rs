@@ -34,6 +34,8 @@ pub enum Kind {
     Compile,
     Compress,
     Layer,
+    /// An image's SBOM and provenance documents.
+    Attest,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Compile => "compile",
             Kind::Compress => "compress",
             Kind::Layer => "layer",
+            Kind::Attest => "attest",
         }
     }
 }
@@ -122,6 +125,7 @@ impl StageCache {
             "entries/compile",
             "entries/compress",
             "entries/layer",
+            "entries/attest",
         ] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
@@ -288,7 +292,7 @@ impl StageCache {
             return Ok(done);
         }
         let mut entries: Vec<(PathBuf, SystemTime, Vec<String>)> = Vec::new();
-        for kind in ["compile", "compress", "layer"] {
+        for kind in ["compile", "compress", "layer", "attest"] {
             let dir = self.root.join("entries").join(kind);
             for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
                 let p = e.path();

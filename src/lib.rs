@@ -5,6 +5,7 @@
 //! on a base image (`oci`). ARCHITECTURE.md has the map.
 
 pub mod api;
+pub mod attest;
 pub mod cache;
 pub mod cancel;
 pub mod cli;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::verify::run(args),
         Command::Push(args) => cli::push::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Sbom(args) => cli::attest::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

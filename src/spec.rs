@@ -165,6 +165,10 @@ pub struct BuildSpec {
     pub external_sources: Vec<PathBuf>,
     /// The stage cache's limit, `None` when it is off.
     pub stage_cache: Option<u64>,
+    /// Attach an SPDX SBOM to each image (galley.toml `sbom`, default true).
+    pub sbom: bool,
+    /// Attach a SLSA provenance statement to each image (galley.toml `provenance`, default true).
+    pub provenance: bool,
     pub version: String,
     pub variants: Vec<VariantSpec>,
     pub targets: Vec<Target>,
@@ -937,6 +941,8 @@ impl BuildSpec {
                 req.cache_max_bytes
                     .unwrap_or(crate::cache::DEFAULT_MAX_BYTES)
             }),
+            sbom: config.sbom.unwrap_or(true),
+            provenance: config.provenance.unwrap_or(true),
             version,
             variants,
             targets,

@@ -1,5 +1,6 @@
 //! The command line: clap definitions, turned into validated requests here and nowhere else.
 
+pub mod attest;
 pub mod build;
 pub mod push;
 pub mod serve;
@@ -27,6 +28,24 @@ pub enum Command {
     Push(PushArgs),
     /// Run the HTTP API: queue builds, stream their logs, keep their history, cancel them.
     Serve(ServeArgs),
+    /// Print the SBOM (SPDX 2.3 JSON) attached to an image of a layout; --provenance prints its
+    /// SLSA provenance statement instead.
+    Sbom(SbomArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SbomArgs {
+    /// The image: `oci:DIR:TAG` (e.g. oci:out:sqlite-1.4.2), or the layout directory followed
+    /// by TAG.
+    pub image: String,
+    /// The image's tag in the layout, when IMAGE is a directory (e.g. sqlite-1.4.2).
+    pub tag: Option<String>,
+    /// Print the provenance statement (in-toto, SLSA v1) instead of the SBOM.
+    #[arg(long)]
+    pub provenance: bool,
+    /// For an index of several platforms: which one (e.g. linux/arm64).
+    #[arg(long)]
+    pub platform: Option<String>,
 }
 
 /// How log lines are written.

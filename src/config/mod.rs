@@ -38,6 +38,10 @@ pub struct ProjectConfig {
     pub compress: Option<CompressConfig>,
     /// How long the base tag's digest is reused before asking the registry again (default `24h`).
     pub base_ttl: Option<String>,
+    /// Attach an SPDX SBOM of the crates in each image as an OCI referrer (default true).
+    pub sbom: Option<bool>,
+    /// Attach a SLSA provenance statement to each image as an OCI referrer (default true).
+    pub provenance: Option<bool>,
     #[serde(default)]
     pub image: ImageConfig,
 }

@@ -15,18 +15,21 @@ pub enum Stage {
     Compress,
     Layer,
     Assemble,
+    /// The SBOM and provenance, attached to the image as referrers.
+    Attest,
     Push,
 }
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Compile,
         Stage::Verify,
         Stage::Strip,
         Stage::Compress,
         Stage::Layer,
         Stage::Assemble,
+        Stage::Attest,
         Stage::Push,
     ];
 
@@ -38,6 +41,7 @@ impl Stage {
             Stage::Compress => "compress",
             Stage::Layer => "layer",
             Stage::Assemble => "assemble",
+            Stage::Attest => "attest",
             Stage::Push => "push",
         }
     }

@@ -7,6 +7,7 @@
 //! shared between builds.
 
 pub mod assemble;
+pub mod attach;
 pub mod base;
 pub mod compress;
 pub mod events;
@@ -386,7 +387,8 @@ fn build_variants(b: &Build<'_>, work: &Path) -> Vec<Built> {
             for &target in &spec.targets {
                 let dir = work.join(format!("{}-{}", variant.name, target.triple()));
                 let pusher = pusher_of(b.pushers, variant);
-                let mut unit = Unit::new(ctx, variant, target, pusher.is_some());
+                let attest = spec.sbom || spec.provenance;
+                let mut unit = Unit::new(ctx, variant, target, pusher.is_some(), attest);
                 let compiled = compile(b, &mut unit, &dir);
                 let cancelled = ctx.cancel.is_cancelled();
                 match compiled {
@@ -529,11 +531,17 @@ pub struct CacheNote {
 }
 
 impl<'a> Unit<'a> {
-    fn new(ctx: &'a Context<'a>, variant: &'a VariantSpec, target: Target, push: bool) -> Self {
+    fn new(
+        ctx: &'a Context<'a>,
+        variant: &'a VariantSpec,
+        target: Target,
+        push: bool,
+        attest: bool,
+    ) -> Self {
         let pending = Stage::ALL
             .iter()
             .copied()
-            .filter(|s| push || *s != Stage::Push)
+            .filter(|s| (push || *s != Stage::Push) && (attest || *s != Stage::Attest))
             .collect();
         Unit {
             ctx,
@@ -1010,12 +1018,44 @@ fn package(
         Stage::Assemble,
         &format!("manifest {}", assembled.manifest.digest),
     );
+
+    cancel.check().map_err(|c| c.to_string())?;
+    let referrers = if spec.sbom || spec.provenance {
+        let subject_name = match pusher {
+            Some(p) => p.target().name(),
+            None => variant.binary.clone(),
+        };
+        let referrers = unit.stage(Stage::Attest, |u| {
+            attest_stage(b, u, &assembled.manifest, &subject_name, upx.clone())
+        })?;
+        unit.report.referrers = referrers
+            .iter()
+            .map(|d| report::ReferrerReport {
+                artifact_type: d.artifact_type.clone().unwrap_or_default(),
+                digest: d.digest.clone(),
+                size: d.size,
+            })
+            .collect();
+        referrers
+    } else {
+        Vec::new()
+    };
+
     if let Some(pusher) = pusher {
         let mut stats = PushStats::default();
+        // The attached documents' blobs and manifests are counted apart from the image's.
+        let mut attached = PushStats::default();
         let pushed = unit.stage(Stage::Push, |_| {
-            pusher.push_content(out, &assembled.manifest, &mut stats)
+            pusher.push_content(out, &assembled.manifest, &mut stats)?;
+            for r in &referrers {
+                pusher.push_referrer(out, r, &assembled.manifest.digest, &mut attached)?;
+            }
+            Ok::<(), RegistryError>(())
         });
         unit.report.push = Some(stats);
+        if !referrers.is_empty() {
+            unit.report.referrers_push = Some(attached);
+        }
         pushed?;
         unit.say(
             Stage::Push,
@@ -1030,4 +1070,141 @@ fn package(
         );
     }
     Ok(assembled.manifest)
+}
+
+/// The attest stage: the SBOM of the crates in the binary and the provenance of the build,
+/// attached to the image manifest `subject` as referrers. The crate list comes from
+/// `cargo metadata`; the stage cache keeps it under the compile's key (same sources, lock file,
+/// features and target: same crates), so an unchanged variant does not start cargo.
+fn attest_stage(
+    b: &Build<'_>,
+    unit: &mut Unit<'_>,
+    subject: &Descriptor,
+    subject_name: &str,
+    upx: Option<String>,
+) -> Result<Vec<Descriptor>, String> {
+    use crate::attest::{self, BuildFacts, Crate, SbomRequest, Subject};
+    let (spec, out, variant, target) = (b.spec, b.out, unit.variant, unit.target);
+    let cancel = unit.ctx.cancel;
+    let subj = Subject {
+        name: subject_name,
+        digest: &subject.digest,
+        created: &spec.created,
+    };
+    let package = variant.package.as_deref().unwrap_or(&variant.binary);
+    let mut docs = Vec::new();
+    if spec.sbom {
+        let compile_key = unit
+            .report
+            .stages
+            .iter()
+            .find(|s| s.stage == Stage::Compile)
+            .and_then(|s| s.cache_key.clone());
+        let keyed = b.cache.zip(compile_key).map(|(c, compile)| {
+            let inputs = serde_json::json!({
+                "compile": compile,
+                "package": package,
+                "galley": env!("CARGO_PKG_VERSION"),
+            });
+            (c, StageCache::key(Kind::Attest, &inputs), inputs)
+        });
+        let hit: Option<Vec<Crate>> = keyed.as_ref().and_then(|(c, key, _)| {
+            let h = c.get(Kind::Attest, key)?;
+            serde_json::from_value(h.outputs["crates"].clone()).ok()
+        });
+        if let Some((_, key, _)) = &keyed {
+            unit.cache_note = Some(CacheNote {
+                cached: hit.is_some(),
+                key: key.clone(),
+            });
+        }
+        let crates = match hit {
+            Some(crates) => crates,
+            None => {
+                let req = SbomRequest {
+                    project: &spec.project,
+                    package,
+                    features: &variant.features,
+                    default_features: variant.default_features,
+                    target: target.triple(),
+                };
+                let crates = attest::crates(&req, cancel).map_err(|e| {
+                    format!("{e} (set `sbom = false` in galley.toml to build without an SBOM)")
+                })?;
+                if let Some((c, key, inputs)) = &keyed {
+                    let outputs = serde_json::json!({ "crates": crates });
+                    if let Err(e) = c.put(Kind::Attest, key, inputs, &outputs, &[]) {
+                        unit.say(Stage::Attest, &format!("warning: not cached: {e}"));
+                    }
+                }
+                crates
+            }
+        };
+        unit.say(
+            Stage::Attest,
+            &format!(
+                "sbom: {} crates linked into {}",
+                crates.len(),
+                variant.binary
+            ),
+        );
+        docs.push(attach::Document {
+            artifact_type: attest::SPDX_MEDIA_TYPE,
+            title: "sbom.spdx.json",
+            annotations: Default::default(),
+            value: attest::spdx(&subj, &variant.binary, &crates),
+        });
+    }
+    if spec.provenance {
+        let rustflags: &[String] = spec
+            .rustflags
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|(_, f)| f.as_slice())
+            .unwrap_or(&[]);
+        let lock = cache::file_digest(&spec.project.join("Cargo.lock")).ok();
+        let tools = b.tools.clone().with_upx(upx);
+        let facts = BuildFacts {
+            variant: &variant.name,
+            package,
+            binary: &variant.binary,
+            features: &variant.features,
+            default_features: variant.default_features,
+            target: target.triple(),
+            version: &spec.version,
+            profile: &spec.profile,
+            rustflags,
+            source_date_epoch: spec.source_date_epoch,
+            source: spec.source.as_deref(),
+            revision: spec.revision.as_deref(),
+            cargo_lock: lock.as_ref(),
+            base_name: &b.base.name,
+            base_digest: &b.base.digest,
+            tools: &tools,
+        };
+        docs.push(attach::Document {
+            artifact_type: attest::IN_TOTO_MEDIA_TYPE,
+            title: "provenance.intoto.json",
+            annotations: [(
+                "in-toto.io/predicate-type".to_string(),
+                "https://slsa.dev/provenance/v1".to_string(),
+            )]
+            .into(),
+            value: attest::provenance(&subj, &facts),
+        });
+    }
+    cancel.check().map_err(|c| c.to_string())?;
+    let referrers =
+        attach::attach(out, subject, &spec.created, &docs).map_err(|e| e.to_string())?;
+    for r in &referrers {
+        unit.say(
+            Stage::Attest,
+            &format!(
+                "{} {}",
+                r.artifact_type.as_deref().unwrap_or("artifact"),
+                r.digest
+            ),
+        );
+    }
+    Ok(referrers)
 }

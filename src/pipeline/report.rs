@@ -134,6 +134,22 @@ pub struct PlatformReport {
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<PushStats>,
+    /// What is attached to the image (its SBOM, its provenance): artifact manifests whose
+    /// subject is `manifest_digest`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<ReferrerReport>,
+    /// What pushing the referrers did (apart from `push`, the image's own blobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers_push: Option<PushStats>,
+}
+
+/// An artifact attached to an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferrerReport {
+    pub artifact_type: String,
+    /// The artifact manifest's digest.
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// Sizes in bytes; absent when the stage did not run.
@@ -185,6 +201,8 @@ impl PlatformReport {
             error: None,
             warnings: Vec::new(),
             push: None,
+            referrers: Vec::new(),
+            referrers_push: None,
         }
     }
 }
@@ -280,6 +298,21 @@ impl Report {
                     })
                     .collect();
                 let _ = writeln!(s, "  time: {}", times.join(", "));
+                if !p.referrers.is_empty() {
+                    let attached: Vec<String> = p
+                        .referrers
+                        .iter()
+                        .map(|r| {
+                            let what = match r.artifact_type.as_str() {
+                                crate::attest::SPDX_MEDIA_TYPE => "sbom",
+                                crate::attest::IN_TOTO_MEDIA_TYPE => "provenance",
+                                other => other,
+                            };
+                            format!("{what} {}", r.digest)
+                        })
+                        .collect();
+                    let _ = writeln!(s, "  attached: {}", attached.join(", "));
+                }
                 if let Some(e) = &p.error {
                     let _ = writeln!(s, "  error: {e}");
                 }

@@ -3,7 +3,7 @@
 // origin), read with fetch so the token goes in a header and Last-Event-ID resumes it.
 "use strict";
 
-const STAGES = ["compile", "verify", "strip", "compress", "layer", "assemble", "push"];
+const STAGES = ["compile", "verify", "strip", "compress", "layer", "assemble", "attest", "push"];
 const SYMBOL = { succeeded: "✓", failed: "✗", running: "⟳", queued: "…", skipped: "–", cancelled: "⊘", pending: "○", interrupted: "✗" };
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
