@@ -2,7 +2,7 @@
 //! tools: skopeo reads the layout, umoci unpacks it, and the binary runs under chroot.
 
 use crate::support::{
-    build_ok, chroot_run, copy_fixture, heavy, scratch, skopeo_inspect, unpack, variant,
+    build_ok, chroot_run, copy_fixture, galley, heavy, scratch, skopeo_inspect, unpack, variant,
 };
 
 #[test]
@@ -45,7 +45,7 @@ fn builds_three_variants_that_skopeo_umoci_and_chroot_accept() {
             .collect();
         assert_eq!(
             stages,
-            ["compile", "verify", "strip", "compress", "layer", "assemble"]
+            ["compile", "verify", "strip", "compress", "layer", "assemble", "attest"]
         );
         let sizes = &p["sizes"];
         for key in [
@@ -159,17 +159,23 @@ fn rebuilding_into_the_same_layout_keeps_one_entry_per_tag() {
     );
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
-    let tags: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
+    let entries = index["manifests"].as_array().unwrap();
+    let tags: Vec<&str> = entries
         .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-        })
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
         .collect();
     assert_eq!(tags, ["mysql-1.0.0", "sqlite-1.0.0"]);
+    // Besides the tags: each image's SBOM and provenance, once each (the rebuilt sqlite image
+    // is the same image with the same documents).
+    let subjects: Vec<&str> = entries
+        .iter()
+        .filter_map(|m| m["annotations"]["dev.galley.subject"].as_str())
+        .collect();
+    assert_eq!(subjects.len(), 4, "{index}");
+    for name in ["sqlite", "mysql"] {
+        let d = variant(&second, name)["digest"].as_str().unwrap();
+        assert_eq!(subjects.iter().filter(|s| **s == d).count(), 2, "{index}");
+    }
     let p = &variant(&second, "sqlite")["platforms"][0];
     assert_eq!(p["compression"]["applied"], false);
     assert_eq!(p["compression"]["note"], "compression off (--no-compress)");
@@ -178,4 +184,55 @@ fn rebuilding_into_the_same_layout_keeps_one_entry_per_tag() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn sbom_and_provenance_can_be_turned_off() {
+    let _heavy = heavy();
+    let dir = scratch("e2e-no-attest");
+    let project = dir.join("tiny");
+    copy_fixture("tiny", &project);
+    let config = project.join("galley.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("sbom = false\nprovenance = false\n{text}")).unwrap();
+    let out = dir.join("out");
+    let report = build_ok(
+        &project,
+        &out,
+        &[
+            "--variants",
+            "sqlite",
+            "--version",
+            "1.0.0",
+            "--no-compress",
+        ],
+        &[],
+    );
+    let p = &variant(&report, "sqlite")["platforms"][0];
+    assert!(p["referrers"].is_null(), "{p}");
+    let stages: Vec<&str> = p["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["compile", "verify", "strip", "compress", "layer", "assemble"]
+    );
+    let index = std::fs::read_to_string(out.join("index.json")).unwrap();
+    assert!(!index.contains("dev.galley.subject"), "{index}");
+    // Asking for the SBOM says why there is none and what to do.
+    let asked = galley()
+        .args(["sbom"])
+        .arg(&out)
+        .arg("sqlite-1.0.0")
+        .output()
+        .unwrap();
+    assert_eq!(asked.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&asked.stderr);
+    assert!(
+        err.contains("no SBOM is attached") && err.contains("sbom = false"),
+        "{err}"
+    );
 }

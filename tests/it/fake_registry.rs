@@ -170,6 +170,28 @@ impl FakeRegistry {
         self.shared.lock().resolve(repo, reference)
     }
 
+    /// What the referrers API would list for `subject` in `repo`: (artifactType, digest) of
+    /// each stored manifest whose `subject` is it, sorted.
+    pub fn referrers(&self, repo: &str, subject: &str) -> Vec<(String, String)> {
+        let st = self.shared.lock();
+        let mut found: Vec<(String, String)> = st
+            .manifests
+            .iter()
+            .filter(|((r, _), _)| r == repo)
+            .filter_map(|((_, digest), (_, bytes))| {
+                let doc: Value = serde_json::from_slice(bytes).ok()?;
+                (doc["subject"]["digest"] == subject).then(|| {
+                    (
+                        doc["artifactType"].as_str().unwrap_or("").to_string(),
+                        digest.clone(),
+                    )
+                })
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
     /// The tags of `repo`, sorted.
     pub fn tags(&self, repo: &str) -> Vec<String> {
         self.shared.lock().tags_of(repo)
@@ -739,12 +761,21 @@ impl Shared {
                 .insert((repo.into(), reference.into()), digest.clone());
         }
         drop(st);
-        Response::new(201)
+        let created = Response::new(201)
             .header(
                 "Location",
                 self.location(&format!("/v2/{repo}/manifests/{digest}")),
             )
-            .header("Docker-Content-Digest", digest)
+            .header("Docker-Content-Digest", digest);
+        // An OCI 1.1 registry with the referrers API says it indexed the manifest's subject.
+        match doc
+            .get("subject")
+            .and_then(|s| s.get("digest"))
+            .and_then(Value::as_str)
+        {
+            Some(subject) => created.header("OCI-Subject", subject.to_string()),
+            None => created,
+        }
     }
 }
 

@@ -143,6 +143,9 @@ fn anonymous_pull_and_push_checked_by_skopeo_umoci_and_chroot() {
         manifest["annotations"]["org.opencontainers.image.base.name"],
         format!("{host}/library/busybox:3.20")
     );
+    // The SBOM and provenance went along as referrers; this registry (distribution 2.8) has no
+    // referrers API, so they are listed under the referrers tag schema, as OCI 1.1 clients expect.
+    assert_attached(&host, "team/tiny", digest, sqlite);
     let copied = dir.join("copied");
     run_ok(
         Command::new("skopeo")
@@ -200,6 +203,57 @@ fn anonymous_pull_and_push_checked_by_skopeo_umoci_and_chroot() {
     );
     let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(inspect["Digest"], digest);
+    assert_attached(&host, "team/copy", digest, sqlite);
+}
+
+/// Reads the referrers of `host/repo@digest` with skopeo (the `sha256-<hex>` tag) and checks they
+/// are the SBOM and provenance galley reported, each an artifact manifest whose subject is the
+/// image.
+fn assert_attached(host: &str, repo: &str, digest: &str, variant: &serde_json::Value) {
+    let schema_tag = digest.replace(':', "-");
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{host}/{repo}:{schema_tag}")),
+    );
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(index["mediaType"], galley::oci::MEDIA_INDEX, "{index}");
+    let mut listed: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["artifactType"].as_str().unwrap().to_string(),
+                d["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut reported: Vec<(String, String)> = variant["platforms"][0]["referrers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["artifact_type"].as_str().unwrap().to_string(),
+                r["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    reported.sort();
+    assert_eq!(listed, reported, "{index}");
+    assert_eq!(listed.len(), 2, "an SBOM and a provenance: {index}");
+    for (artifact_type, d) in &listed {
+        let m = run_ok(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{host}/{repo}@{d}")),
+        );
+        let m: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+        assert_eq!(m["subject"]["digest"], digest, "{m}");
+        assert_eq!(&m["artifactType"], artifact_type.as_str(), "{m}");
+    }
 }
 
 const SENTINEL: &str = "sentinel-Pa55word-7f3a";

@@ -77,6 +77,21 @@ fn multi_variant_push_moves_no_registry_tag_when_a_variant_fails_unless_partial(
     // The image itself was pushed (by digest), so --partial only has to move the tag.
     let digest = sqlite["digest"].as_str().unwrap();
     assert!(fake.manifest("team/tiny", digest).is_some());
+    // So were its SBOM and provenance: this registry has the referrers API (it answers
+    // `OCI-Subject`), so no `sha256-<hex>` tag was needed.
+    let reported: Vec<(String, String)> = sqlite["platforms"][0]["referrers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["artifact_type"].as_str().unwrap().to_string(),
+                r["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reported.len(), 2, "{sqlite}");
+    assert_eq!(fake.referrers("team/tiny", digest), reported);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("registry tags not moved"), "{stderr}");
 

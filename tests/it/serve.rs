@@ -151,7 +151,7 @@ fn serve_builds_pushes_streams_and_records_without_leaking_secrets() {
         end.data
     );
     let every = [
-        "compile", "verify", "strip", "compress", "layer", "assemble", "push",
+        "compile", "verify", "strip", "compress", "layer", "assemble", "attest", "push",
     ];
     for v in ["sqlite", "postgres"] {
         let stages = stage_statuses(&replayed, v);
@@ -193,7 +193,7 @@ fn serve_builds_pushes_streams_and_records_without_leaking_secrets() {
             v["references"][0],
             format!("{}/team/tiny:{name}-1.4.2@{digest}", fake.host())
         );
-        assert_eq!(v["stages"].as_array().unwrap().len(), 7);
+        assert_eq!(v["stages"].as_array().unwrap().len(), 8);
         let inspected = crate::support::skopeo_inspect(&out, &format!("{name}-1.4.2"), false);
         assert_eq!(inspected["Digest"], digest);
     }
