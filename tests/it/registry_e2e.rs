@@ -145,7 +145,7 @@ fn anonymous_pull_and_push_checked_by_skopeo_umoci_and_chroot() {
     );
     // The SBOM and provenance went along as referrers; this registry (distribution 2.8) has no
     // referrers API, so they are listed under the referrers tag schema, as OCI 1.1 clients expect.
-    assert_attached(&host, "team/tiny", digest, sqlite);
+    assert_attached(&host, "team/tiny", "sqlite-1.4.2", digest, sqlite);
     let copied = dir.join("copied");
     run_ok(
         Command::new("skopeo")
@@ -203,13 +203,13 @@ fn anonymous_pull_and_push_checked_by_skopeo_umoci_and_chroot() {
     );
     let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(inspect["Digest"], digest);
-    assert_attached(&host, "team/copy", digest, sqlite);
+    assert_attached(&host, "team/copy", "sqlite-1.4.2", digest, sqlite);
 }
 
 /// Reads the referrers of `host/repo@digest` with skopeo (the `sha256-<hex>` tag) and checks they
 /// are the SBOM and provenance galley reported, each an artifact manifest whose subject is the
 /// image.
-fn assert_attached(host: &str, repo: &str, digest: &str, variant: &serde_json::Value) {
+fn assert_attached(host: &str, repo: &str, tag: &str, digest: &str, variant: &serde_json::Value) {
     let schema_tag = digest.replace(':', "-");
     let raw = run_ok(
         Command::new("skopeo")
@@ -244,6 +244,34 @@ fn assert_attached(host: &str, repo: &str, digest: &str, variant: &serde_json::V
     reported.sort();
     assert_eq!(listed, reported, "{index}");
     assert_eq!(listed.len(), 2, "an SBOM and a provenance: {index}");
+    // The same through plain HTTP: this registry has no referrers API (404), the schema tag
+    // answers, and the image's tag still names the image's own digest: referrers point at the
+    // image, adding them changed nothing in it.
+    let curl = |path: &str, accept: &str| {
+        let out = run_ok(Command::new("curl").args([
+            "-s",
+            "-H",
+            &format!("Accept: {accept}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{host}/v2/{repo}/{path}"),
+        ]));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (body.to_string(), code.to_string())
+    };
+    let (_, code) = curl(&format!("referrers/{digest}"), galley::oci::MEDIA_INDEX);
+    assert_eq!(code, "404", "distribution 2.8 has no referrers API");
+    let (body, code) = curl(&format!("manifests/{schema_tag}"), galley::oci::MEDIA_INDEX);
+    assert_eq!(code, "200");
+    assert_eq!(
+        body.as_bytes(),
+        &raw.stdout[..],
+        "curl and skopeo read one index"
+    );
+    let (body, code) = curl(&format!("manifests/{tag}"), galley::oci::MEDIA_MANIFEST);
+    assert_eq!(code, "200");
+    assert_eq!(galley::oci::Digest::of(body.as_bytes()).as_str(), digest);
     for (artifact_type, d) in &listed {
         let m = run_ok(
             Command::new("skopeo")
