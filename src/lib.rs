@@ -15,6 +15,7 @@ pub mod oci;
 pub mod pipeline;
 pub mod proc;
 pub mod registry;
+pub mod repro;
 pub mod runner;
 pub mod spec;
 pub mod store;

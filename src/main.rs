@@ -34,6 +34,11 @@ fn main() -> ExitCode {
         Command::Push(args) => cli::push::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Sbom(args) => cli::attest::run(args),
+        Command::Repro(args) => match cli::repro::run(args) {
+            Ok(cli::repro::Outcome::Compared { identical }) => Ok(identical),
+            Ok(cli::repro::Outcome::Interrupted) => return ExitCode::from(130),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

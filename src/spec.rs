@@ -9,6 +9,7 @@ use crate::config::workspace::{config_rustflags, Workspace, WorkspaceError};
 use crate::config::{CargoPackage, ConfigError, FileConfig, ProjectConfig};
 use crate::oci::image::ImageSettings;
 use crate::oci::time::{parse_epoch, rfc3339, BadEpoch};
+use crate::oci::Digest;
 use crate::proc;
 use crate::registry::{Credential, Reference, RegistryOptions};
 use crate::target::{Target, UnknownTarget};
@@ -59,6 +60,34 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// The stage cache's size limit in bytes (default `cache::DEFAULT_MAX_BYTES`).
     pub cache_max_bytes: Option<u64>,
+    /// The digest the base reference must resolve to (`galley repro` rebuilding a recorded
+    /// build): a registry tag is fetched by this digest, keeping its name; a layout's tag
+    /// pointing elsewhere is an error.
+    pub base_pin: Option<Digest>,
+}
+
+/// The inputs of a build that its project's files do not hold: recorded in the report so that
+/// `galley repro` can build the same thing again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inputs {
+    /// The variants, by name, in build order.
+    pub variants: Vec<String>,
+    /// The base reference in full (a layout's directory as an absolute path).
+    pub base: String,
+    /// The target triples.
+    pub targets: Vec<String>,
+    /// Tag templates given on the command line (empty: galley.toml's or the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// `--no-compress` was given.
+    #[serde(default)]
+    pub no_compress: bool,
+    /// RUSTFLAGS as galley got it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rustflags: Option<String>,
+    /// CARGO_ENCODED_RUSTFLAGS as galley got it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_rustflags: Option<String>,
 }
 
 /// Where the base image comes from.
@@ -192,6 +221,10 @@ pub struct BuildSpec {
     pub cache_dir: PathBuf,
     /// Release the variants that succeeded even when another failed.
     pub partial: bool,
+    /// What the report records for `galley repro`.
+    pub inputs: Inputs,
+    /// See `BuildRequest::base_pin`.
+    pub base_pin: Option<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -929,6 +962,21 @@ impl BuildSpec {
             Some(t) => parse_duration(t).ok_or_else(|| SpecError::BadDuration(t.to_string()))?,
         };
 
+        let inputs = Inputs {
+            variants: variants.iter().map(|v| v.name.clone()).collect(),
+            base: match &base {
+                BaseRef::Layout { dir, tag } => format!(
+                    "oci:{}:{tag}",
+                    dir.canonicalize().unwrap_or_else(|_| dir.clone()).display()
+                ),
+                BaseRef::Registry(r) => r.to_string(),
+            },
+            targets: targets.iter().map(|t| t.triple().to_string()).collect(),
+            tags: req.tags.clone(),
+            no_compress: req.no_compress,
+            rustflags: req.rustflags.clone(),
+            encoded_rustflags: req.encoded_rustflags.clone(),
+        };
         Ok(BuildSpec {
             project,
             binary,
@@ -970,6 +1018,8 @@ impl BuildSpec {
             refresh_base: req.refresh_base,
             base_ttl,
             partial: req.partial,
+            inputs,
+            base_pin: req.base_pin.clone(),
             cache_dir: req
                 .cache_dir
                 .clone()

@@ -20,8 +20,8 @@ pub enum Outcome {
 }
 
 /// Prints log lines on stderr as `[variant arch] stage: line`.
-struct Printer {
-    stderr: Mutex<std::io::Stderr>,
+pub(super) struct Printer {
+    pub(super) stderr: Mutex<std::io::Stderr>,
 }
 
 impl EventSink for Printer {
@@ -44,7 +44,7 @@ impl EventSink for Printer {
 
 /// Turns SIGINT and SIGTERM into a cancel: the first stops the build gracefully (SIGTERM to
 /// every child group, SIGKILL after the grace period), a second kills at once.
-fn cancel_on_signals(cancel: &Cancel) -> anyhow::Result<()> {
+pub(super) fn cancel_on_signals(cancel: &Cancel) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("cannot install the Ctrl-C handler")?;
@@ -93,6 +93,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
                 anyhow::anyhow!("--cache-max {s:?} is not a size: use bytes or a number with KiB, MiB or GiB (e.g. 2GiB)")
             })?),
         },
+        base_pin: None,
     };
     let spec = BuildSpec::resolve(&req)?;
     let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);

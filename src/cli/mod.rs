@@ -3,6 +3,7 @@
 pub mod attest;
 pub mod build;
 pub mod push;
+pub mod repro;
 pub mod serve;
 pub mod verify;
 
@@ -31,6 +32,30 @@ pub enum Command {
     /// Print the SBOM (SPDX 2.3 JSON) attached to an image of a layout; --provenance prints its
     /// SLSA provenance statement instead.
     Sbom(SbomArgs),
+    /// Build a recorded build again in a fresh directory and compare every digest: exit 0 when
+    /// all match, 1 when something differs (where, down to the key or file), 2 on an error.
+    Repro(ReproArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReproArgs {
+    /// The report of the build to reproduce (e.g. out/report.json).
+    pub report: PathBuf,
+    /// Print the verdict as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Build with this SOURCE_DATE_EPOCH instead of the recorded one.
+    #[arg(long)]
+    pub source_date_epoch: Option<String>,
+    /// Where the fresh build directory goes (default: the temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the fresh directory (sources, target dir, rebuilt layout) to look into.
+    #[arg(long)]
+    pub keep: bool,
+    /// The UPX program (default: upx on PATH).
+    #[arg(long, env = "GALLEY_UPX")]
+    pub upx: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

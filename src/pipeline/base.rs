@@ -49,6 +49,12 @@ pub enum BaseError {
     },
     #[error("base image {name} is a {media_type}, not an image manifest or index")]
     UnknownMediaType { name: String, media_type: String },
+    #[error("base image {name} is now {found}, not {pinned} as recorded: the base changed since (restore the recorded base to rebuild the same image)")]
+    PinMismatch {
+        name: String,
+        pinned: Digest,
+        found: Digest,
+    },
     #[error("base image {name}: {source}")]
     Registry {
         name: String,
@@ -72,8 +78,24 @@ pub fn resolve(
                 source: Box::new(source),
             };
             let cache = BlobCache::open(&spec.cache_dir).map_err(rerr)?;
+            // A pinned rebuild fetches the recorded digest; the name (annotations) stays the
+            // reference as given.
+            let pinned = match (&spec.base_pin, &reference.digest) {
+                (Some(pin), None) => Some(Reference {
+                    digest: Some(pin.clone()),
+                    ..reference.clone()
+                }),
+                (Some(pin), Some(d)) if pin != d => {
+                    return Err(BaseError::PinMismatch {
+                        name,
+                        pinned: pin.clone(),
+                        found: d.clone(),
+                    })
+                }
+                _ => None,
+            };
             let pulled = pull(
-                reference,
+                pinned.as_ref().unwrap_or(reference),
                 targets,
                 options,
                 &cache,
@@ -99,6 +121,13 @@ pub fn resolve(
     };
     let src = Layout::open(dir).map_err(lerr)?;
     let top = src.resolve(tag).map_err(lerr)?;
+    if let Some(pin) = spec.base_pin.as_ref().filter(|p| **p != top.digest) {
+        return Err(BaseError::PinMismatch {
+            name,
+            pinned: pin.clone(),
+            found: top.digest,
+        });
+    }
     let mut platforms = Vec::new();
     for &target in targets.iter() {
         let want: PlatformSpec = target.platform().into();

@@ -244,6 +244,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
                     .as_secs()
             }),
         },
+        inputs: spec.inputs.clone(),
         output: output.display().to_string(),
         toolchain: tools.one_line(),
         tools: tools.with_upx(variants.iter().find_map(|v| {

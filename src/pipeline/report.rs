@@ -32,6 +32,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<bool>,
     pub base: BaseReport,
+    /// What `galley repro` needs besides the project's files to build this again.
+    pub inputs: crate::spec::Inputs,
     pub output: String,
     /// The tool versions on one line (as `tools`, for people).
     pub toolchain: String,

@@ -7,6 +7,8 @@
 //! - `golden`: golden digests for a fixed layer and config, so a dependency moving digests fails.
 //! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
 //! - `reproducible`: the same build from two directories gives identical digests.
+//! - `repro`: `galley repro` rebuilds a report's inputs elsewhere: identical, or the differing
+//!   keys and files named; a git project from its commit; Ctrl-C.
 //! - `upx`: UPX missing, refusing or producing a broken binary leaves a warning and a working image.
 //! - `multi_platform`: two targets give an image index (linux/amd64, linux/arm64/v8).
 //! - `bad_input`: clear errors, exit codes and nothing written for malformed requests.
@@ -42,6 +44,7 @@ mod real_registry;
 mod registry_e2e;
 mod registry_faults;
 mod release;
+mod repro;
 mod reproducible;
 mod serve;
 mod service;
