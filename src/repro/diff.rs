@@ -242,6 +242,8 @@ mod tests {
             h.set_size(data.len() as u64);
             h.set_mode(*mode);
             h.set_mtime(*mtime);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_cksum();
             b.append_data(&mut h, path, *data).unwrap();
         }
