@@ -41,6 +41,7 @@ pub struct BuildUrls {
     pub log: String,
     pub cancel: String,
     pub rebuild: String,
+    pub repro: String,
 }
 
 impl BuildUrls {
@@ -51,6 +52,7 @@ impl BuildUrls {
             log: format!("{base}/log"),
             cancel: format!("{base}/cancel"),
             rebuild: format!("{base}/rebuild"),
+            repro: format!("{base}/repro"),
             record: base,
         }
     }
@@ -152,7 +154,26 @@ pub struct BuildRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub report: Option<Value>,
+    /// For a repro (`inputs.repro_of` set): the verdict, once it ran: `identical`, `tools`
+    /// (checked first), `notes`, and per variant the `differences` down to the key or file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub verdict: Option<Value>,
+    /// The newest repro of this build, if one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reproduced: Option<ReproLink>,
     pub urls: BuildUrls,
+}
+
+/// A repro of a build, as its build view links it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReproLink {
+    /// The repro build's id.
+    pub id: i64,
+    pub status: BuildStatus,
+    /// Whether every digest matched (absent while it runs or when it could not compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identical: Option<bool>,
 }
 
 /// A page of history.
@@ -256,6 +277,28 @@ pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRe
         }
     }
     let id = row.id;
+    // The verdict and the repro link cost two queries: only for a single build's view.
+    let (verdict, reproduced) = if with_stages {
+        let verdict = store
+            .last_event(id, "verdict")
+            .map_err(ApiError::internal)?
+            .and_then(|d| serde_json::from_str::<Value>(&d).ok());
+        let reproduced = match store.latest_repro(id).map_err(ApiError::internal)? {
+            Some(r) => Some(ReproLink {
+                id: r.id,
+                status: r.status,
+                identical: store
+                    .last_event(r.id, "verdict")
+                    .map_err(ApiError::internal)?
+                    .and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                    .and_then(|v| v["identical"].as_bool()),
+            }),
+            None => None,
+        };
+        (verdict, reproduced)
+    } else {
+        (None, None)
+    };
     Ok(BuildRecord {
         id,
         project: row.project,
@@ -280,6 +323,8 @@ pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRe
         process_tag: row.process_tag,
         variants,
         report: row.report,
+        verdict,
+        reproduced,
         urls: BuildUrls::of(id),
     })
 }
@@ -302,6 +347,10 @@ fn runner_error(e: RunnerError) -> ApiError {
         RunnerError::NotFound(id) => ApiError::not_found(format!("no build {id}")),
         e @ (RunnerError::Finished { .. } | RunnerError::NotFinished { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        e @ RunnerError::NotReproducible { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "not_reproducible", e.to_string())
+                .hint("reproduce a finished build that has images (its own, not a repro)")
         }
         e @ RunnerError::QueueFull(_) => {
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
@@ -451,6 +500,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         version: req.version,
         push,
         git_ref: req.git_ref,
+        repro_of: None,
     })
 }
 
@@ -729,6 +779,31 @@ pub async fn rebuild(
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let submitted = blocking(move || runner.rebuild(id, &who.0).map_err(runner_error)).await?;
+    Ok(accepted(submitted, BuildStatus::Queued))
+}
+
+/// Build the recorded inputs of a finished build again, at another path and without the stage
+/// cache, and compare every digest. The repro is a build of its own (202 with its id); its
+/// record carries the `verdict`, and it succeeds only when every digest matches.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/repro",
+    tag = "builds",
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 202, description = "The repro is queued", body = Accepted),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 409, description = "The build is not finished, has no image, or is a repro", body = super::error::ErrorBody),
+        (status = 429, description = "The queue is full", body = super::error::ErrorBody),
+    )
+)]
+pub async fn repro(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let runner = state.runner.clone();
+    let submitted = blocking(move || runner.repro(id, &who.0).map_err(runner_error)).await?;
     Ok(accepted(submitted, BuildStatus::Queued))
 }
 

@@ -56,6 +56,12 @@ pub struct ReproArgs {
     /// The UPX program (default: upx on PATH).
     #[arg(long, env = "GALLEY_UPX")]
     pub upx: Option<PathBuf>,
+    /// Speak plain HTTP to this registry (for the base; loopback always is).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM) for a private TLS registry.
+    #[arg(long, env = "GALLEY_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

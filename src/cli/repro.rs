@@ -26,6 +26,9 @@ pub fn run(args: ReproArgs) -> anyhow::Result<Outcome> {
         keep: args.keep,
         upx: args.upx,
         cache_dir: None,
+        insecure_registries: args.insecure_registries,
+        ca_bundle: args.ca_bundle,
+        sources: None,
     };
     let cancel = Cancel::new(
         &format!("galley-repro-{}", std::process::id()),

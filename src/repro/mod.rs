@@ -75,6 +75,13 @@ pub struct ReproRequest {
     pub upx: Option<PathBuf>,
     /// Where pulled base images are cached (default as for builds).
     pub cache_dir: Option<PathBuf>,
+    /// Registries of the base spoken to over plain HTTP (loopback always is).
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificates for a private TLS registry holding the base.
+    pub ca_bundle: Option<PathBuf>,
+    /// Sources the caller laid out already at the recorded commit (the service's worktree of
+    /// its mirror), with how to describe them: built in place instead of cloned or copied.
+    pub sources: Option<(PathBuf, String)>,
 }
 
 /// A tool's recorded version against the one here.
@@ -133,6 +140,9 @@ pub struct Verdict {
     /// Inputs that differ on purpose or by necessity (an overridden epoch, a dirty tree, ...).
     pub notes: Vec<String>,
     pub variants: Vec<VariantVerdict>,
+    /// The rebuild's own report (the service records it as the repro build's report).
+    #[serde(skip)]
+    pub rebuilt_report: Option<Box<crate::pipeline::report::Report>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,7 +315,7 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
     if !recorded.variants.iter().any(|v| v.status == "succeeded") {
         return Err(ReproError::NothingBuilt);
     }
-    if !recorded.project.join("Cargo.toml").is_file() {
+    if req.sources.is_none() && !recorded.project.join("Cargo.toml").is_file() {
         return Err(ReproError::NoProject(recorded.project.clone()));
     }
     // The layout beside the report (out/report.json lives in out/), else where it was written.
@@ -347,8 +357,14 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
         dir: src.clone(),
         source,
     };
-    let (project, sources) = match &recorded.revision {
-        Some(rev) => {
+    let (project, sources) = match (&req.sources, &recorded.revision) {
+        (Some((dir, how)), _) => {
+            if !dir.join("Cargo.toml").is_file() {
+                return Err(ReproError::NoProject(dir.clone()));
+            }
+            (dir.clone(), how.clone())
+        }
+        (None, Some(rev)) => {
             let commit = rev.trim_end_matches("-dirty");
             if !is_commit(commit) {
                 return Err(ReproError::BadRevision(rev.clone()));
@@ -398,7 +414,7 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
                 (project, format!("git commit {commit} of {top}"))
             }
         }
-        None => {
+        (None, None) => {
             let name = recorded
                 .project
                 .file_name()
@@ -507,6 +523,8 @@ pub fn rebuild(
         no_cache: true,
         cache_dir: plan.req.cache_dir.clone(),
         base_pin: Some(plan.recorded.base.digest.clone()),
+        insecure_registries: plan.req.insecure_registries.clone(),
+        ca_bundle: plan.req.ca_bundle.clone(),
         ..Default::default()
     };
     let spec = BuildSpec::resolve(&request)?;
@@ -575,6 +593,7 @@ pub fn rebuild(
         tools: plan.tools.clone(),
         notes,
         variants,
+        rebuilt_report: Some(Box::new(report)),
     })
 }
 

@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::cancel::Cancel;
 use crate::config::serve::{Project, ServeConfig};
 use crate::pipeline::{self, CompileSlots, Context, PipelineError};
+use crate::repro;
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::store::{
     now_ms, BuildRow, BuildStatus, Created, Finished, NewBuild, Started, StatusFacts, Store,
@@ -42,6 +43,9 @@ pub struct BuildInput {
     /// The git ref to build (git projects only).
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// A repro: the build whose recorded inputs this one builds again and compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repro_of: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,8 @@ pub enum RunnerError {
     Finished { id: i64, status: BuildStatus },
     #[error("build {id} is {status}: wait for it to end or cancel it first")]
     NotFinished { id: i64, status: BuildStatus },
+    #[error("build {id} cannot be reproduced: {why}")]
+    NotReproducible { id: i64, why: String },
     #[error("the queue is full ({0} builds waiting)")]
     QueueFull(usize),
     #[error("the Idempotency-Key was used before with a different request")]
@@ -285,6 +291,55 @@ impl Runner {
             RunnerError::Start(format!("build {id} has an unreadable request: {e}"))
         })?;
         self.submit(&input, principal, None)
+    }
+
+    /// Queues a repro of a finished build: its recorded inputs built again at another path,
+    /// without the stage cache, every digest compared (`repro::rebuild`).
+    pub fn repro(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
+        let row = self.inner.row(id)?;
+        if !row.status.is_final() {
+            return Err(RunnerError::NotFinished {
+                id,
+                status: row.status,
+            });
+        }
+        let input: BuildInput = serde_json::from_value(row.request.clone()).map_err(|e| {
+            RunnerError::Start(format!("build {id} has an unreadable request: {e}"))
+        })?;
+        let not = |why: &str| RunnerError::NotReproducible {
+            id,
+            why: why.to_string(),
+        };
+        if input.repro_of.is_some() {
+            return Err(not("it is a repro itself: reproduce the build it checked"));
+        }
+        let built = row.report.as_ref().is_some_and(|r| {
+            r["variants"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["status"] == "succeeded"))
+        });
+        if !built {
+            return Err(not(
+                "no variant of it succeeded: there is no image to compare with",
+            ));
+        }
+        if !self.inner.build_dir(id).join("out/report.json").is_file() {
+            return Err(not("its output layout is gone (deleted or past retention)"));
+        }
+        let is_git = self
+            .inner
+            .config
+            .projects
+            .get(&input.project)
+            .is_some_and(|p| matches!(p.source, crate::config::serve::Source::Git(_)));
+        let repro = BuildInput {
+            push: false,
+            // A git project is checked out at the recorded commit (the record says which).
+            git_ref: if is_git { row.commit.clone() } else { None },
+            repro_of: Some(id),
+            ..input
+        };
+        self.submit(&repro, principal, None)
     }
 
     /// Removes a finished build's record, events and output.
@@ -619,6 +674,9 @@ impl Inner {
             ..Default::default()
         };
 
+        if let Some(of) = input.repro_of {
+            return Ok(self.run_repro(id, of, project, cancel, log));
+        }
         log.say(
             "source",
             &match &input.git_ref {
@@ -715,6 +773,121 @@ impl Inner {
             }
             Err(e) => (BuildStatus::Failed, failed(e)),
         })
+    }
+}
+
+impl Inner {
+    /// A repro build: the recorded report of build `of` built again in this build's directory
+    /// and compared. Identical: succeeded; a difference or an error: failed. The verdict is a
+    /// `verdict` event; the rebuild's own report is this build's report.
+    fn run_repro(
+        &self,
+        id: i64,
+        of: i64,
+        project: &Project,
+        cancel: &Cancel,
+        log: &BuildLog,
+    ) -> (BuildStatus, Finished) {
+        let failed = |e: String| {
+            (
+                BuildStatus::Failed,
+                Finished {
+                    error: Some(e),
+                    ..Default::default()
+                },
+            )
+        };
+        let report = self.build_dir(of).join("out/report.json");
+        let recorded_commit = self.row(of).ok().and_then(|r| r.commit);
+        log.say("repro", &format!("reproducing build {of} from its report"));
+        // A git project's sources: a worktree of the mirror at the recorded commit. A path
+        // project: repro clones or copies the directory itself.
+        let checkout = match (&project.source, &recorded_commit) {
+            (crate::config::serve::Source::Git(_), Some(commit)) => {
+                let lock = self.git_lock(&project.name);
+                let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+                match source::checkout(
+                    &self.config.data_dir,
+                    project,
+                    Some(commit),
+                    &self.build_dir(id).join("src"),
+                    cancel,
+                ) {
+                    Ok(c) => Some(c),
+                    Err(e) => return failed(format!("source: {e}")),
+                }
+            }
+            _ => None,
+        };
+        let req = repro::ReproRequest {
+            report,
+            work_parent: Some(self.build_dir(id)),
+            upx: std::env::var_os("GALLEY_UPX").map(PathBuf::from),
+            cache_dir: self.config.cache_dir.clone(),
+            insecure_registries: project.insecure.clone(),
+            ca_bundle: project.ca_bundle.clone(),
+            sources: checkout.as_ref().map(|c| {
+                (
+                    c.dir.clone(),
+                    format!(
+                        "git commit {} of {}",
+                        c.commit.as_deref().unwrap_or("?"),
+                        project.name
+                    ),
+                )
+            }),
+            ..Default::default()
+        };
+        let result = repro::prepare(&req, cancel).and_then(|plan| {
+            for t in &plan.tools {
+                log.say(
+                    "repro",
+                    &format!(
+                        "{}: {} (recorded {}, here {})",
+                        t.tool,
+                        t.status,
+                        t.recorded.as_deref().unwrap_or("-"),
+                        t.current.as_deref().unwrap_or("-")
+                    ),
+                );
+            }
+            repro::rebuild(plan, log, cancel, Some(&self.slots))
+        });
+        if let Some(c) = checkout {
+            c.remove();
+        }
+        match result {
+            Ok(mut verdict) => {
+                for line in verdict.human().lines() {
+                    log.say("repro", line);
+                }
+                let report = verdict.rebuilt_report.take();
+                let verdict_json = serde_json::to_value(&verdict).unwrap_or_default();
+                let _ = log.state_change(vec![event("verdict", verdict_json)], None);
+                let differing = verdict.variants.iter().filter(|v| !v.identical).count();
+                (
+                    if verdict.identical {
+                        BuildStatus::Succeeded
+                    } else {
+                        BuildStatus::Failed
+                    },
+                    Finished {
+                        tools: report
+                            .as_ref()
+                            .and_then(|r| serde_json::to_value(&r.tools).ok()),
+                        report: report.and_then(|r| serde_json::to_value(&r).ok()),
+                        error: (!verdict.identical).then(|| {
+                            format!(
+                                "not reproducible: {differing} of {} variants differ from build {of} (see the verdict)",
+                                verdict.variants.len()
+                            )
+                        }),
+                        ..Default::default()
+                    },
+                )
+            }
+            Err(e) => failed(e.to_string()),
+        }
     }
 }
 

@@ -553,6 +553,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The data of a build's last event of `kind` (a repro's `verdict`).
+    pub fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.read();
+        Ok(conn
+            .query_row(
+                "SELECT data FROM events WHERE build_id = ?1 AND kind = ?2 ORDER BY seq DESC LIMIT 1",
+                params![id, kind],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The newest repro of build `of` (a build whose request has `repro_of` = `of`).
+    pub fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
+        let conn = self.read();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE json_extract(request, '$.repro_of') = ?1 ORDER BY id DESC LIMIT 1"),
+                [of],
+                build_row,
+            )
+            .optional()?)
+    }
+
     pub fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
         let conn = self.read();
         Ok(conn

@@ -353,6 +353,47 @@ fn serve_builds_a_git_project_at_the_ref_asked_for() {
     for id in [at_tag, at_head, missing] {
         assert!(!dir.join(format!("svc/data/builds/{id}/src")).exists());
     }
+
+    // A repro of the build at v1 (HEAD has moved on since): the recorded commit is checked out
+    // again, built without the stage cache, and every digest matches.
+    let (status, _, accepted) = svc.post(&format!("/api/v1/builds/{at_tag}/repro"), None, &[]);
+    assert_eq!(status, 202, "{accepted}");
+    let r = accepted["id"].as_i64().unwrap();
+    let rec = svc.wait_final(r, Duration::from_secs(300));
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert_eq!(rec["inputs"]["repro_of"], at_tag);
+    assert_eq!(rec["inputs"]["ref"], json!(first));
+    let verdict = &rec["verdict"];
+    assert_eq!(verdict["identical"], true, "{verdict}");
+    assert!(
+        verdict["sources"].as_str().unwrap().contains(&first),
+        "{verdict}"
+    );
+    assert_eq!(
+        verdict["variants"][0]["rebuilt"],
+        a["variants"][0]["digest"]
+    );
+    // cargo really ran (no stage cache) and the log says what was compared.
+    let (_, log) = svc.text(&format!("/api/v1/builds/{r}/log"));
+    assert!(log.contains("Compiling tiny"), "{log}");
+    assert!(log.contains("verdict: identical"), "{log}");
+    // The original's view links its newest repro and the verdict.
+    let (_, orig) = svc.get(&format!("/api/v1/builds/{at_tag}"));
+    assert_eq!(
+        orig["reproduced"],
+        json!({"id": r, "status": "succeeded", "identical": true})
+    );
+    assert!(!dir.join(format!("svc/data/builds/{r}/src")).exists());
+    // What cannot be reproduced is refused with the reason.
+    for (id, code, words) in [
+        (r, 409, "is a repro itself"),
+        (missing, 409, "no variant of it succeeded"),
+        (999_999, 404, "no build"),
+    ] {
+        let (status, _, body) = svc.post(&format!("/api/v1/builds/{id}/repro"), None, &[]);
+        assert_eq!(status, code, "{body}");
+        assert!(body.to_string().contains(words), "{body}");
+    }
 }
 
 #[test]
@@ -725,6 +766,7 @@ fn serve_openapi_document_lists_every_route_and_validates() {
         ("get", "/api/v1/builds/{id}/log"),
         ("post", "/api/v1/builds/{id}/cancel"),
         ("post", "/api/v1/builds/{id}/rebuild"),
+        ("post", "/api/v1/builds/{id}/repro"),
         ("get", "/api/v1/versions/next"),
         ("get", "/api/v1/registry"),
     ];
