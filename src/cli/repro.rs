@@ -24,6 +24,7 @@ pub fn run(args: ReproArgs) -> anyhow::Result<Outcome> {
         source_date_epoch: args.source_date_epoch,
         work_parent: args.work_dir,
         keep: args.keep,
+        keep_output: false,
         upx: args.upx,
         cache_dir: None,
         insecure_registries: args.insecure_registries,

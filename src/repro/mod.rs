@@ -71,6 +71,8 @@ pub struct ReproRequest {
     pub work_parent: Option<PathBuf>,
     /// Keep the fresh directory (sources, target dir, rebuilt layout) afterwards.
     pub keep: bool,
+    /// Keep only the rebuilt layout (`out/`) when the comparison ran; sources and target dir go.
+    pub keep_output: bool,
     /// The UPX program (default `upx` on PATH).
     pub upx: Option<PathBuf>,
     /// Where pulled base images are cached (default as for builds).
@@ -204,15 +206,22 @@ struct RecordedReferrer {
     digest: Digest,
 }
 
-/// A directory removed when dropped, unless kept.
+/// A directory removed when dropped, unless kept (whole, or its `out/` only).
 struct WorkDir {
     path: PathBuf,
     keep: bool,
+    keep_output: bool,
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if !self.keep {
+        if self.keep {
+            return;
+        }
+        if self.keep_output {
+            let _ = std::fs::remove_dir_all(self.path.join("src"));
+            let _ = std::fs::remove_dir_all(self.path.join("target"));
+        } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
@@ -350,6 +359,8 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
     let work = WorkDir {
         path,
         keep: req.keep,
+        // Set once the comparison ran: a failed or cancelled repro leaves nothing.
+        keep_output: false,
     };
     let src = work.path.join("src");
     let mut notes = Vec::new();
@@ -499,7 +510,7 @@ fn check_tools(
 
 /// Builds the recorded inputs in the plan's fresh directory and compares every digest.
 pub fn rebuild(
-    plan: Plan,
+    mut plan: Plan,
     events: &dyn EventSink,
     cancel: &Cancel,
     compile_slots: Option<&CompileSlots>,
@@ -563,6 +574,7 @@ pub fn rebuild(
             rebuilt_layout.as_ref(),
         ));
     }
+    plan.work.keep_output = plan.req.keep_output;
     let mut notes = plan.notes.clone();
     for v in plan
         .recorded

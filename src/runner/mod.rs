@@ -822,6 +822,8 @@ impl Inner {
         let req = repro::ReproRequest {
             report,
             work_parent: Some(self.build_dir(id)),
+            // The rebuilt layout stays with the build (its report points there).
+            keep_output: true,
             upx: std::env::var_os("GALLEY_UPX").map(PathBuf::from),
             cache_dir: self.config.cache_dir.clone(),
             insecure_registries: project.insecure.clone(),

@@ -383,7 +383,12 @@ fn serve_builds_a_git_project_at_the_ref_asked_for() {
         orig["reproduced"],
         json!({"id": r, "status": "succeeded", "identical": true})
     );
+    // The worktree is gone; of the rebuild only its layout stays (the report points there).
     assert!(!dir.join(format!("svc/data/builds/{r}/src")).exists());
+    let rebuilt = std::path::PathBuf::from(verdict["rebuilt_in"].as_str().unwrap());
+    assert!(rebuilt.starts_with(dir.join(format!("svc/data/builds/{r}"))));
+    assert!(rebuilt.join("out/index.json").is_file());
+    assert!(!rebuilt.join("src").exists() && !rebuilt.join("target").exists());
     // What cannot be reproduced is refused with the reason.
     for (id, code, words) in [
         (r, 409, "is a repro itself"),

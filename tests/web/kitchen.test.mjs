@@ -248,6 +248,28 @@ test("reloading a finished build replays its whole log, and history opens it", a
   await page.screenshot({ path: path.join(shots, "history-build.png"), fullPage: true });
 });
 
+test("Reproduce rebuilds a finished build elsewhere and shows the verdict on both build views", async () => {
+  const original = buildId();
+  await page.getByRole("button", { name: "Reproduce" }).click();
+  await page.waitForURL((u) => /#\/builds\/\d+$/.test(u.hash) && buildId() !== original);
+  const repro = buildId();
+  await page.locator("#build-status", { hasText: "succeeded" }).waitFor({ timeout: 300_000 });
+  const panel = page.locator("#repro");
+  await panel.locator("h3", { hasText: "identical" }).waitFor();
+  assert.match(await panel.textContent(), new RegExp(`Repro of build ${original}`));
+  for (const v of ["sqlite", "postgres"]) {
+    assert.match(await panel.locator(".card", { hasText: v }).textContent(), /identical/);
+  }
+  const record = await apiGet(`/api/v1/builds/${repro}`);
+  assert.equal(record.verdict.identical, true);
+  assert.equal(record.inputs.repro_of, original);
+  await page.screenshot({ path: path.join(shots, "repro-verdict.png"), fullPage: true });
+  // The original build's view links its repro and says what it found.
+  await panel.getByRole("link", { name: `build ${original}` }).click();
+  await page.locator("#repro", { hasText: "Reproducibility" }).waitFor();
+  assert.match(await page.locator("#repro").textContent(), new RegExp(`build ${repro}: identical`));
+});
+
 test("a bad version and no variant are explained next to their fields", async () => {
   await newBuild("tiny", { version: "1.4" });
   const err = page.locator("#err-version");

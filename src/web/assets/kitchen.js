@@ -276,6 +276,7 @@ function setStatus(status, extra = "") {
   const live = status === "queued" || status === "running";
   $("kill-button").hidden = !live;
   $("rebuild-button").hidden = live;
+  $("repro-button").hidden = live || status !== "succeeded" || !!(view.record && view.record.inputs.repro_of);
   if (changed) announce(`Build ${view.id} ${status}${extra ? `: ${extra}` : ""}`);
 }
 
@@ -333,6 +334,7 @@ function onEvent(e) {
       break;
     }
     case "report": renderResults(d); break;
+    case "verdict": renderVerdict(d); break;
     case "end": {
       logLine(e);
       const extra = d.status === "cancelled"
@@ -352,6 +354,7 @@ function renderMeta() {
   if (view.meta.commit) parts.push(`commit ${view.meta.commit}`);
   parts.push(`started by ${r.started_by}`);
   if (r.inputs.push) parts.push("push");
+  if (r.inputs.repro_of) parts.push(`repro of build ${r.inputs.repro_of}`);
   $("build-meta").textContent = parts.join(" · ");
 }
 
@@ -418,6 +421,8 @@ async function openBuild(id) {
   $("build-title").textContent = `Build ${id}`;
   $("log").replaceChildren();
   $("results").hidden = true;
+  $("repro").hidden = true;
+  $("repro").replaceChildren();
   $("build-status").replaceChildren();
   $("build-meta").textContent = "";
   let record;
@@ -436,6 +441,7 @@ async function openBuild(id) {
   const filter = $("log-filter");
   filter.replaceChildren(el("option", { value: "", text: "every variant" }),
     ...record.inputs.variants.map((v) => el("option", { value: v, text: v })));
+  renderReproLink(record);
   setStatus(record.status);
   // Everything (stages, log, results) comes from the stream: replayed, then live.
   stream = follow(id);
@@ -468,6 +474,66 @@ function renderResults(report) {
   $("result-cards").replaceChildren(...cards);
   $("chart").replaceChildren(chart(chartRows));
   $("results").hidden = false;
+}
+
+/** On a build that was reproduced: the newest repro and its answer. */
+function renderReproLink(record) {
+  const r = record.reproduced;
+  if (!r || record.inputs.repro_of) return;
+  const answer = r.identical === true ? "identical: every digest matches"
+    : r.identical === false ? "DIFFERENT: see what differs"
+    : r.status === "queued" || r.status === "running" ? r.status : `no verdict (${r.status})`;
+  const status = r.identical === true ? "succeeded" : r.identical === false ? "failed" : r.status;
+  $("repro").replaceChildren(el("p", {}, el("strong", { text: "Reproducibility: " }), badge(status), " ",
+    el("a", { href: `#/builds/${r.id}`, text: `build ${r.id}` }), `: ${answer}`));
+  $("repro").hidden = false;
+}
+
+/** On a repro build: its verdict, tools first, then every difference down to the key or file. */
+function renderVerdict(v) {
+  const of = view && view.record.inputs.repro_of;
+  const head = el("h3", {}, `Repro of `, el("a", { href: `#/builds/${of}`, text: `build ${of}` }), ": ",
+    badge(v.identical ? "succeeded" : "failed"), v.identical ? " identical: every digest matches" : " DIFFERENT");
+  const tools = el("ul", { class: "tools", "aria-label": "tool versions" },
+    ...v.tools.map((t) => el("li", { class: `t-${t.status.replace(" ", "-")}`,
+      text: t.status === "same" ? `${t.tool}: ${t.current} (as recorded)`
+        : t.status === "not recorded" ? `${t.tool}: not recorded in the report; here ${t.current || "missing too"}`
+        : t.status === "missing" ? `${t.tool}: missing here; recorded ${t.recorded}`
+        : `${t.tool}: differs: recorded ${t.recorded}, here ${t.current}` })));
+  const parts = [head, el("p", { class: "meta", text: `Sources: ${v.sources}` }), tools];
+  for (const n of v.notes) parts.push(el("p", { class: "meta", text: `Note: ${n}` }));
+  for (const variant of v.variants) {
+    const item = el("article", { class: "card", "aria-label": `verdict of ${variant.variant}` },
+      el("h4", {}, `${variant.variant} `, badge(variant.identical ? "succeeded" : "failed"), variant.identical ? " identical" : " different"));
+    if (variant.rebuilt) item.append(el("p", {}, el("code", { text: variant.rebuilt })));
+    const diffs = el("ul", { class: "diffs" });
+    for (const d of variant.differences) {
+      const li = el("li", {}, el("strong", { text: `${d.what}${d.platform ? ` (${d.platform})` : ""}` }),
+        el("span", { class: "mono", text: ` ${d.recorded || "–"} → ${d.rebuilt || "–"}` }));
+      const sub = el("ul");
+      for (const k of d.keys || []) sub.append(el("li", { class: "mono", text: `${k.key}: ${k.recorded ?? "(absent)"} → ${k.rebuilt ?? "(absent)"}` }));
+      for (const f of d.files || []) {
+        sub.append(el("li", { class: "mono", text: `${f.path} ${f.change}${f.fields.length ? ": " : ""}${f.fields.map((x) => `${x.key} ${x.recorded} → ${x.rebuilt}`).join("; ")}` }));
+      }
+      if (d.note) sub.append(el("li", { text: d.note }));
+      if (sub.children.length) li.append(sub);
+      diffs.append(li);
+    }
+    if (variant.differences.length) item.append(diffs);
+    parts.push(item);
+  }
+  $("repro").replaceChildren(...parts);
+  $("repro").hidden = false;
+  announce(`Repro ${v.identical ? "identical" : "different"}`);
+}
+
+async function reproduce() {
+  if (!view) return;
+  try {
+    const r = await api("POST", `/api/v1/builds/${view.id}/repro`);
+    announce(`Repro ${r.id} queued`);
+    location.hash = `#/builds/${r.id}`;
+  } catch (e) { showAlert(e); }
 }
 
 function copyRow(label, text) {
@@ -612,6 +678,7 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   $("kill-button").addEventListener("click", kill);
   $("rebuild-button").addEventListener("click", rebuild);
+  $("repro-button").addEventListener("click", reproduce);
   $("log-filter").addEventListener("change", () => {
     const f = $("log-filter").value;
     for (const li of $("log").children) li.hidden = hiddenBy(f, li);
