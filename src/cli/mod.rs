@@ -40,7 +40,15 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ReproArgs {
     /// The report of the build to reproduce (e.g. out/report.json).
-    pub report: PathBuf,
+    #[arg(required_unless_present = "build", conflicts_with = "build")]
+    pub report: Option<PathBuf>,
+    /// Ask a `galley serve` to reproduce its build ID instead (POST /api/v1/builds/ID/repro)
+    /// and wait for its verdict. The token comes from GALLEY_API_TOKEN.
+    #[arg(long, value_name = "ID")]
+    pub build: Option<i64>,
+    /// The service's URL, with --build.
+    #[arg(long, env = "GALLEY_SERVER", default_value = "http://127.0.0.1:8700")]
+    pub server: String,
     /// Print the verdict as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One key whose value differs between two JSON documents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyDiff {
     /// The key's path: `config.Env[1]`, `annotations."org.opencontainers.image.created"`.
     pub key: String,
@@ -91,12 +91,12 @@ struct Entry {
 }
 
 /// One path that differs between two layers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDiff {
     /// The path in the image (`/app/tiny`).
     pub path: String,
     /// `added` (only in the rebuilt layer), `removed` (only in the recorded one) or `changed`.
-    pub change: &'static str,
+    pub change: String,
     /// For a changed path: each field that differs (size, mode, owner, mtime, type, link,
     /// content).
     pub fields: Vec<KeyDiff>,
@@ -169,12 +169,12 @@ pub fn layer(recorded: &[u8], rebuilt: &[u8]) -> Result<LayerDiff, LayerError> {
         match (a.get(p), b.get(p)) {
             (Some(_), None) => files.push(FileDiff {
                 path: p.clone(),
-                change: "removed",
+                change: "removed".into(),
                 fields: Vec::new(),
             }),
             (None, Some(_)) => files.push(FileDiff {
                 path: p.clone(),
-                change: "added",
+                change: "added".into(),
                 fields: Vec::new(),
             }),
             (Some(x), Some(y)) if x != y => {
@@ -198,7 +198,7 @@ pub fn layer(recorded: &[u8], rebuilt: &[u8]) -> Result<LayerDiff, LayerError> {
                 field("content sha256", &|e| e.sha256.clone());
                 files.push(FileDiff {
                     path: p.clone(),
-                    change: "changed",
+                    change: "changed".into(),
                     fields,
                 });
             }
@@ -259,7 +259,7 @@ mod tests {
         let summary: Vec<(&str, &str)> = d
             .files
             .iter()
-            .map(|f| (f.path.as_str(), f.change))
+            .map(|f| (f.path.as_str(), f.change.as_str()))
             .collect();
         assert_eq!(
             summary,

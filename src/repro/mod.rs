@@ -87,38 +87,38 @@ pub struct ReproRequest {
 }
 
 /// A tool's recorded version against the one here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCheck {
     pub tool: String,
     pub recorded: Option<String>,
     pub current: Option<String>,
     /// `same`, `differs`, `not recorded` (the report lacks it) or `missing` (not installed here).
-    pub status: &'static str,
+    pub status: String,
 }
 
 /// One place where the rebuild differs from the record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Difference {
     /// `index`, `manifest`, `config`, `layer`, `binary (raw)`, `binary (stripped)`, `binary
     /// (compressed)`, `sbom`, `provenance` or `build`.
     pub what: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
     pub recorded: Option<String>,
     pub rebuilt: Option<String>,
     /// For JSON documents: the keys whose values differ.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<diff::KeyDiff>,
     /// For layers: the files that differ.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<diff::FileDiff>,
     /// What else is known (only the compression differs; the recorded blob is gone; ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 /// One variant's verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantVerdict {
     pub variant: String,
     pub identical: bool,
@@ -128,7 +128,7 @@ pub struct VariantVerdict {
 }
 
 /// The answer of `galley repro`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     /// Every digest of every variant matches.
     pub identical: bool,
@@ -502,7 +502,7 @@ fn check_tools(
                 tool: tool.replace('_', "-"),
                 recorded: was,
                 current: now,
-                status,
+                status: status.to_string(),
             }
         })
         .collect()
@@ -870,7 +870,7 @@ impl Verdict {
         let mut s = String::new();
         let _ = writeln!(s, "repro of {} ({})", self.report, self.sources);
         for t in &self.tools {
-            let line = match t.status {
+            let line = match t.status.as_str() {
                 "same" => format!(
                     "  {}: {} (as recorded)",
                     t.tool,

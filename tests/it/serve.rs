@@ -389,6 +389,39 @@ fn serve_builds_a_git_project_at_the_ref_asked_for() {
     assert!(rebuilt.starts_with(dir.join(format!("svc/data/builds/{r}"))));
     assert!(rebuilt.join("out/index.json").is_file());
     assert!(!rebuilt.join("src").exists() && !rebuilt.join("target").exists());
+    // The same from the command line: `galley repro --build ID` asks the service and waits.
+    let cli = crate::support::galley()
+        .args([
+            "repro",
+            "--json",
+            "--build",
+            &at_tag.to_string(),
+            "--server",
+            &svc.url,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(0), "{err}");
+    let v: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(v["identical"], true);
+    assert!(err.contains("verdict: identical"), "{err}");
+    let refused = crate::support::galley()
+        .args([
+            "repro",
+            "--build",
+            &missing.to_string(),
+            "--server",
+            &svc.url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no variant of it succeeded"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     // What cannot be reproduced is refused with the reason.
     for (id, code, words) in [
         (r, 409, "is a repro itself"),
