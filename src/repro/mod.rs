@@ -954,18 +954,21 @@ impl Verdict {
             }
         }
         let differing = self.variants.iter().filter(|v| !v.identical).count();
+        let plural = if self.variants.len() == 1 { "" } else { "s" };
         let _ = writeln!(
             s,
             "{}",
             if differing == 0 {
                 format!(
-                    "verdict: identical ({} variants, every digest matches)",
-                    self.variants.len()
+                    "verdict: identical ({} variant{}, every digest matches)",
+                    self.variants.len(),
+                    plural
                 )
             } else {
                 format!(
-                    "verdict: DIFFERENT ({differing} of {} variants)",
-                    self.variants.len()
+                    "verdict: DIFFERENT ({differing} of {} variant{})",
+                    self.variants.len(),
+                    plural
                 )
             }
         );
