@@ -242,19 +242,28 @@ pub struct Plan {
     req: ReproRequest,
 }
 
-fn git(dir: &Path, args: &[&str], cancel: &Cancel) -> Result<String, ReproError> {
+/// Runs `git -C dir ARGS...` as argv; returns its trimmed stdout.
+fn git<S: AsRef<std::ffi::OsStr>>(
+    dir: &Path,
+    args: &[S],
+    cancel: &Cancel,
+) -> Result<String, ReproError> {
+    let what = args
+        .first()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut cmd = proc::command("git");
     cmd.arg("-C").arg(dir).args(args);
     let out = proc::run_captured(&mut cmd, Duration::from_secs(600), cancel).map_err(|e| {
         ReproError::Git {
-            what: args.first().copied().unwrap_or("").to_string(),
+            what: what.clone(),
             detail: e.to_string(),
         }
     })?;
     cancel.check()?;
     if !out.status.success() {
         return Err(ReproError::Git {
-            what: args.first().copied().unwrap_or("").to_string(),
+            what,
             detail: out.stderr_tail(5),
         });
     }
@@ -346,6 +355,11 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
         dir: parent.clone(),
         source,
     })?;
+    // Absolute: git runs from inside the repository.
+    let parent = parent.canonicalize().map_err(|source| ReproError::Work {
+        dir: parent.clone(),
+        source,
+    })?;
     // A new directory of our own (create_dir fails rather than reuse one).
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -382,32 +396,28 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
             }
             let top = git(&recorded.project, &["rev-parse", "--show-toplevel"], cancel)?;
             let prefix = git(&recorded.project, &["rev-parse", "--show-prefix"], cancel)?;
-            let mut cmd = proc::command("git");
-            cmd.args(["clone", "--quiet", "--no-checkout", "--no-hardlinks", "--"])
-                .arg(&top)
-                .arg(&src);
-            let out =
-                proc::run_captured(&mut cmd, Duration::from_secs(600), cancel).map_err(|e| {
-                    ReproError::Git {
-                        what: "clone".into(),
-                        detail: e.to_string(),
-                    }
-                })?;
-            cancel.check()?;
-            if !out.status.success() {
-                return Err(ReproError::Git {
-                    what: "clone".into(),
-                    detail: out.stderr_tail(5),
-                });
-            }
-            git(&src, &["checkout", "--quiet", "--detach", commit], cancel).map_err(|e| {
-                ReproError::Git {
-                    what: "checkout".into(),
-                    detail: format!(
-                        "commit {commit} of {top}: {e} (was it amended or deleted since?)"
-                    ),
-                }
-            })?;
+            // From inside the repository: clone "." into the (absolute) fresh directory.
+            let clone: [&std::ffi::OsStr; 7] = [
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--no-checkout".as_ref(),
+                "--no-hardlinks".as_ref(),
+                "--".as_ref(),
+                ".".as_ref(),
+                src.as_os_str(),
+            ];
+            git(Path::new(&top), &clone, cancel)?;
+            git(&src, &["checkout", "--quiet", "--detach", commit], cancel).map_err(
+                |e| match e {
+                    ReproError::Git { detail, .. } => ReproError::Git {
+                        what: "checkout".into(),
+                        detail: format!(
+                            "commit {commit} of {top} (was it amended or deleted since?): {detail}"
+                        ),
+                    },
+                    other => other,
+                },
+            )?;
             let project = src.join(&prefix);
             if recorded.dirty == Some(true) || rev.ends_with("-dirty") {
                 clear_except_git(&project).map_err(werr)?;
