@@ -42,13 +42,7 @@ pub fn run(args: ReproArgs) -> anyhow::Result<Outcome> {
     let result = repro::prepare(&req, &cancel).and_then(|plan| {
         // Tool versions first: a differing tool explains most differences.
         for t in &plan.tools {
-            eprintln!(
-                "galley repro: {}: {} (recorded {}, here {})",
-                t.tool,
-                t.status,
-                t.recorded.as_deref().unwrap_or("-"),
-                t.current.as_deref().unwrap_or("-")
-            );
+            eprintln!("galley repro: {}", t.line());
         }
         let printer = Printer {
             stderr: Mutex::new(std::io::stderr()),

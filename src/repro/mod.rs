@@ -96,6 +96,19 @@ pub struct ToolCheck {
     pub status: String,
 }
 
+impl ToolCheck {
+    /// `zig: not recorded (recorded -, here 0.14.1)`: what a log says before the rebuild.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {} (recorded {}, here {})",
+            self.tool,
+            self.status,
+            self.recorded.as_deref().unwrap_or("-"),
+            self.current.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 /// One place where the rebuild differs from the record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Difference {

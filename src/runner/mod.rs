@@ -842,16 +842,7 @@ impl Inner {
         };
         let result = repro::prepare(&req, cancel).and_then(|plan| {
             for t in &plan.tools {
-                log.say(
-                    "repro",
-                    &format!(
-                        "{}: {} (recorded {}, here {})",
-                        t.tool,
-                        t.status,
-                        t.recorded.as_deref().unwrap_or("-"),
-                        t.current.as_deref().unwrap_or("-")
-                    ),
-                );
+                log.say("repro", &t.line());
             }
             repro::rebuild(plan, log, cancel, Some(&self.slots))
         });
