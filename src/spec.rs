@@ -407,6 +407,11 @@ pub enum EpochSource {
     Zero,
 }
 
+/// A full git commit id: 40 hex digits.
+pub fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Reads the HEAD commit and its time; an empty result outside a git repository.
 pub fn git_facts(project: &Path) -> GitFacts {
     let run = |args: &[&str]| -> Option<String> {
@@ -422,8 +427,7 @@ pub fn git_facts(project: &Path) -> GitFacts {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    let revision = run(&["rev-parse", "--verify", "HEAD"])
-        .filter(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let revision = run(&["rev-parse", "--verify", "HEAD"]).filter(|s| is_commit(s));
     // A directory inside some repository but not tracked by it (a copy under an ignored
     // target/, say) is not at that repository's commit: it is outside git.
     let tracked =

@@ -21,8 +21,8 @@ pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttestError {
-    #[error("cargo metadata (for the SBOM) failed: {0}")]
-    Metadata(String),
+    #[error("cargo tree (for the SBOM) failed: {0}")]
+    Tree(String),
     #[error("the SBOM: {0}")]
     Graph(String),
 }
@@ -79,9 +79,9 @@ pub fn crates(req: &SbomRequest<'_>, cancel: &Cancel) -> Result<Vec<Crate>, Atte
         cmd.arg("--features").arg(req.features.join(","));
     }
     let out = proc::run_captured(&mut cmd, Duration::from_secs(300), cancel)
-        .map_err(|e| AttestError::Metadata(e.to_string()))?;
+        .map_err(|e| AttestError::Tree(e.to_string()))?;
     if !out.status.success() {
-        return Err(AttestError::Metadata(out.stderr_tail(3)));
+        return Err(AttestError::Tree(out.stderr_tail(3)));
     }
     let lock = lock_packages(&req.project.join("Cargo.lock"));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -1075,7 +1075,7 @@ fn package(
 
 /// The attest stage: the SBOM of the crates in the binary and the provenance of the build,
 /// attached to the image manifest `subject` as referrers. The crate list comes from
-/// `cargo metadata`; the stage cache keeps it under the compile's key (same sources, lock file,
+/// `cargo tree`; the stage cache keeps it under the compile's key (same sources, lock file,
 /// features and target: same crates), so an unchanged variant does not start cargo.
 fn attest_stage(
     b: &Build<'_>,

@@ -21,7 +21,7 @@ use crate::oci::layout::Layout;
 use crate::oci::{Digest, Manifest};
 use crate::pipeline::{self, CompileSlots, Context, EventSink, PipelineError};
 use crate::proc;
-use crate::spec::{BuildRequest, BuildSpec, Inputs, SpecError};
+use crate::spec::{is_commit, BuildRequest, BuildSpec, Inputs, SpecError};
 use crate::toolchain::{CargoZigbuild, Toolchain};
 
 /// Why a repro could not compare anything.
@@ -321,10 +321,6 @@ fn clear_except_git(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn is_commit(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Reads the report, lays the sources out in a fresh directory and checks the tools.

@@ -287,10 +287,7 @@ impl Runner {
     /// Queues the inputs of an earlier build again.
     pub fn rebuild(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
         let row = self.inner.row(id)?;
-        let input: BuildInput = serde_json::from_value(row.request).map_err(|e| {
-            RunnerError::Start(format!("build {id} has an unreadable request: {e}"))
-        })?;
-        self.submit(&input, principal, None)
+        self.submit(&input_of(&row)?, principal, None)
     }
 
     /// Queues a repro of a finished build: its recorded inputs built again at another path,
@@ -303,9 +300,7 @@ impl Runner {
                 status: row.status,
             });
         }
-        let input: BuildInput = serde_json::from_value(row.request.clone()).map_err(|e| {
-            RunnerError::Start(format!("build {id} has an unreadable request: {e}"))
-        })?;
+        let input = input_of(&row)?;
         let not = |why: &str| RunnerError::NotReproducible {
             id,
             why: why.to_string(),
@@ -882,6 +877,12 @@ impl Inner {
             Err(e) => failed(e.to_string()),
         }
     }
+}
+
+/// What a stored build asked for.
+fn input_of(row: &BuildRow) -> Result<BuildInput, RunnerError> {
+    serde_json::from_value(row.request.clone())
+        .map_err(|e| RunnerError::Start(format!("build {} has an unreadable request: {e}", row.id)))
 }
 
 /// The payload of a build's `end` event.
