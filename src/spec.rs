@@ -396,7 +396,7 @@ pub struct GitFacts {
 }
 
 /// Where `SOURCE_DATE_EPOCH` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EpochSource {
     /// The caller's `SOURCE_DATE_EPOCH`.

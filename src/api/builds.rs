@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{blocking, ApiError, ApiJson, AppState, Principal};
+use crate::oci::Digest;
+use crate::pipeline::report::{PlatformReport, Report, Status};
+use crate::pipeline::{Stage, StageStatus};
+use crate::repro::Verdict;
+use crate::runner::event::{BuildEvent, StageChange};
 use crate::runner::source::{is_ref, offer};
 use crate::runner::{BuildInput, CancelReply, RunnerError, Submitted};
 use crate::store::{BuildRow, BuildStatus, ListFilter, Store};
@@ -70,8 +75,10 @@ pub struct Accepted {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StageRecord {
     pub target: String,
-    pub stage: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub stage: Stage,
+    #[schema(value_type = String)]
+    pub status: StageStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,9 +93,11 @@ pub struct VariantRecord {
     pub name: String,
     /// `succeeded` or `failed` once the build has a report.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub digest: Option<Digest>,
     pub tags: Vec<String>,
     /// `host/repo:tag@digest` for every tag pushed.
     pub references: Vec<String>,
@@ -99,7 +108,7 @@ pub struct VariantRecord {
     pub stages: Vec<StageRecord>,
     /// Per platform: sizes, digests, ELF facts, compression (from the report).
     #[schema(value_type = Vec<Object>)]
-    pub platforms: Vec<Value>,
+    pub platforms: Vec<PlatformReport>,
 }
 
 /// How much of the log was dropped past its cap.
@@ -158,7 +167,7 @@ pub struct BuildRecord {
     /// (checked first), `notes`, and per variant the `differences` down to the key or file.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub verdict: Option<Value>,
+    pub verdict: Option<Verdict>,
     /// The newest repro of this build, if one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reproduced: Option<ReproLink>,
@@ -193,6 +202,91 @@ fn time(ms: Option<i64>) -> Option<String> {
     })
 }
 
+/// A stage event, folded into its variant's list of stages.
+fn apply_stage(variants: &mut [VariantRecord], c: StageChange) {
+    let Some(v) = variants.iter_mut().find(|v| c.variant == v.name) else {
+        return;
+    };
+    match v
+        .stages
+        .iter_mut()
+        .find(|s| s.target == c.target && s.stage == c.stage)
+    {
+        Some(s) => {
+            s.status = c.status;
+            s.ms = c.ms;
+            s.detail = c.detail;
+        }
+        None => v.stages.push(StageRecord {
+            started_at: (c.status == StageStatus::Running).then_some(c.ts),
+            target: c.target,
+            stage: c.stage,
+            status: c.status,
+            ms: c.ms,
+            detail: c.detail,
+        }),
+    }
+}
+
+/// Each variant's outcome, as the report says.
+fn fill_from_report(variants: &mut [VariantRecord], report: Report) {
+    for rv in report.variants {
+        let Some(v) = variants.iter_mut().find(|v| rv.variant == v.name) else {
+            continue;
+        };
+        v.status = Some(rv.status);
+        v.digest = rv.digest;
+        v.tags = rv.tags;
+        v.warnings = rv.warnings;
+        if let Some(push) = rv.push {
+            v.references = push.references;
+            v.warnings.extend(push.withheld);
+        }
+        v.error = rv.error;
+        v.platforms = rv.platforms;
+    }
+}
+
+/// The plain-text log's line for an event (nothing for events that are not log lines).
+fn log_line(out: &mut String, e: BuildEvent) {
+    use std::fmt::Write as _;
+    let _ = match e {
+        BuildEvent::Log(l) => {
+            let who = match (l.variant, l.target) {
+                (Some(v), Some(t)) => format!("[{v} {t}] "),
+                _ => String::new(),
+            };
+            writeln!(out, "{} {who}{}: {}", l.ts, l.stage, l.line)
+        }
+        BuildEvent::Dropped(d) => writeln!(out, "{}", d.message),
+        BuildEvent::End(end) => writeln!(
+            out,
+            "{} build {}{}",
+            end.ts,
+            end.status.as_str(),
+            end.error.map(|e| format!(": {e}")).unwrap_or_default()
+        ),
+        _ => Ok(()),
+    };
+}
+
+/// A build's newest verdict, if it is a repro that got one.
+fn last_verdict(store: &Store, id: i64) -> Result<Option<Verdict>, ApiError> {
+    let data = store
+        .last_event(id, BuildEvent::VERDICT)
+        .map_err(ApiError::internal)?;
+    Ok(
+        match data.map(|d| BuildEvent::decode(BuildEvent::VERDICT, &d)) {
+            Some(Ok(BuildEvent::Verdict(v))) => Some(*v),
+            Some(Err(e)) => {
+                tracing::warn!(build = id, "unreadable verdict: {e}");
+                None
+            }
+            _ => None,
+        },
+    )
+}
+
 /// Assembles a build's record from its row, its stage events and its report.
 pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRecord, ApiError> {
     let inputs: BuildInput =
@@ -214,84 +308,29 @@ pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRe
         .collect();
     if with_stages {
         for e in store.stage_events(row.id).map_err(ApiError::internal)? {
-            let Ok(d) = serde_json::from_str::<Value>(&e.data) else {
-                continue;
-            };
-            let Some(v) = variants
-                .iter_mut()
-                .find(|v| d["variant"] == v.name.as_str())
-            else {
-                continue;
-            };
-            let target = d["target"].as_str().unwrap_or("").to_string();
-            let stage = d["stage"].as_str().unwrap_or("").to_string();
-            let status = d["status"].as_str().unwrap_or("").to_string();
-            match v
-                .stages
-                .iter_mut()
-                .find(|s| s.target == target && s.stage == stage)
-            {
-                Some(s) => {
-                    s.status = status;
-                    s.ms = d["ms"].as_u64();
-                    s.detail = d["detail"].as_str().map(str::to_string);
-                }
-                None => v.stages.push(StageRecord {
-                    started_at: (status == "running")
-                        .then(|| d["ts"].as_str().map(str::to_string))
-                        .flatten(),
-                    target,
-                    stage,
-                    status,
-                    ms: d["ms"].as_u64(),
-                    detail: d["detail"].as_str().map(str::to_string),
-                }),
+            match BuildEvent::from_stored(&e) {
+                Ok(BuildEvent::Stage(c)) => apply_stage(&mut variants, c),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(build = row.id, "{err}"),
             }
         }
     }
     if let Some(report) = &row.report {
-        for rv in report["variants"].as_array().into_iter().flatten() {
-            let Some(v) = variants
-                .iter_mut()
-                .find(|v| rv["variant"] == v.name.as_str())
-            else {
-                continue;
-            };
-            let strings = |x: &Value| -> Vec<String> {
-                x.as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            };
-            v.status = rv["status"].as_str().map(str::to_string);
-            v.digest = rv["digest"].as_str().map(str::to_string);
-            v.tags = strings(&rv["tags"]);
-            v.references = strings(&rv["push"]["references"]);
-            v.warnings = strings(&rv["warnings"]);
-            if let Some(w) = rv["push"]["withheld"].as_str() {
-                v.warnings.push(w.to_string());
-            }
-            v.error = rv["error"].as_str().map(str::to_string);
-            v.platforms = rv["platforms"].as_array().cloned().unwrap_or_default();
+        // A report this galley cannot read leaves the variants as the inputs name them.
+        match Report::from_value(report.clone()) {
+            Ok(report) => fill_from_report(&mut variants, report),
+            Err(e) => tracing::warn!(build = row.id, "the stored report is unreadable: {e}"),
         }
     }
     let id = row.id;
     // The verdict and the repro link cost two queries: only for a single build's view.
     let (verdict, reproduced) = if with_stages {
-        let verdict = store
-            .last_event(id, "verdict")
-            .map_err(ApiError::internal)?
-            .and_then(|d| serde_json::from_str::<Value>(&d).ok());
+        let verdict = last_verdict(store, id)?;
         let reproduced = match store.latest_repro(id).map_err(ApiError::internal)? {
             Some(r) => Some(ReproLink {
                 id: r.id,
                 status: r.status,
-                identical: store
-                    .last_event(r.id, "verdict")
-                    .map_err(ApiError::internal)?
-                    .and_then(|d| serde_json::from_str::<Value>(&d).ok())
-                    .and_then(|v| v["identical"].as_bool()),
+                identical: last_verdict(store, r.id)?.map(|v| v.identical),
             }),
             None => None,
         };
@@ -834,36 +873,8 @@ pub async fn log(State(state): State<AppState>, Path(id): Path<i64>) -> Result<R
             let Some(last) = batch.last() else { break };
             after = last.seq;
             for e in &batch {
-                let Ok(d) = serde_json::from_str::<Value>(&e.data) else {
-                    continue;
-                };
-                match e.kind.as_str() {
-                    "log" => {
-                        let who = match (d["variant"].as_str(), d["target"].as_str()) {
-                            (Some(v), Some(t)) => format!("[{v} {t}] "),
-                            _ => String::new(),
-                        };
-                        out.push_str(&format!(
-                            "{} {who}{}: {}\n",
-                            d["ts"].as_str().unwrap_or(""),
-                            d["stage"].as_str().unwrap_or(""),
-                            d["line"].as_str().unwrap_or("")
-                        ));
-                    }
-                    "dropped" => {
-                        out.push_str(d["message"].as_str().unwrap_or("[dropped]"));
-                        out.push('\n');
-                    }
-                    "end" => out.push_str(&format!(
-                        "{} build {}{}\n",
-                        d["ts"].as_str().unwrap_or(""),
-                        d["status"].as_str().unwrap_or(""),
-                        d["error"]
-                            .as_str()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    )),
-                    _ => {}
+                if let Ok(e) = BuildEvent::from_stored(e) {
+                    log_line(&mut out, e);
                 }
             }
         }

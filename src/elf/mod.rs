@@ -24,7 +24,7 @@ pub enum ElfError {
 }
 
 /// The ELF class: 32 or 64 bit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Class {
     #[serde(rename = "ELF32")]
     Elf32,
@@ -33,7 +33,7 @@ pub enum Class {
 }
 
 /// Which C library a binary was linked against, and how we know.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "libc", content = "evidence", rename_all = "snake_case")]
 pub enum Libc {
     /// musl, with the evidence that says so (a musl symbol or a musl interpreter).
@@ -56,7 +56,7 @@ impl std::fmt::Display for Libc {
 }
 
 /// Facts read from an ELF file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ElfFacts {
     pub size: u64,
     pub class: Class,

@@ -222,7 +222,8 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     let descriptors: Vec<Option<Descriptor>> = collected.iter().map(|(_, d)| d.clone()).collect();
     let mut variants: Vec<VariantReport> = collected.into_iter().map(|(v, _)| v).collect();
     let mut report = Report {
-        galley_version: env!("CARGO_PKG_VERSION"),
+        schema_version: report::REPORT_SCHEMA_VERSION,
+        galley_version: env!("CARGO_PKG_VERSION").to_string(),
         project: spec.project.display().to_string(),
         binary: spec.binary.clone(),
         version: spec.version.clone(),
@@ -244,7 +245,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
                     .as_secs()
             }),
         },
-        inputs: spec.inputs.clone(),
+        inputs: Some(spec.inputs.clone()),
         output: output.display().to_string(),
         toolchain: tools.one_line(),
         tools: tools.with_upx(variants.iter().find_map(|v| {
@@ -603,7 +604,7 @@ impl<'a> Unit<'a> {
             cache: self
                 .cache_note
                 .as_ref()
-                .map(|n| if n.cached { "cached" } else { "ran" }),
+                .map(|n| report::CacheUse::of(n.cached)),
             cache_key: self.cache_note.as_ref().map(|n| n.key.clone()),
         });
         self.event(stage, status, Some(ms), error.as_deref());

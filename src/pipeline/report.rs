@@ -1,9 +1,10 @@
 //! The build report: per variant its status, digest, tags, sizes at every stage, the time of
-//! every stage and the warnings. Printed as a human summary and as JSON.
+//! every stage and the warnings. Printed as a human summary and as JSON; read back typed (by the
+//! service's API and by `galley repro`) from `report.json` or the store.
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::compress::Compression;
 use super::events::{Stage, StageStatus};
@@ -15,10 +16,27 @@ use crate::registry::push::PushStats;
 use crate::spec::EpochSource;
 use crate::toolchain::ToolVersions;
 
+/// The schema of the reports this galley writes. 0 is a report written before reports said
+/// theirs (it reads the same); a report of a newer schema is refused by [`Report::parse`].
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// Why a report cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("not a galley report: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("the report's schema is version {found}, newer than this galley reads ({REPORT_SCHEMA_VERSION}): use a newer galley")]
+    Newer { found: u32 },
+}
+
 /// The whole build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    pub galley_version: &'static str,
+    /// [`REPORT_SCHEMA_VERSION`] when written (absent, read as 0, in older reports; an old
+    /// report written back stays without it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u32,
+    pub galley_version: String,
     pub project: String,
     pub binary: String,
     pub version: String,
@@ -32,21 +50,25 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<bool>,
     pub base: BaseReport,
-    /// What `galley repro` needs besides the project's files to build this again.
-    pub inputs: crate::spec::Inputs,
+    /// What `galley repro` needs besides the project's files to build this again (absent in
+    /// reports written before galley recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<crate::spec::Inputs>,
     pub output: String,
     /// The tool versions on one line (as `tools`, for people).
     pub toolchain: String,
+    #[serde(default)]
     pub tools: ToolVersions,
     pub succeeded: bool,
     /// False in the copy written before the tags move; true once they have (or were withheld).
     /// A report left with `false` means galley stopped in between.
+    #[serde(default)]
     pub tags_moved: bool,
     pub variants: Vec<VariantReport>,
     pub total_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseReport {
     pub name: String,
     /// Base blobs downloaded by this build (0 when the local cache had them).
@@ -63,7 +85,7 @@ pub struct BaseReport {
     pub resolution_age_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Succeeded,
@@ -71,7 +93,7 @@ pub enum Status {
 }
 
 /// One variant: one image, or an image index when it has several platforms.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantReport {
     pub variant: String,
     pub features: Vec<String>,
@@ -92,7 +114,7 @@ pub struct VariantReport {
 }
 
 /// What pushing a variant did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushReport {
     pub repository: String,
     /// The digest the tags point at: the sha256 of the manifest (or index) bytes sent.
@@ -111,7 +133,7 @@ pub struct PushReport {
 }
 
 /// One platform image of a variant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlatformReport {
     pub target: String,
     pub platform: String,
@@ -138,7 +160,7 @@ pub struct PlatformReport {
     pub push: Option<PushStats>,
     /// What is attached to the image (its SBOM, its provenance): artifact manifests whose
     /// subject is `manifest_digest`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub referrers: Vec<ReferrerReport>,
     /// What pushing the referrers did (apart from `push`, the image's own blobs).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,7 +168,7 @@ pub struct PlatformReport {
 }
 
 /// An artifact attached to an image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferrerReport {
     pub artifact_type: String,
     /// The artifact manifest's digest.
@@ -155,7 +177,7 @@ pub struct ReferrerReport {
 }
 
 /// Sizes in bytes; absent when the stage did not run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sizes {
     pub raw: Option<u64>,
     pub stripped: Option<u64>,
@@ -171,7 +193,7 @@ pub struct Sizes {
 }
 
 /// One stage that ran: how it ended, when it started (wall clock, for people) and how long it took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: Stage,
     pub status: StageStatus,
@@ -179,10 +201,62 @@ pub struct StageTiming {
     pub ms: u64,
     /// `cached` (the stage cache answered) or `ran`, for stages the cache covers.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheUse>,
     /// The cache key: the sha256 of the stage's inputs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,
+}
+
+/// How a stage used the stage cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheUse {
+    /// The cache answered: the stage's work was not done.
+    Cached,
+    /// The stage ran (and its output was offered to the cache).
+    Ran,
+}
+
+impl CacheUse {
+    pub fn of(cached: bool) -> CacheUse {
+        if cached {
+            CacheUse::Cached
+        } else {
+            CacheUse::Ran
+        }
+    }
+}
+
+impl Status {
+    pub fn succeeded(self) -> bool {
+        self == Status::Succeeded
+    }
+}
+
+impl Report {
+    /// Reads a report (from `report.json` or the store), refusing a newer schema.
+    pub fn parse(json: &[u8]) -> Result<Report, ReportError> {
+        Self::check(serde_json::from_slice(json)?)
+    }
+
+    /// Like [`Report::parse`], from a JSON value.
+    pub fn from_value(json: serde_json::Value) -> Result<Report, ReportError> {
+        Self::check(serde_json::from_value(json)?)
+    }
+
+    fn check(report: Report) -> Result<Report, ReportError> {
+        if report.schema_version > REPORT_SCHEMA_VERSION {
+            return Err(ReportError::Newer {
+                found: report.schema_version,
+            });
+        }
+        Ok(report)
+    }
+
+    /// The variants that succeeded.
+    pub fn succeeded_variants(&self) -> impl Iterator<Item = &VariantReport> {
+        self.variants.iter().filter(|v| v.status.succeeded())
+    }
 }
 
 impl PlatformReport {
@@ -207,6 +281,10 @@ impl PlatformReport {
             referrers_push: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn human(bytes: Option<u64>) -> String {
@@ -291,7 +369,7 @@ impl Report {
                     .stages
                     .iter()
                     .map(|t| {
-                        let cached = if t.cache == Some("cached") {
+                        let cached = if t.cache == Some(CacheUse::Cached) {
                             " (cached)"
                         } else {
                             ""
@@ -356,5 +434,44 @@ impl Report {
             self.total_ms as f64 / 1000.0
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/store/before-seams/report-1.json"
+    ));
+
+    /// A report written before reports had a schema version reads typed, and writes back as
+    /// the same JSON.
+    #[test]
+    fn a_report_written_before_reads_and_writes_back_the_same() {
+        let r = Report::parse(OLD.as_bytes()).unwrap();
+        assert_eq!(r.schema_version, 0);
+        assert_eq!(r.succeeded_variants().count(), 2);
+        assert_eq!(
+            r.variants[0].platforms[0].stages[0].cache,
+            Some(CacheUse::Ran)
+        );
+        let was: serde_json::Value = serde_json::from_str(OLD).unwrap();
+        assert_eq!(serde_json::to_value(&r).unwrap(), was);
+    }
+
+    #[test]
+    fn a_report_of_a_newer_schema_is_refused_and_the_current_one_reads() {
+        let mut v: serde_json::Value = serde_json::from_str(OLD).unwrap();
+        v["schema_version"] = (REPORT_SCHEMA_VERSION + 1).into();
+        let e = Report::from_value(v.clone()).unwrap_err();
+        assert!(matches!(e, ReportError::Newer { .. }), "{e}");
+        assert!(e.to_string().contains("use a newer galley"), "{e}");
+        v["schema_version"] = REPORT_SCHEMA_VERSION.into();
+        let r = Report::from_value(v).unwrap();
+        let again = serde_json::to_value(&r).unwrap();
+        assert_eq!(again["schema_version"], REPORT_SCHEMA_VERSION);
+        assert!(Report::parse(b"{\"variants\": 3}").is_err());
     }
 }

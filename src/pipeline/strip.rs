@@ -20,7 +20,7 @@ pub enum StripError {
 }
 
 /// What the strip stage did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StripOutcome {
     Stripped,

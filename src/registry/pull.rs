@@ -83,7 +83,7 @@ impl BlobCache {
 }
 
 /// Where a base reference's digest came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// The reference names a digest: nothing to resolve.

@@ -17,7 +17,7 @@ use crate::oci::layout::{Layout, MAX_JSON_BLOB};
 use crate::oci::{is_index, Descriptor, Digest, Index, Manifest, MEDIA_INDEX};
 
 /// What a push did with blobs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PushStats {
     /// Blobs sent.
     pub uploaded: u32,

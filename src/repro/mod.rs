@@ -10,7 +10,6 @@
 
 pub mod diff;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::cancel::{Cancel, Cancelled};
 use crate::oci::layout::Layout;
 use crate::oci::{Digest, Manifest};
+use crate::pipeline::report::{PlatformReport, Report, VariantReport};
 use crate::pipeline::{self, CompileSlots, Context, EventSink, PipelineError};
 use crate::proc;
-use crate::spec::{is_commit, BuildRequest, BuildSpec, Inputs, SpecError};
+use crate::spec::{is_commit, BuildRequest, BuildSpec, SpecError};
 use crate::toolchain::{CargoZigbuild, Toolchain};
 
 /// Why a repro could not compare anything.
@@ -35,7 +35,7 @@ pub enum ReproError {
     #[error("{path} is not a galley report: {source}")]
     BadReport {
         path: PathBuf,
-        source: serde_json::Error,
+        source: crate::pipeline::report::ReportError,
     },
     #[error("{path} records no build inputs (it was written by a galley before 0.1 repro support): build again with this galley, then repro that report")]
     NoInputs { path: PathBuf },
@@ -160,65 +160,6 @@ pub struct Verdict {
     pub rebuilt_report: Option<Box<crate::pipeline::report::Report>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct Recorded {
-    project: PathBuf,
-    version: String,
-    source_date_epoch: u64,
-    #[serde(default)]
-    revision: Option<String>,
-    #[serde(default)]
-    dirty: Option<bool>,
-    base: RecordedBase,
-    #[serde(default)]
-    inputs: Option<Inputs>,
-    #[serde(default)]
-    tools: BTreeMap<String, String>,
-    output: PathBuf,
-    variants: Vec<RecordedVariant>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RecordedBase {
-    digest: Digest,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RecordedVariant {
-    variant: String,
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    digest: Option<Digest>,
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    platforms: Vec<RecordedPlatform>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RecordedPlatform {
-    target: String,
-    platform: String,
-    #[serde(default)]
-    manifest_digest: Option<Digest>,
-    #[serde(default)]
-    config_digest: Option<Digest>,
-    #[serde(default)]
-    layer_digest: Option<Digest>,
-    #[serde(default)]
-    binary_digests: Vec<(String, Digest)>,
-    #[serde(default)]
-    referrers: Vec<RecordedReferrer>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct RecordedReferrer {
-    artifact_type: String,
-    digest: Digest,
-}
-
 /// A directory removed when dropped, unless kept (whole, or its `out/` only).
 struct WorkDir {
     path: PathBuf,
@@ -243,7 +184,7 @@ impl Drop for WorkDir {
 /// A repro ready to build: the record read, the sources laid out, the tools checked.
 pub struct Plan {
     report_path: PathBuf,
-    recorded: Recorded,
+    recorded: Report,
     recorded_layout: Option<Layout>,
     work: WorkDir,
     project: PathBuf,
@@ -329,21 +270,21 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
         path: req.report.clone(),
         source,
     })?;
-    let recorded: Recorded =
-        serde_json::from_slice(&text).map_err(|source| ReproError::BadReport {
-            path: req.report.clone(),
-            source,
-        })?;
+    let recorded = Report::parse(&text).map_err(|source| ReproError::BadReport {
+        path: req.report.clone(),
+        source,
+    })?;
     if recorded.inputs.is_none() {
         return Err(ReproError::NoInputs {
             path: req.report.clone(),
         });
     }
-    if !recorded.variants.iter().any(|v| v.status == "succeeded") {
+    if recorded.succeeded_variants().next().is_none() {
         return Err(ReproError::NothingBuilt);
     }
-    if req.sources.is_none() && !recorded.project.join("Cargo.toml").is_file() {
-        return Err(ReproError::NoProject(recorded.project.clone()));
+    let recorded_project = PathBuf::from(&recorded.project);
+    if req.sources.is_none() && !recorded_project.join("Cargo.toml").is_file() {
+        return Err(ReproError::NoProject(recorded_project));
     }
     // The layout beside the report (out/report.json lives in out/), else where it was written.
     let recorded_layout = req
@@ -357,7 +298,7 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
             }
         })
         .and_then(|p| Layout::open(p).ok())
-        .or_else(|| Layout::open(&recorded.output).ok());
+        .or_else(|| Layout::open(Path::new(&recorded.output)).ok());
 
     let parent = req.work_parent.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).map_err(|source| ReproError::Work {
@@ -403,8 +344,8 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
             if !is_commit(commit) {
                 return Err(ReproError::BadRevision(rev.clone()));
             }
-            let top = git(&recorded.project, &["rev-parse", "--show-toplevel"], cancel)?;
-            let prefix = git(&recorded.project, &["rev-parse", "--show-prefix"], cancel)?;
+            let top = git(&recorded_project, &["rev-parse", "--show-toplevel"], cancel)?;
+            let prefix = git(&recorded_project, &["rev-parse", "--show-prefix"], cancel)?;
             // From inside the repository: clone "." into the (absolute) fresh directory.
             let clone: [&std::ffi::OsStr; 7] = [
                 "clone".as_ref(),
@@ -430,11 +371,11 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
             let project = src.join(&prefix);
             if recorded.dirty == Some(true) || rev.ends_with("-dirty") {
                 clear_except_git(&project).map_err(werr)?;
-                copy_tree(&recorded.project, &project, true).map_err(werr)?;
+                copy_tree(&recorded_project, &project, true).map_err(werr)?;
                 notes.push(format!(
                     "the recorded build was of commit {commit} with uncommitted changes: rebuilt \
                      from that commit with {}'s files as they are now",
-                    recorded.project.display()
+                    recorded_project.display()
                 ));
                 (
                     project,
@@ -445,18 +386,17 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
             }
         }
         (None, None) => {
-            let name = recorded
-                .project
+            let name = recorded_project
                 .file_name()
                 .map(|n| n.to_owned())
                 .unwrap_or_else(|| "project".into());
             let project = src.join(name);
-            copy_tree(&recorded.project, &project, true).map_err(werr)?;
+            copy_tree(&recorded_project, &project, true).map_err(werr)?;
             notes.push(format!(
                 "the project is not in git: rebuilt from {} as it is now",
-                recorded.project.display()
+                recorded_project.display()
             ));
-            (project, format!("a copy of {}", recorded.project.display()))
+            (project, format!("a copy of {}", recorded_project.display()))
         }
     };
     let epoch = match &req.source_date_epoch {
@@ -486,7 +426,7 @@ pub fn prepare(req: &ReproRequest, cancel: &Cancel) -> Result<Plan, ReproError> 
 
 /// Compares the recorded tool versions with the ones that will run here.
 fn check_tools(
-    recorded: &Recorded,
+    recorded: &Report,
     project: &Path,
     req: &ReproRequest,
     cancel: &Cancel,
@@ -503,14 +443,18 @@ fn check_tools(
         ("cargo_zigbuild", Some(here.cargo_zigbuild)),
         ("zig", Some(here.zig)),
     ];
-    if packed || recorded.tools.contains_key("upx") {
+    if packed || recorded.tools.upx.is_some() {
         current.push(("upx", pipeline::compress::upx_version(&upx, cancel)));
     }
     current
         .into_iter()
         .map(|(tool, now)| {
             let now = now.filter(|v| !v.ends_with(": unavailable"));
-            let was = recorded.tools.get(tool).cloned().filter(|v| !v.is_empty());
+            let was = recorded
+                .tools
+                .get(tool)
+                .map(str::to_string)
+                .filter(|v| !v.is_empty());
             let status = match (&was, &now) {
                 (None, _) => "not recorded",
                 (Some(_), None) => "missing",
@@ -571,21 +515,10 @@ pub fn rebuild(
         PipelineError::Cancelled(c) => ReproError::Cancelled(c),
         e => ReproError::Build(Box::new(e)),
     })?;
-    let rebuilt: Recorded = serde_json::to_value(&report)
-        .and_then(serde_json::from_value)
-        .map_err(|source| ReproError::BadReport {
-            path: out_dir.join("report.json"),
-            source,
-        })?;
     let rebuilt_layout = Layout::open(&out_dir).ok();
     let mut variants = Vec::new();
-    for v in plan
-        .recorded
-        .variants
-        .iter()
-        .filter(|v| v.status == "succeeded")
-    {
-        let r = rebuilt.variants.iter().find(|r| r.variant == v.variant);
+    for v in plan.recorded.succeeded_variants() {
+        let r = report.variants.iter().find(|r| r.variant == v.variant);
         variants.push(compare_variant(
             v,
             r,
@@ -599,7 +532,7 @@ pub fn rebuild(
         .recorded
         .variants
         .iter()
-        .filter(|v| v.status != "succeeded")
+        .filter(|v| !v.status.succeeded())
     {
         notes.push(format!(
             "{} failed in the recorded build{}: not compared",
@@ -613,7 +546,7 @@ pub fn rebuild(
     if plan.recorded_layout.is_none() {
         notes.push(format!(
             "the recorded layout ({}) is gone: digests compared, contents not",
-            plan.recorded.output.display()
+            plan.recorded.output
         ));
     }
     Ok(Verdict {
@@ -629,13 +562,13 @@ pub fn rebuild(
 }
 
 fn compare_variant(
-    rec: &RecordedVariant,
-    new: Option<&RecordedVariant>,
+    rec: &VariantReport,
+    new: Option<&VariantReport>,
     rec_layout: Option<&Layout>,
     new_layout: Option<&Layout>,
 ) -> VariantVerdict {
     let mut differences = Vec::new();
-    let Some(new) = new.filter(|n| n.status == "succeeded") else {
+    let Some(new) = new.filter(|n| n.status.succeeded()) else {
         differences.push(Difference {
             what: "build".into(),
             platform: None,
@@ -700,7 +633,7 @@ fn compare_variant(
             ));
         }
         for stage in ["raw", "stripped", "compressed"] {
-            let get = |x: &RecordedPlatform| {
+            let get = |x: &PlatformReport| {
                 x.binary_digests
                     .iter()
                     .find(|(k, _)| k == stage)
@@ -727,7 +660,7 @@ fn compare_variant(
             (crate::attest::SPDX_MEDIA_TYPE, "sbom"),
             (crate::attest::IN_TOTO_MEDIA_TYPE, "provenance"),
         ] {
-            let get = |x: &RecordedPlatform| {
+            let get = |x: &PlatformReport| {
                 x.referrers
                     .iter()
                     .find(|r| r.artifact_type == kind)

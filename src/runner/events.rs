@@ -6,13 +6,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::oci::time::rfc3339_millis;
-use crate::pipeline::{EventSink, LogLine, StageEvent, StageStatus};
+use crate::pipeline::report::CacheUse;
+use crate::pipeline::{EventSink, LogLine, StageEvent, StageStatus, Stream};
 use crate::store::{BuildStatus, NewEvent, StatusFacts, Store, StoreError, StoredEvent};
 
+use super::event::{BuildEvent, LogEvent, StageChange};
 use super::metrics::Metrics;
 
 /// Lines longer than this are split (on a character boundary) into several log events.
@@ -82,15 +83,6 @@ pub fn record(
     Ok(stored)
 }
 
-/// An event that is not a log line.
-pub fn event(kind: &'static str, data: serde_json::Value) -> NewEvent {
-    NewEvent {
-        kind,
-        data: data.to_string(),
-        log_bytes: 0,
-    }
-}
-
 struct LogState {
     pending: Vec<NewEvent>,
     oldest_pending: Option<Instant>,
@@ -145,21 +137,23 @@ impl BuildLog {
 
     /// A line of the runner's own (source checkout, queue), not tied to a variant.
     pub fn say(&self, stage: &str, line: &str) {
-        self.push_log(json!({"stage": stage, "stream": "galley"}), line);
+        self.push_log(stage, Stream::Galley, None, line);
     }
 
-    fn push_log(&self, base: serde_json::Value, line: &str) {
+    /// Queues a line (split when it is long) for the next batch.
+    fn push_log(&self, stage: &str, stream: Stream, unit: Option<(&str, &str)>, line: &str) {
         let mut st = self.lock();
         let now = ts();
         for chunk in split_line(line) {
-            let mut data = base.clone();
-            data["ts"] = now.clone().into();
-            data["line"] = chunk.into();
-            st.pending.push(NewEvent {
-                kind: "log",
-                data: data.to_string(),
-                log_bytes: chunk.len() as u64 + 1,
+            let e = BuildEvent::Log(LogEvent {
+                ts: now.clone(),
+                stage: stage.to_string(),
+                stream,
+                variant: unit.map(|(v, _)| v.to_string()),
+                target: unit.map(|(_, t)| t.to_string()),
+                line: chunk.to_string(),
             });
+            st.pending.push(e.to_new());
         }
         st.oldest_pending.get_or_insert_with(Instant::now);
         if st.pending.len() >= BATCH
@@ -180,11 +174,12 @@ impl BuildLog {
     /// Writes pending lines, then `events` with an optional status change, in order.
     pub fn state_change(
         &self,
-        events: Vec<NewEvent>,
+        events: &[BuildEvent],
         status: Option<(BuildStatus, StatusFacts<'_>)>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut st = self.lock();
         self.flush_locked(&mut st);
+        let events: Vec<NewEvent> = events.iter().map(BuildEvent::to_new).collect();
         let stored = record(&self.store, &self.hub, self.id, &events, status)?;
         Ok(stored)
     }
@@ -255,12 +250,9 @@ pub fn split_line(line: &str) -> Vec<&str> {
 impl EventSink for BuildLog {
     fn log(&self, line: &LogLine<'_>) {
         self.push_log(
-            json!({
-                "variant": line.variant,
-                "target": line.target.triple(),
-                "stage": line.stage,
-                "stream": line.stream,
-            }),
+            line.stage.as_str(),
+            line.stream,
+            Some((line.variant, line.target.triple())),
             line.message,
         );
     }
@@ -269,24 +261,18 @@ impl EventSink for BuildLog {
         if let (Some(ms), StageStatus::Succeeded) = (e.ms, e.status) {
             self.metrics.stage_duration(e.stage, ms);
         }
-        let mut data = json!({
-            "ts": ts(),
-            "variant": e.variant,
-            "target": e.target.triple(),
-            "stage": e.stage,
-            "status": e.status,
+        let change = BuildEvent::Stage(StageChange {
+            ts: ts(),
+            variant: e.variant.to_string(),
+            target: e.target.triple().to_string(),
+            stage: e.stage,
+            status: e.status,
+            ms: e.ms,
+            detail: e.detail.map(str::to_string),
+            cache: e.cache.map(|c| CacheUse::of(c.cached)),
+            cache_key: e.cache.map(|c| c.key.clone()),
         });
-        if let Some(ms) = e.ms {
-            data["ms"] = ms.into();
-        }
-        if let Some(d) = e.detail {
-            data["detail"] = d.into();
-        }
-        if let Some(c) = e.cache {
-            data["cache"] = if c.cached { "cached" } else { "ran" }.into();
-            data["cache_key"] = c.key.clone().into();
-        }
-        if let Err(err) = self.state_change(vec![event("stage", data)], None) {
+        if let Err(err) = self.state_change(&[change], None) {
             tracing::error!(build = self.id, "cannot store a stage event: {err}");
         }
     }
@@ -311,7 +297,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("galley-cap-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(Store::open(&dir).unwrap());
-        let req = json!({});
+        let req = serde_json::json!({});
         let crate::store::Created::New(id) = store
             .create_build(&crate::store::NewBuild {
                 project: "p",

@@ -6,6 +6,7 @@
 //! (which fails if a cancel got there first) and ends with one write of its outcome and its
 //! `end` event.
 
+pub mod event;
 pub mod events;
 pub mod metrics;
 pub mod source;
@@ -18,7 +19,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::cancel::Cancel;
 use crate::config::serve::{Project, ServeConfig};
@@ -30,7 +30,8 @@ use crate::store::{
     StoreError,
 };
 use crate::toolchain::CargoZigbuild;
-use events::{event, ts, BuildLog, Hub};
+use event::{BuildEvent, End, SourceFacts, StatusChange};
+use events::{ts, BuildLog, Hub};
 use metrics::Metrics;
 
 /// What a build was asked for: stored as the build's request, replayed by a rebuild.
@@ -199,8 +200,13 @@ impl Runner {
         }
         let request = serde_json::to_value(input).expect("a build input serializes");
         let hash = hex::encode(crate::config::serve::sha256(request.to_string().as_bytes()));
-        let queued_event =
-            json!({"ts": ts(), "status": "queued", "started_by": principal}).to_string();
+        let queued_event = BuildEvent::Status(StatusChange {
+            ts: ts(),
+            status: BuildStatus::Queued,
+            started_by: Some(principal.to_string()),
+            cancelled_by: None,
+        })
+        .data();
         // Opened before the build exists, so no event of it can be missed.
         let created = self.inner.store.create_build(&NewBuild {
             project: &input.project,
@@ -308,11 +314,11 @@ impl Runner {
         if input.repro_of.is_some() {
             return Err(not("it is a repro itself: reproduce the build it checked"));
         }
-        let built = row.report.as_ref().is_some_and(|r| {
-            r["variants"]
-                .as_array()
-                .is_some_and(|v| v.iter().any(|v| v["status"] == "succeeded"))
-        });
+        let built = row
+            .report
+            .clone()
+            .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
+            .is_some_and(|r| r.succeeded_variants().next().is_some());
         if !built {
             return Err(not(
                 "no variant of it succeeded: there is no image to compare with",
@@ -434,13 +440,11 @@ impl Inner {
         status: BuildStatus,
         finished: &Finished,
     ) -> Result<(), RunnerError> {
-        let events = vec![
-            event(
-                "status",
-                json!({"ts": ts(), "status": status, "cancelled_by": finished.cancelled_by}),
-            ),
-            event("end", end_payload(status, finished, 0)),
-        ];
+        let events = [
+            status_event(status, finished),
+            end_event(status, finished, 0),
+        ]
+        .map(|e| e.to_new());
         events::record(
             &self.store,
             &self.hub,
@@ -462,8 +466,8 @@ impl Inner {
                 ..Default::default()
             };
             vec![
-                event("status", json!({"ts": ts(), "status": "interrupted"})),
-                event("end", end_payload(BuildStatus::Interrupted, &finished, 0)),
+                status_event(BuildStatus::Interrupted, &finished).to_new(),
+                end_event(BuildStatus::Interrupted, &finished, 0).to_new(),
             ]
         })?;
         for (id, tag) in left {
@@ -545,7 +549,7 @@ impl Inner {
             ..Default::default()
         };
         let running = log.state_change(
-            vec![event("status", json!({"ts": ts(), "status": "running"}))],
+            &[status_event(BuildStatus::Running, &Finished::default())],
             Some((BuildStatus::Running, StatusFacts::Started(&started))),
         );
         if let Err(e) = running {
@@ -619,15 +623,16 @@ impl Inner {
         }
         let duration_ms = t0.elapsed().as_millis() as u64;
         let mut evs = Vec::new();
-        if let Some(report) = &finished.report {
-            evs.push(event("report", report.clone()));
+        if let Some(report) = finished
+            .report
+            .clone()
+            .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
+        {
+            evs.push(BuildEvent::Report(Box::new(report)));
         }
-        evs.push(event(
-            "status",
-            json!({"ts": ts(), "status": status, "cancelled_by": finished.cancelled_by}),
-        ));
-        evs.push(event("end", end_payload(status, &finished, duration_ms)));
-        let written = log.state_change(evs, Some((status, StatusFacts::Finished(&finished))));
+        evs.push(status_event(status, &finished));
+        evs.push(end_event(status, &finished, duration_ms));
+        let written = log.state_change(&evs, Some((status, StatusFacts::Finished(&finished))));
         self.hub.close(id);
         self.running
             .lock()
@@ -698,10 +703,12 @@ impl Inner {
             .set_source(id, checkout.commit.as_deref(), checkout.dirty)
             .map_err(|e| e.to_string())?;
         let _ = log.state_change(
-            vec![event(
-                "source",
-                json!({"ts": ts(), "commit": checkout.commit, "dirty": checkout.dirty, "ref": input.git_ref}),
-            )],
+            &[BuildEvent::Source(SourceFacts {
+                ts: ts(),
+                commit: checkout.commit.clone(),
+                dirty: checkout.dirty,
+                git_ref: input.git_ref.clone(),
+            })],
             None,
         );
         if checkout.dirty == Some(true) {
@@ -850,8 +857,7 @@ impl Inner {
                     log.say("repro", line);
                 }
                 let report = verdict.rebuilt_report.take();
-                let verdict_json = serde_json::to_value(&verdict).unwrap_or_default();
-                let _ = log.state_change(vec![event("verdict", verdict_json)], None);
+                let _ = log.state_change(&[BuildEvent::Verdict(Box::new(verdict.clone()))], None);
                 let differing = verdict.variants.iter().filter(|v| !v.identical).count();
                 (
                     if verdict.identical {
@@ -885,15 +891,25 @@ fn input_of(row: &BuildRow) -> Result<BuildInput, RunnerError> {
         .map_err(|e| RunnerError::Start(format!("build {} has an unreadable request: {e}", row.id)))
 }
 
-/// The payload of a build's `end` event.
-fn end_payload(status: BuildStatus, f: &Finished, duration_ms: u64) -> serde_json::Value {
-    json!({
-        "ts": ts(),
-        "status": status,
-        "error": f.error,
-        "cancelled_by": f.cancelled_by,
-        "forced_kill": f.forced_kill,
-        "duration_ms": duration_ms,
+/// A build's `status` event (who cancelled it, when it was cancelled).
+fn status_event(status: BuildStatus, f: &Finished) -> BuildEvent {
+    BuildEvent::Status(StatusChange {
+        ts: ts(),
+        status,
+        started_by: None,
+        cancelled_by: f.cancelled_by.clone(),
+    })
+}
+
+/// A build's `end` event.
+fn end_event(status: BuildStatus, f: &Finished, duration_ms: u64) -> BuildEvent {
+    BuildEvent::End(End {
+        ts: ts(),
+        status,
+        error: f.error.clone(),
+        cancelled_by: f.cancelled_by.clone(),
+        forced_kill: f.forced_kill,
+        duration_ms,
     })
 }
 

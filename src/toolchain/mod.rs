@@ -106,6 +106,17 @@ impl ToolVersions {
         format!("{}; {}; zig {}", self.rustc, self.cargo_zigbuild, self.zig)
     }
 
+    /// A tool's version by its field name (`rustc`, `cargo_zigbuild`, `zig`, `upx`).
+    pub fn get(&self, tool: &str) -> Option<&str> {
+        match tool {
+            "rustc" => Some(&self.rustc),
+            "cargo_zigbuild" => Some(&self.cargo_zigbuild),
+            "zig" => Some(&self.zig),
+            "upx" => self.upx.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn with_upx(mut self, upx: Option<String>) -> ToolVersions {
         self.upx = upx;
         self

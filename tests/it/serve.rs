@@ -852,3 +852,47 @@ fn serve_openapi_document_lists_every_route_and_validates() {
             .arg(&file),
     );
 }
+
+/// A database written by the galley before the typed seams (ba2efb4: a succeeded build, a
+/// cached one, a failed one and a cancelled one) is served as that galley served it: every
+/// build view and every plain-text log the same, and every event replayed.
+#[test]
+fn serve_reads_a_database_written_by_the_previous_version() {
+    let fixture = crate::support::repo().join("fixtures/store/before-seams");
+    let dir = scratch("serve-old-db");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::copy(fixture.join("galley.db"), dir.join("data/galley.db")).unwrap();
+    let project = tiny_project(&dir);
+    // Retention would take builds this old; the test keeps them.
+    let svc = Service::start(
+        &dir,
+        &format!("[retention]\nmax_age = \"100000d\"\n[projects.tiny]\npath = \"{project}\"\n"),
+        None,
+        &[],
+    );
+    for id in 1..=4 {
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture.join(format!("build-{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        let (status, got) = svc.get(&format!("/api/v1/builds/{id}"));
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got, want, "build {id}");
+        let want = std::fs::read_to_string(fixture.join(format!("log-{id}.txt"))).unwrap();
+        let (status, got) = svc.text(&format!("/api/v1/builds/{id}/log"));
+        assert_eq!(status, 200);
+        assert_eq!(got, want, "log of build {id}");
+        let events = svc.all_events(id, None);
+        assert_eq!(events.last().map(|e| e.kind.as_str()), Some("end"));
+        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+    let (_, list) = svc.get("/api/v1/builds");
+    let statuses: Vec<&str> = list["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["cancelled", "failed", "succeeded", "succeeded"]);
+}
