@@ -677,6 +677,14 @@ fn collect_files(
 }
 
 impl BuildSpec {
+    /// The user's rustflags for a target (cargo configuration and RUSTFLAGS).
+    pub fn rustflags_for(&self, target: Target) -> &[String] {
+        self.rustflags
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|(_, f)| f.as_slice())
+            .unwrap_or(&[])
+    }
     /// Validates a request against the project's files (as cargo sees them) and git facts.
     pub fn resolve(req: &BuildRequest) -> Result<BuildSpec, SpecError> {
         let project = req

@@ -106,7 +106,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         toolchain: &toolchain,
         events: &printer,
         cancel: &cancel,
-        compile_slots: None,
     };
     let report = match pipeline::run(&spec, &ctx) {
         Ok(r) => r,

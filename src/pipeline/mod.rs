@@ -9,16 +9,17 @@
 pub mod assemble;
 pub mod attach;
 pub mod base;
+pub mod cached;
 pub mod compress;
 pub mod events;
+pub mod release;
 pub mod report;
 pub mod strip;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crate::cache::{self, Kind, StageCache};
 use crate::cancel::{Cancel, Cancelled};
@@ -31,68 +32,17 @@ use crate::spec::{BuildSpec, VariantSpec};
 use crate::target::Target;
 use crate::toolchain::{CompileRequest, ToolVersions, Toolchain};
 use base::{BaseError, BaseImage};
+use cached::{cached, Answer, Keep, Keyed};
 pub use events::{EventSink, LogLine, Stage, StageEvent, StageStatus, Stream};
 use report::{BaseReport, PlatformReport, PushReport, Report, StageTiming, Status, VariantReport};
 
 /// What the caller gives a build besides its spec.
 pub struct Context<'a> {
+    /// The compiler; the service wraps it in `toolchain::Limited` so its builds share
+    /// `compile_slots` (this build's own compiles run one at a time anyway).
     pub toolchain: &'a dyn Toolchain,
     pub events: &'a dyn EventSink,
     pub cancel: &'a Cancel,
-    /// Compiles allowed at once across every build sharing these slots (the service's
-    /// `compile_slots`); `None`: this build's own compiles, one at a time, are the only ones.
-    pub compile_slots: Option<&'a CompileSlots>,
-}
-
-/// A counting semaphore for compiles, shared by the builds of a service. Waiting for a slot
-/// ends when the build is cancelled.
-#[derive(Debug)]
-pub struct CompileSlots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-/// A compile slot, given back when dropped.
-pub struct CompileSlot<'a> {
-    slots: &'a CompileSlots,
-}
-
-impl CompileSlots {
-    pub fn new(slots: usize) -> CompileSlots {
-        CompileSlots {
-            free: Mutex::new(slots.max(1)),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Takes a slot, waiting for one; `Err` when the build is cancelled while waiting.
-    pub fn acquire(&self, cancel: &Cancel) -> Result<CompileSlot<'_>, Cancelled> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            cancel.check()?;
-            if *free > 0 {
-                *free -= 1;
-                return Ok(CompileSlot { slots: self });
-            }
-            free = self
-                .cv
-                .wait_timeout(free, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Slots free now (for metrics and tests).
-    pub fn available(&self) -> usize {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for CompileSlot<'_> {
-    fn drop(&mut self) {
-        *self.slots.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.slots.cv.notify_one();
-    }
 }
 
 /// Failures that stop the whole build before any variant runs, or a cancel.
@@ -259,30 +209,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         total_ms: 0,
     };
 
-    // Registry tags move only when every variant succeeded (or --partial): a failed variant
-    // must not leave the others half-released.
-    let all_built = variants.iter().all(|v| v.status == Status::Succeeded);
-    if !pushers.is_empty() && !all_built && !spec.partial {
-        {
-            let failed: Vec<&str> = variants
-                .iter()
-                .filter(|v| v.status != Status::Succeeded)
-                .map(|v| v.variant.as_str())
-                .collect();
-            let why = format!(
-                "registry tags not moved because {} failed; pass --partial to release the variants that succeeded",
-                failed.join(", ")
-            );
-            for v in variants
-                .iter_mut()
-                .filter(|v| v.status == Status::Succeeded)
-            {
-                if let Some(p) = &mut v.push {
-                    p.withheld = Some(why.clone());
-                }
-            }
-        }
-    }
+    let all_built = release::withhold(&mut variants, !pushers.is_empty(), spec.partial);
     report.variants = variants.clone();
     report.succeeded = all_built;
     report.total_ms = started.elapsed().as_millis() as u64;
@@ -290,51 +217,20 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     let path = output.join("report.json");
     write_report(&out, &path, &report)?;
 
-    {
-        for ((v, desc), vs) in variants.iter_mut().zip(&descriptors).zip(&spec.variants) {
-            let (Some(push), Some(desc), Some(pusher)) =
-                (&mut v.push, desc, pusher_of(&pushers, vs))
-            else {
-                continue;
-            };
-            if v.status != Status::Succeeded || push.withheld.is_some() {
-                continue;
-            }
-            match pusher.push_tags(&out, desc, &vs.tags) {
-                Ok(refs) => {
-                    for r in &refs {
-                        ctx.events.log(&LogLine {
-                            variant: &v.variant,
-                            target: spec.targets[0],
-                            stage: Stage::Push,
-                            stream: Stream::Galley,
-                            message: &format!("tag moved: {r}"),
-                        });
-                    }
-                    push.references = refs;
-                }
-                Err(e) => {
-                    push.error = Some(e.to_string());
-                    v.status = Status::Failed;
-                    v.error = Some(format!("push: {e}"));
-                }
-            }
+    for ((v, desc), vs) in variants.iter_mut().zip(&descriptors).zip(&spec.variants) {
+        if let (Some(desc), Some(pusher)) = (desc, pusher_of(&pushers, vs)) {
+            release::move_registry_tags(
+                v,
+                pusher,
+                &out,
+                desc,
+                &vs.tags,
+                ctx.events,
+                spec.targets[0],
+            );
         }
     }
-    // Local tags: every variant that built, in one index.json write.
-    let tagged: Vec<(String, Descriptor)> = variants
-        .iter()
-        .zip(&descriptors)
-        .filter_map(|(v, d)| Some((v, d.as_ref()?)))
-        .flat_map(|(v, d)| v.tags.iter().map(move |t| (t.clone(), d.clone())))
-        .collect();
-    if let Err(e) = out.set_tags(&tagged) {
-        for v in variants.iter_mut().filter(|v| !v.tags.is_empty()) {
-            v.status = Status::Failed;
-            v.error = Some(format!("cannot write the tags: {e}"));
-            v.tags.clear();
-        }
-    }
+    release::move_local_tags(&out, &mut variants, &descriptors);
     report.succeeded = variants.iter().all(|v| v.status == Status::Succeeded);
     report.variants = variants;
     report.tags_moved = true;
@@ -620,6 +516,21 @@ impl<'a> Unit<'a> {
         }
     }
 
+    /// Takes a cached stage's value: notes how the cache was used (the report and the stage
+    /// event say `cached` or `ran` with the key) and warns when the outputs could not be kept.
+    fn take_answer<T>(&mut self, stage: Stage, keyed: Option<&Keyed<'_>>, a: Answer<T>) -> T {
+        if let Some(k) = keyed {
+            self.cache_note = Some(CacheNote {
+                cached: a.cached,
+                key: k.key.clone(),
+            });
+        }
+        if let Some(e) = a.not_kept {
+            self.say(stage, &format!("warning: not cached: {e}"));
+        }
+        a.value
+    }
+
     /// Reports the stages never reached.
     fn finish(&mut self) {
         let status = if self.ctx.cancel.is_cancelled() {
@@ -639,15 +550,7 @@ impl<'a> Unit<'a> {
 fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, String> {
     let spec = b.spec;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let ctx = unit.ctx;
-    let variant = unit.variant;
-    let target = unit.target;
-    let rustflags: &[String] = spec
-        .rustflags
-        .iter()
-        .find(|(t, _)| *t == target)
-        .map(|(_, f)| f.as_slice())
-        .unwrap_or(&[]);
+    let (ctx, variant, target) = (unit.ctx, unit.variant, unit.target);
     let zig_cache = spec.cache_dir.join("zig");
     let req = CompileRequest {
         project: &spec.project,
@@ -657,102 +560,74 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
         package: variant.package.as_deref(),
         binary: &variant.binary,
         profile: &spec.profile,
-        rustflags,
+        rustflags: spec.rustflags_for(target),
         env_passthrough: &spec.env_passthrough,
         external_sources: &spec.external_sources,
         zig_cache: Some(&zig_cache),
         source_date_epoch: spec.source_date_epoch,
     };
     let raw = dir.join(format!("{}.raw", variant.binary));
-
-    // The cache first: a hit needs no compile slot.
     let keyed = b
         .cache
         .and_then(|c| match ctx.toolchain.fingerprint(&req, b.tools) {
-            Ok(inputs) => Some((c, StageCache::key(Kind::Compile, &inputs), inputs)),
+            Ok(inputs) => Keyed::new(Some(c), Kind::Compile, inputs),
             Err(why) => {
                 unit.say(Stage::Compile, &format!("compile cache not used: {why}"));
                 None
             }
         });
-    if let Some((c, key, _)) = &keyed {
-        let hit = c.get(Kind::Compile, key).and_then(|h| {
-            let d: crate::oci::Digest = h.outputs["raw"].as_str()?.parse().ok()?;
-            Some(d)
-        });
-        if let Some(digest) = hit {
-            match c.restore(&digest, &raw) {
-                Ok(()) => {
-                    unit.stage(Stage::Compile, |u| {
-                        u.cache_note = Some(CacheNote {
-                            cached: true,
-                            key: key.clone(),
-                        });
-                        Ok::<(), String>(())
-                    })?;
-                    unit.say(
-                        Stage::Compile,
-                        &format!(
-                            "cached: {} (inputs unchanged, cargo not started)",
-                            req.describe()
-                        ),
-                    );
-                    return Ok(raw);
+    unit.stage(Stage::Compile, |u| {
+        let answer = cached(
+            keyed.as_ref(),
+            |c, outputs| {
+                let digest: crate::oci::Digest = outputs["raw"].as_str()?.parse().ok()?;
+                match c.restore(&digest, &raw) {
+                    Ok(()) => Some(()),
+                    // A corrupt entry is rebuilt, never used.
+                    Err(e) => {
+                        u.say(Stage::Compile, &format!("{e}; compiling"));
+                        None
+                    }
                 }
-                // A corrupt entry is rebuilt, never used.
-                Err(e) => unit.say(Stage::Compile, &format!("{e}; compiling")),
-            }
+            },
+            || {
+                u.say(Stage::Compile, &req.describe());
+                let log = |message: &str| {
+                    u.ctx.events.log(&LogLine {
+                        variant: &variant.name,
+                        target,
+                        stage: Stage::Compile,
+                        stream: Stream::Stderr,
+                        message,
+                    })
+                };
+                let compiled = u
+                    .ctx
+                    .toolchain
+                    .compile(&req, u.ctx.cancel, &log)
+                    .map_err(|e| e.to_string())?;
+                std::fs::copy(&compiled.path, &raw)
+                    .map_err(|e| format!("cannot copy {}: {e}", compiled.path.display()))?;
+                let digest = cache::file_digest(&raw).map_err(|e| e.to_string())?;
+                let keep = Keep {
+                    outputs: serde_json::json!({"raw": digest.to_string()}),
+                    files: vec![raw.clone()],
+                };
+                Ok::<_, String>(((), Some(keep)))
+            },
+        )?;
+        if answer.cached {
+            u.say(
+                Stage::Compile,
+                &format!(
+                    "cached: {} (inputs unchanged, cargo not started)",
+                    req.describe()
+                ),
+            );
         }
-    }
-
-    let _slot = match ctx.compile_slots {
-        Some(slots) => {
-            if slots.available() == 0 {
-                unit.say(Stage::Compile, "waiting for a compile slot");
-            }
-            Some(
-                slots
-                    .acquire(ctx.cancel)
-                    .map_err(|c| format!("compile: {c}"))?,
-            )
-        }
-        None => None,
-    };
-    unit.say(Stage::Compile, &req.describe());
-    let compiled = unit.stage(Stage::Compile, |u| {
-        if let Some((_, key, _)) = &keyed {
-            u.cache_note = Some(CacheNote {
-                cached: false,
-                key: key.clone(),
-            });
-        }
-        let log = |message: &str| {
-            u.ctx.events.log(&LogLine {
-                variant: &variant.name,
-                target,
-                stage: Stage::Compile,
-                stream: Stream::Stderr,
-                message,
-            })
-        };
-        u.ctx.toolchain.compile(&req, u.ctx.cancel, &log)
+        u.take_answer(Stage::Compile, keyed.as_ref(), answer);
+        Ok::<_, String>(())
     })?;
-    std::fs::copy(&compiled.path, &raw)
-        .map_err(|e| format!("compile: cannot copy {}: {e}", compiled.path.display()))?;
-    if let Some((c, key, inputs)) = &keyed {
-        let stored = c.store(&raw).and_then(|d| {
-            c.put(
-                Kind::Compile,
-                key,
-                inputs,
-                &serde_json::json!({"raw": d.to_string()}),
-                &[&d],
-            )
-        });
-        if let Err(e) = stored {
-            unit.say(Stage::Compile, &format!("warning: not cached: {e}"));
-        }
-    }
     Ok(raw)
 }
 
@@ -779,47 +654,39 @@ fn layer_stage(
                 "epoch": spec.source_date_epoch,
                 "gzip_level": crate::oci::layer::GZIP_LEVEL,
             });
-            Some((c, StageCache::key(Kind::Layer, &inputs), inputs))
+            Keyed::new(Some(c), Kind::Layer, inputs)
         }
         None => None,
     };
-    let hit = keyed.as_ref().and_then(|(c, key, _)| {
-        let h = c.get(Kind::Layer, key)?;
-        let blob: crate::oci::layer::LayerBlob = serde_json::from_value(h.outputs).ok()?;
-        let reader = c.open_object(&blob.digest).ok()?;
-        match out.put_blob_from_reader(reader, &blob.digest) {
-            Ok(_) => Some(blob),
-            Err(e) => {
-                c.forget_object(&blob.digest);
-                unit.say(
-                    Stage::Layer,
-                    &format!("cache entry refused ({e}): writing the layer"),
-                );
-                None
-            }
-        }
-    });
     unit.stage(Stage::Layer, |u| {
-        if let Some((_, key, _)) = &keyed {
-            u.cache_note = Some(CacheNote {
-                cached: hit.is_some(),
-                key: key.clone(),
-            });
-        }
-        if let Some(blob) = hit {
-            return Ok(blob);
-        }
-        let blob = assemble::layer(shipped, spec, variant, out).map_err(|e| e.to_string())?;
-        if let Some((c, key, inputs)) = &keyed {
-            let outputs = serde_json::to_value(&blob).expect("a layer serializes");
-            let stored = c
-                .store(&out.blob_path(&blob.digest))
-                .and_then(|d| c.put(Kind::Layer, key, inputs, &outputs, &[&d]));
-            if let Err(e) = stored {
-                u.say(Stage::Layer, &format!("warning: not cached: {e}"));
-            }
-        }
-        Ok::<_, String>(blob)
+        let answer = cached(
+            keyed.as_ref(),
+            |c, outputs| {
+                let blob: crate::oci::layer::LayerBlob = serde_json::from_value(outputs).ok()?;
+                let reader = c.open_object(&blob.digest).ok()?;
+                match out.put_blob_from_reader(reader, &blob.digest) {
+                    Ok(_) => Some(blob),
+                    Err(e) => {
+                        c.forget_object(&blob.digest);
+                        u.say(
+                            Stage::Layer,
+                            &format!("cache entry refused ({e}): writing the layer"),
+                        );
+                        None
+                    }
+                }
+            },
+            || {
+                let blob =
+                    assemble::layer(shipped, spec, variant, out).map_err(|e| e.to_string())?;
+                let keep = Keep {
+                    outputs: serde_json::to_value(&blob).expect("a layer serializes"),
+                    files: vec![out.blob_path(&blob.digest)],
+                };
+                Ok::<_, String>((blob, Some(keep)))
+            },
+        )?;
+        Ok::<_, String>(u.take_answer(Stage::Layer, keyed.as_ref(), answer))
     })
 }
 
@@ -908,89 +775,87 @@ fn package(
         None
     };
     // The compress cache: the stripped binary, UPX's version and flags and the smoke run.
-    let keyed = match (b.cache, &upx) {
-        (Some(c), Some(version)) => {
-            let inputs = serde_json::json!({
-                "stripped": stripped.digest(),
-                "upx": version,
-                "flags": spec.compress.flags,
-                "smoke_args": spec.compress.smoke_args,
-                "smoke_runs": target.runs_on_host(),
-            });
-            Some((c, StageCache::key(Kind::Compress, &inputs), inputs))
-        }
-        _ => None,
-    };
-    let hit = keyed.as_ref().and_then(|(c, key, _)| {
-        let h = c.get(Kind::Compress, key)?;
-        let digest: crate::oci::Digest = h.outputs["packed"].as_str()?.parse().ok()?;
-        let compression: compress::Compression =
-            serde_json::from_value(h.outputs["compression"].clone()).ok()?;
-        let warning = h.outputs["warning"].as_str().map(str::to_string);
-        match c.restore(&digest, &packed_path) {
-            Ok(()) => Some(compress::Compressed {
-                packed: true,
-                compression,
-                warning,
-            }),
-            Err(e) => {
-                unit.say(Stage::Compress, &format!("{e}"));
-                None
-            }
-        }
+    let keyed = upx.as_ref().and_then(|version| {
+        let inputs = serde_json::json!({
+            "stripped": stripped.digest(),
+            "upx": version,
+            "flags": spec.compress.flags,
+            "smoke_args": spec.compress.smoke_args,
+            "smoke_runs": target.runs_on_host(),
+        });
+        Keyed::new(b.cache, Kind::Compress, inputs)
     });
     let shipped = unit.stage(Stage::Compress, |u| {
-        let cached = hit.is_some();
-        if let Some((_, key, _)) = &keyed {
-            u.cache_note = Some(CacheNote {
-                cached,
-                key: key.clone(),
-            });
-        }
-        let compressed = match hit {
-            Some(c) => c,
-            None => {
-                compress::compress(&stripped, &packed_path, &spec.compress, upx.clone(), cancel)
-            }
+        // The packed binary is verified whether UPX ran now or the cache kept it.
+        let check = |compressed: &compress::Compressed| {
+            compressed
+                .packed
+                .then(|| verify::verify(&packed_path, target))
+                .transpose()
+                .map_err(|e| format!("the packed binary failed verification: {e}"))
         };
-        cancel.check().map_err(|c| c.to_string())?;
-        let shipped = if compressed.packed {
-            let packed = verify::verify(&packed_path, target)
-                .map_err(|e| format!("the packed binary failed verification: {e}"))?;
-            u.report.sizes.compressed = Some(packed.size());
-            u.report
-                .binary_digests
-                .push(("compressed".into(), packed.digest().clone()));
-            u.say(
-                Stage::Compress,
-                &format!(
-                    "upx: {} -> {} bytes{}",
-                    stripped.size(),
-                    packed.size(),
-                    if cached {
-                        " (cached: packed and checked before)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-            if let (Some((c, key, inputs)), false) = (&keyed, cached) {
-                let outputs = serde_json::json!({
-                    "packed": packed.digest().to_string(),
-                    "compression": compressed.compression,
-                    "warning": compressed.warning,
-                });
-                // The object first: an entry never names a missing object.
-                let stored = c
-                    .store(packed.path())
-                    .and_then(|d| c.put(Kind::Compress, key, inputs, &outputs, &[&d]));
-                if let Err(e) = stored {
-                    u.say(Stage::Compress, &format!("warning: not cached: {e}"));
+        let answer = cached(
+            keyed.as_ref(),
+            |c, outputs| {
+                let digest: crate::oci::Digest = outputs["packed"].as_str()?.parse().ok()?;
+                let compressed = compress::Compressed {
+                    packed: true,
+                    compression: serde_json::from_value(outputs["compression"].clone()).ok()?,
+                    warning: outputs["warning"].as_str().map(str::to_string),
+                };
+                if let Err(e) = c.restore(&digest, &packed_path) {
+                    u.say(Stage::Compress, &format!("{e}"));
+                    return None;
                 }
+                let packed = check(&compressed).ok()?;
+                Some((compressed, packed))
+            },
+            || {
+                let compressed = compress::compress(
+                    &stripped,
+                    &packed_path,
+                    &spec.compress,
+                    upx.clone(),
+                    cancel,
+                );
+                cancel.check().map_err(|c| c.to_string())?;
+                let packed = check(&compressed)?;
+                // Only a packed binary is worth keeping: without UPX there is nothing to save.
+                let keep = packed.as_ref().map(|p| Keep {
+                    outputs: serde_json::json!({
+                        "packed": p.digest().to_string(),
+                        "compression": compressed.compression,
+                        "warning": compressed.warning,
+                    }),
+                    files: vec![packed_path.clone()],
+                });
+                Ok::<_, String>(((compressed, packed), keep))
+            },
+        )?;
+        let cached = answer.cached;
+        let (compressed, packed) = u.take_answer(Stage::Compress, keyed.as_ref(), answer);
+        let shipped = match packed {
+            Some(packed) => {
+                u.report.sizes.compressed = Some(packed.size());
+                u.report
+                    .binary_digests
+                    .push(("compressed".into(), packed.digest().clone()));
+                u.say(
+                    Stage::Compress,
+                    &format!(
+                        "upx: {} -> {} bytes{}",
+                        stripped.size(),
+                        packed.size(),
+                        if cached {
+                            " (cached: packed and checked before)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                packed
             }
-            packed
-        } else {
-            stripped.clone()
+            None => stripped.clone(),
         };
         if let Some(w) = compressed.warning {
             u.say(Stage::Compress, &format!("warning: {w}"));
@@ -1102,27 +967,19 @@ fn attest_stage(
             .iter()
             .find(|s| s.stage == Stage::Compile)
             .and_then(|s| s.cache_key.clone());
-        let keyed = b.cache.zip(compile_key).map(|(c, compile)| {
+        // Same sources, lock file, features and target as the compile: the same crates.
+        let keyed = compile_key.and_then(|compile| {
             let inputs = serde_json::json!({
                 "compile": compile,
                 "package": package,
                 "galley": env!("CARGO_PKG_VERSION"),
             });
-            (c, StageCache::key(Kind::Attest, &inputs), inputs)
+            Keyed::new(b.cache, Kind::Attest, inputs)
         });
-        let hit: Option<Vec<Crate>> = keyed.as_ref().and_then(|(c, key, _)| {
-            let h = c.get(Kind::Attest, key)?;
-            serde_json::from_value(h.outputs["crates"].clone()).ok()
-        });
-        if let Some((_, key, _)) = &keyed {
-            unit.cache_note = Some(CacheNote {
-                cached: hit.is_some(),
-                key: key.clone(),
-            });
-        }
-        let crates = match hit {
-            Some(crates) => crates,
-            None => {
+        let answer = cached(
+            keyed.as_ref(),
+            |_, outputs| serde_json::from_value::<Vec<Crate>>(outputs["crates"].clone()).ok(),
+            || {
                 let req = SbomRequest {
                     project: &spec.project,
                     package,
@@ -1133,15 +990,11 @@ fn attest_stage(
                 let crates = attest::crates(&req, cancel).map_err(|e| {
                     format!("{e} (set `sbom = false` in galley.toml to build without an SBOM)")
                 })?;
-                if let Some((c, key, inputs)) = &keyed {
-                    let outputs = serde_json::json!({ "crates": crates });
-                    if let Err(e) = c.put(Kind::Attest, key, inputs, &outputs, &[]) {
-                        unit.say(Stage::Attest, &format!("warning: not cached: {e}"));
-                    }
-                }
-                crates
-            }
-        };
+                let keep = Keep::outputs(serde_json::json!({ "crates": crates }));
+                Ok::<_, String>((crates, Some(keep)))
+            },
+        )?;
+        let crates = unit.take_answer(Stage::Attest, keyed.as_ref(), answer);
         unit.say(
             Stage::Attest,
             &format!(
@@ -1158,12 +1011,7 @@ fn attest_stage(
         });
     }
     if spec.provenance {
-        let rustflags: &[String] = spec
-            .rustflags
-            .iter()
-            .find(|(t, _)| *t == target)
-            .map(|(_, f)| f.as_slice())
-            .unwrap_or(&[]);
+        let rustflags = spec.rustflags_for(target);
         let lock = cache::file_digest(&spec.project.join("Cargo.lock")).ok();
         let tools = b.tools.clone().with_upx(upx);
         let facts = BuildFacts {
@@ -1210,3 +1058,6 @@ fn attest_stage(
     }
     Ok(referrers)
 }
+
+#[cfg(test)]
+mod tests;

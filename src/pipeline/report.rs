@@ -23,7 +23,7 @@ pub const REPORT_SCHEMA_VERSION: u32 = 1;
 /// Why a report cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("not a galley report: {0}")]
+    #[error(transparent)]
     Malformed(#[from] serde_json::Error),
     #[error("the report's schema is version {found}, newer than this galley reads ({REPORT_SCHEMA_VERSION}): use a newer galley")]
     Newer { found: u32 },
@@ -473,5 +473,15 @@ mod tests {
         let again = serde_json::to_value(&r).unwrap();
         assert_eq!(again["schema_version"], REPORT_SCHEMA_VERSION);
         assert!(Report::parse(b"{\"variants\": 3}").is_err());
+    }
+
+    /// `galley repro` says "not recorded" for a tool a report lacks: such a report reads.
+    #[test]
+    fn a_report_without_a_tool_version_reads_with_it_empty() {
+        let mut v: serde_json::Value = serde_json::from_str(OLD).unwrap();
+        v["tools"].as_object_mut().unwrap().remove("zig");
+        let r = Report::from_value(v).unwrap();
+        assert_eq!(r.tools.get("zig"), Some(""));
+        assert_eq!(r.tools.get("upx"), Some("upx 4.2.2"));
     }
 }

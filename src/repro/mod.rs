@@ -19,10 +19,11 @@ use crate::cancel::{Cancel, Cancelled};
 use crate::oci::layout::Layout;
 use crate::oci::{Digest, Manifest};
 use crate::pipeline::report::{PlatformReport, Report, VariantReport};
-use crate::pipeline::{self, CompileSlots, Context, EventSink, PipelineError};
+use crate::pipeline::{self, Context, EventSink, PipelineError};
 use crate::proc;
 use crate::spec::{is_commit, BuildRequest, BuildSpec, SpecError};
-use crate::toolchain::{CargoZigbuild, Toolchain};
+use crate::toolchain::CompileSlots;
+use crate::toolchain::{CargoZigbuild, Limited, Toolchain};
 
 /// Why a repro could not compare anything.
 #[derive(Debug, thiserror::Error)]
@@ -502,14 +503,20 @@ pub fn rebuild(
         ..Default::default()
     };
     let spec = BuildSpec::resolve(&request)?;
-    let toolchain = CargoZigbuild {
+    let zigbuild = CargoZigbuild {
         target_dir: Some(plan.work.path.join("target")),
     };
+    let limited = compile_slots.map(|slots| Limited {
+        inner: &zigbuild,
+        slots,
+    });
     let ctx = Context {
-        toolchain: &toolchain,
+        toolchain: match &limited {
+            Some(l) => l,
+            None => &zigbuild,
+        },
         events,
         cancel,
-        compile_slots,
     };
     let report = pipeline::run(&spec, &ctx).map_err(|e| match e {
         PipelineError::Cancelled(c) => ReproError::Cancelled(c),

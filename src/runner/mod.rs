@@ -22,14 +22,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancel;
 use crate::config::serve::{Project, ServeConfig};
-use crate::pipeline::{self, CompileSlots, Context, PipelineError};
+use crate::pipeline::{self, Context, PipelineError};
 use crate::repro;
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::store::{
     now_ms, BuildRow, BuildStatus, Created, Finished, NewBuild, Started, StatusFacts, Store,
     StoreError,
 };
-use crate::toolchain::CargoZigbuild;
+use crate::toolchain::{CargoZigbuild, CompileSlots, Limited};
 use event::{BuildEvent, End, SourceFacts, StatusChange};
 use events::{ts, BuildLog, Hub};
 use metrics::Metrics;
@@ -737,10 +737,12 @@ impl Inner {
             .map_err(|e| e.to_string())
             .and_then(|spec| {
                 let ctx = Context {
-                    toolchain: &toolchain,
+                    toolchain: &Limited {
+                        inner: &toolchain,
+                        slots: &self.slots,
+                    },
                     events: log,
                     cancel,
-                    compile_slots: Some(&self.slots),
                 };
                 pipeline::run(&spec, &ctx).map_err(|e| match e {
                     PipelineError::Cancelled(c) => c.to_string(),

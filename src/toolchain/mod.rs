@@ -1,10 +1,14 @@
 //! The compiler seam: `Toolchain` turns (project, target, features) into a binary on disk.
-//! `CargoZigbuild` is the real one; tests can put a fake behind the same trait.
+//! `CargoZigbuild` is the real one, `fake::FakeToolchain` writes a prepared ELF (the pipeline's
+//! unit tests run on it), and `Limited` is the decorator that shares compile slots.
 
+pub mod fake;
+mod limit;
 mod zigbuild;
 
 use std::path::{Path, PathBuf};
 
+pub use limit::{CompileSlot, CompileSlots, Limited};
 pub use zigbuild::CargoZigbuild;
 
 use serde::{Deserialize, Serialize};
@@ -92,8 +96,12 @@ impl From<ProcError> for CompileError {
 /// The versions of the tools a build used, each as the tool prints it (or "unavailable").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolVersions {
+    // Each may be missing from a report (read as empty: "not recorded").
+    #[serde(default)]
     pub rustc: String,
+    #[serde(default)]
     pub cargo_zigbuild: String,
+    #[serde(default)]
     pub zig: String,
     /// Absent when UPX did not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
