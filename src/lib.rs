@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod elf;
+pub mod git;
 pub mod oci;
 pub mod pipeline;
 pub mod proc;

@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::config::units::parse_duration;
 use crate::config::workspace::{config_rustflags, Workspace, WorkspaceError};
 use crate::config::{CargoPackage, ConfigError, FileConfig, ProjectConfig};
+pub use crate::git::{is_commit, GitFacts};
 use crate::oci::image::ImageSettings;
 use crate::oci::time::{parse_epoch, rfc3339, BadEpoch};
 use crate::oci::Digest;
-use crate::proc;
+pub use crate::registry::reference::BaseRef;
+use crate::registry::reference::{is_tag, BadBase};
 use crate::registry::{Credential, Reference, RegistryOptions};
 use crate::target::{Target, UnknownTarget};
 
@@ -88,52 +91,6 @@ pub struct Inputs {
     /// CARGO_ENCODED_RUSTFLAGS as galley got it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoded_rustflags: Option<String>,
-}
-
-/// Where the base image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BaseRef {
-    /// An OCI image layout on disk: `oci:DIR[:TAG]`.
-    Layout { dir: PathBuf, tag: String },
-    /// A registry reference (`host/repo:tag` or `@sha256:…`), pulled by the registry module.
-    Registry(Reference),
-}
-
-impl BaseRef {
-    /// Parses a base reference.
-    pub fn parse(s: &str) -> Result<BaseRef, SpecError> {
-        if let Some(rest) = s.strip_prefix("oci:") {
-            let (dir, tag) = match rest.rsplit_once(':') {
-                Some((dir, tag)) if !tag.contains('/') => (dir, tag),
-                _ => (rest, "latest"),
-            };
-            if dir.is_empty() || !is_tag(tag) {
-                return Err(SpecError::BadBase(s.to_string()));
-            }
-            return Ok(BaseRef::Layout {
-                dir: PathBuf::from(dir),
-                tag: tag.to_string(),
-            });
-        }
-        Reference::parse(s)
-            .map(BaseRef::Registry)
-            .map_err(|_| SpecError::BadBase(s.to_string()))
-    }
-
-    /// A name for the `org.opencontainers.image.base.name` annotation that does not depend on
-    /// where the build runs: a layout is named by its directory's last component.
-    pub fn display_name(&self) -> String {
-        match self {
-            BaseRef::Layout { dir, tag } => {
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "layout".into());
-                format!("oci:{name}:{tag}")
-            }
-            BaseRef::Registry(r) => r.to_string(),
-        }
-    }
 }
 
 /// One variant to build.
@@ -296,8 +253,8 @@ pub enum SpecError {
         first: String,
         second: String,
     },
-    #[error("base image {0:?} is not a valid reference: use host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG")]
-    BadBase(String),
+    #[error(transparent)]
+    BadBase(#[from] BadBase),
     #[error("--push {0:?} is not a repository: give host/repo without tag or digest (tags come from the tag templates)")]
     BadPush(String),
     #[error(
@@ -308,16 +265,6 @@ pub enum SpecError {
     EmptyList(&'static str),
     #[error("image setting {field} is not allowed: {why}")]
     BadImage { field: String, why: String },
-}
-
-/// Checks an OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-pub fn is_tag(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
 fn is_variant(s: &str) -> bool {
@@ -352,49 +299,6 @@ fn is_env_key(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-/// Parses a duration as `<n>s`, `<n>m`, `<n>h` or `<n>d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
-
-/// Parses a size: bytes, or a number with `KiB`, `MiB` or `GiB` (also `K`, `M`, `G`).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-/// Facts read from git about the project's HEAD.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GitFacts {
-    pub revision: Option<String>,
-    pub commit_time: Option<u64>,
-    /// Whether the project's directory has changes HEAD does not hold (absent outside git).
-    pub dirty: Option<bool>,
-}
-
 /// Where `SOURCE_DATE_EPOCH` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -405,58 +309,6 @@ pub enum EpochSource {
     GitCommit,
     /// Neither: 0 (1970-01-01), as ko does, so a project outside git still builds reproducibly.
     Zero,
-}
-
-/// A full git commit id: 40 hex digits.
-pub fn is_commit(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Reads the HEAD commit and its time; an empty result outside a git repository.
-pub fn git_facts(project: &Path) -> GitFacts {
-    let run = |args: &[&str]| -> Option<String> {
-        let mut cmd = proc::command("git");
-        cmd.arg("-C").arg(project).args(args);
-        let out = proc::run_captured(
-            &mut cmd,
-            Duration::from_secs(30),
-            &crate::cancel::Cancel::default(),
-        )
-        .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let revision = run(&["rev-parse", "--verify", "HEAD"]).filter(|s| is_commit(s));
-    // A directory inside some repository but not tracked by it (a copy under an ignored
-    // target/, say) is not at that repository's commit: it is outside git.
-    let tracked =
-        revision.is_some() && run(&["ls-files", "--error-unmatch", "--", "Cargo.toml"]).is_some();
-    if !tracked {
-        return GitFacts::default();
-    }
-    let commit_time = revision
-        .as_ref()
-        .and_then(|_| run(&["log", "-1", "--format=%ct"]))
-        .and_then(|s| s.parse().ok());
-    // Only the project's own directory counts (a workspace's other members do not).
-    let dirty = revision
-        .as_ref()
-        .and_then(|_| {
-            run(&[
-                "status",
-                "--porcelain",
-                "--untracked-files=normal",
-                "--",
-                ".",
-            ])
-        })
-        .map(|s| !s.is_empty());
-    GitFacts {
-        revision,
-        commit_time,
-        dirty,
-    }
 }
 
 /// What `BuildSpec::from_parts` needs to know about the project besides its galley.toml.
@@ -696,7 +548,7 @@ impl BuildSpec {
         }
         let config = ProjectConfig::load(&project)?;
         let workspace = Workspace::load(&project)?;
-        let git = git_facts(&project);
+        let git = crate::git::facts(&project);
         let rustflags = |t: Target| config_rustflags(&project, t.triple());
         let files = |f: &FileConfig| expand_files(&project, f);
         let facts = Facts {
@@ -1270,14 +1122,7 @@ mod tests {
     }
 
     #[test]
-    fn base_ttl_parses_durations_and_refuses_the_rest() {
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
+    fn base_ttl_is_a_duration() {
         assert_eq!(
             resolve(&req(), "").unwrap().base_ttl,
             Duration::from_secs(86_400)
@@ -1340,16 +1185,6 @@ mod tests {
             resolve(&req(), "compress = \"ultra\""),
             Err(SpecError::BadCompress(_))
         ));
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size("2GiB"), Some(2 << 30));
-        assert_eq!(parse_size("500MiB"), Some(500 << 20));
-        assert_eq!(parse_size("1024"), Some(1024));
-        for bad in ["", "GiB", "2 TB", "-1", "1.5G"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
     }
 
     #[test]

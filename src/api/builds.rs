@@ -457,7 +457,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
             "use MAJOR.MINOR.PATCH, e.g. 1.4.2 or 2.0.0-rc.1",
         )
     })?;
-    if !version.build.is_empty() || !crate::spec::is_tag(&req.version) {
+    if !version.build.is_empty() || !crate::registry::reference::is_tag(&req.version) {
         return Err(ApiError::field(
             "version",
             format!("{:?} cannot be part of an image tag", req.version),

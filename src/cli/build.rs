@@ -89,7 +89,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         no_cache: args.no_cache,
         cache_max_bytes: match &args.cache_max {
             None => None,
-            Some(s) => Some(crate::spec::parse_size(s).ok_or_else(|| {
+            Some(s) => Some(crate::config::units::parse_size(s).ok_or_else(|| {
                 anyhow::anyhow!("--cache-max {s:?} is not a size: use bytes or a number with KiB, MiB or GiB (e.g. 2GiB)")
             })?),
         },

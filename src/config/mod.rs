@@ -4,6 +4,7 @@
 //! `serve` holds the service's own settings.
 
 pub mod serve;
+pub mod units;
 pub mod workspace;
 
 use std::collections::BTreeMap;

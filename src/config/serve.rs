@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::spec::parse_duration;
+use crate::config::units::parse_duration;
 
 /// The listen address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
@@ -382,7 +382,7 @@ impl ServeConfig {
                 },
             };
             if let Some(b) = &p.base {
-                crate::spec::BaseRef::parse(b)
+                crate::registry::reference::BaseRef::parse(b)
                     .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
             }
             projects.insert(

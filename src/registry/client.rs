@@ -12,6 +12,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{StatusCode, Url};
 
 use super::credentials::{Credential, Secret};
+use super::retry::{is_transient, parse_retry_after, Attempt, RetryPolicy, Try};
 use super::{RegistryError, RegistryOptions};
 use crate::cancel::{Cancel, Cancelled};
 
@@ -19,28 +20,6 @@ use crate::cancel::{Cancel, Cancelled};
 const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Token responses are read up to this many bytes.
 const MAX_TOKEN_BODY: u64 = 1 << 20;
-
-/// How often and how long to retry transient failures.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Tries in all, the first included.
-    pub attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-    /// The longest `Retry-After` honoured; longer asks fail instead of hanging a build.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(20),
-            max_retry_after: Duration::from_secs(120),
-        }
-    }
-}
 
 /// A Bearer challenge: where to get a token, for which service.
 #[derive(Debug, Clone)]
@@ -285,64 +264,74 @@ impl Client {
         tries: u32,
         build: &dyn Fn(&reqwest::blocking::Client) -> Result<RequestBuilder, RegistryError>,
     ) -> Result<Response, RegistryError> {
-        let mut attempt = 0u32;
         let mut reauthed = false;
-        loop {
-            let rb = build(&self.http)?;
-            let request = rb
-                .build()
-                .map_err(|e| self.transport(step, attempt + 1, &e))?;
-            let url = request.url().clone();
-            let mut request = request;
-            if let Some(auth) = self.authorization(&url) {
-                request.headers_mut().insert(
-                    AUTHORIZATION,
-                    auth.parse().map_err(|_| {
-                        RegistryError::Config(
-                            "credentials contain characters HTTP headers cannot carry".into(),
-                        )
-                    })?,
-                );
-            }
-            match self.execute(step, request)? {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
-                    reauthed = true;
-                    let challenge = resp
-                        .headers()
-                        .get(WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    drain(resp);
-                    let Some(challenge) = challenge else {
-                        return Err(RegistryError::Auth {
-                            registry: self.registry.clone(),
-                            detail: format!(
-                                "{}: 401 without a WWW-Authenticate challenge",
-                                step.what
-                            ),
-                        });
-                    };
-                    self.answer_challenge(&challenge, step)?;
-                }
-                Ok(resp) if is_transient(resp.status()) && attempt + 1 < tries => {
-                    let wait = self.delay(attempt, resp.headers());
-                    tracing::warn!(registry = %self.registry, step = %step.what, status = %resp.status(), "retrying in {wait:?}");
-                    drain(resp);
-                    note_retry();
-                    self.wait(step, wait)?;
-                    attempt += 1;
-                }
-                Ok(resp) => return Ok(resp),
-                Err(e) if attempt + 1 < tries && is_transient_error(&e) => {
-                    let wait = self.delay(attempt, &HeaderMap::new());
-                    tracing::warn!(registry = %self.registry, step = %step.what, "transport error, retrying in {wait:?}: {}", self.redact(&strip_query(&error_chain(&e))));
-                    note_retry();
-                    self.wait(step, wait)?;
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.transport(step, attempt + 1, &e)),
-            }
+        self.retry.run(
+            tries,
+            |d| self.wait(step, d),
+            |attempt| {
+                self.try_send(step, attempt, &mut reauthed, build)
+                    .unwrap_or_else(|e| Try::Done(Err(e)))
+            },
+        )
+    }
+
+    /// One try of `send_tries`: a 401 is answered once per request (not counted as a try).
+    fn try_send(
+        &self,
+        step: &Step<'_>,
+        attempt: Attempt,
+        reauthed: &mut bool,
+        build: &dyn Fn(&reqwest::blocking::Client) -> Result<RequestBuilder, RegistryError>,
+    ) -> Result<Try<Response, RegistryError>, RegistryError> {
+        let mut request = build(&self.http)?
+            .build()
+            .map_err(|e| self.transport(step, attempt.number + 1, &e))?;
+        if let Some(auth) = self.authorization(request.url()) {
+            request.headers_mut().insert(
+                AUTHORIZATION,
+                auth.parse().map_err(|_| {
+                    RegistryError::Config(
+                        "credentials contain characters HTTP headers cannot carry".into(),
+                    )
+                })?,
+            );
         }
+        Ok(match self.execute(step, request)? {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !*reauthed => {
+                *reauthed = true;
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                drain(resp);
+                let Some(challenge) = challenge else {
+                    return Err(RegistryError::Auth {
+                        registry: self.registry.clone(),
+                        detail: format!("{}: 401 without a WWW-Authenticate challenge", step.what),
+                    });
+                };
+                self.answer_challenge(&challenge, step)?;
+                Try::Reauthed
+            }
+            Ok(resp) if is_transient(resp.status().as_u16()) && !attempt.last => {
+                let retry_after = retry_after(resp.headers());
+                tracing::warn!(registry = %self.registry, step = %step.what, status = %resp.status(), "retrying (asked to wait {retry_after:?})");
+                Try::Again {
+                    answer: Err(self.status_error(step, resp)),
+                    retry_after,
+                }
+            }
+            Ok(resp) => Try::Done(Ok(resp)),
+            Err(e) if is_transient_error(&e) => {
+                tracing::warn!(registry = %self.registry, step = %step.what, "transport error: {}", self.redact(&strip_query(&error_chain(&e))));
+                Try::Again {
+                    answer: Err(self.transport(step, attempt.number + 1, &e)),
+                    retry_after: None,
+                }
+            }
+            Err(e) => Try::Done(Err(self.transport(step, attempt.number + 1, &e))),
+        })
     }
 
     fn transport(&self, step: &Step<'_>, attempts: u32, e: &reqwest::Error) -> RegistryError {
@@ -354,29 +343,6 @@ impl Client {
             attempts,
             detail: self.redact(&strip_query(&detail)),
         }
-    }
-
-    /// Backoff with jitter, or the registry's `Retry-After` when it sent one.
-    fn delay(&self, attempt: u32, headers: &HeaderMap) -> Duration {
-        if let Some(secs) = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            return Duration::from_secs(secs).min(self.retry.max_retry_after);
-        }
-        let exp = self
-            .retry
-            .base_delay
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.retry.max_delay);
-        // ±25 % jitter so many clients do not retry in step.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let factor = 0.75 + (nanos % 1000) as f64 / 2000.0;
-        exp.mul_f64(factor)
     }
 
     fn answer_challenge(&self, header: &str, step: &Step<'_>) -> Result<(), RegistryError> {
@@ -435,55 +401,57 @@ impl Client {
             repository: step.repository,
             what: "get a token".into(),
         };
-        let mut attempt = 0;
-        let resp = loop {
-            let rb = match &self.credential {
-                Some(Credential::IdentityToken(refresh)) => {
-                    let mut form = vec![
-                        ("grant_type", "refresh_token".to_string()),
-                        ("refresh_token", refresh.expose().to_string()),
-                        ("client_id", "galley".to_string()),
-                    ];
-                    if let Some(s) = &challenge.service {
-                        form.push(("service", s.clone()));
+        let resp = self.retry.run(
+            self.retry.attempts,
+            |d| self.wait(&what, d),
+            |attempt| {
+                let rb = match &self.credential {
+                    Some(Credential::IdentityToken(refresh)) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token".to_string()),
+                            ("refresh_token", refresh.expose().to_string()),
+                            ("client_id", "galley".to_string()),
+                        ];
+                        if let Some(s) = &challenge.service {
+                            form.push(("service", s.clone()));
+                        }
+                        form.push(("scope", self.scopes.join(" ")));
+                        let body = form
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                            .collect::<Vec<_>>()
+                            .join("&");
+                        self.http
+                            .post(realm.as_str().split('?').next().unwrap_or_default())
+                            .header("Content-Type", "application/x-www-form-urlencoded")
+                            .body(body)
                     }
-                    form.push(("scope", self.scopes.join(" ")));
-                    let body = form
-                        .iter()
-                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                    self.http
-                        .post(realm.as_str().split('?').next().unwrap_or_default())
-                        .header("Content-Type", "application/x-www-form-urlencoded")
-                        .body(body)
+                    Some(Credential::Basic { username, password }) => self
+                        .http
+                        .get(realm.clone())
+                        .header(AUTHORIZATION, basic_header(username, password)),
+                    None => self.http.get(realm.clone()),
+                };
+                let request = match rb.build() {
+                    Ok(r) => r,
+                    Err(e) => return Try::Done(Err(self.transport(&what, attempt.number + 1, &e))),
+                };
+                match self.execute(&what, request) {
+                    Err(e) => Try::Done(Err(e)),
+                    Ok(Ok(r)) if is_transient(r.status().as_u16()) && !attempt.last => Try::Again {
+                        retry_after: retry_after(r.headers()),
+                        answer: Err(self.status_error(&what, r)),
+                    },
+                    Ok(Ok(r)) => Try::Done(Ok(r)),
+                    // An untrusted certificate stays untrusted: not worth another try.
+                    Ok(Err(e)) if is_transient_error(&e) => Try::Again {
+                        answer: Err(self.transport(&what, attempt.number + 1, &e)),
+                        retry_after: None,
+                    },
+                    Ok(Err(e)) => Try::Done(Err(self.transport(&what, attempt.number + 1, &e))),
                 }
-                Some(Credential::Basic { username, password }) => self
-                    .http
-                    .get(realm.clone())
-                    .header(AUTHORIZATION, basic_header(username, password)),
-                None => self.http.get(realm.clone()),
-            };
-            let request = rb
-                .build()
-                .map_err(|e| self.transport(&what, attempt + 1, &e))?;
-            match self.execute(&what, request)? {
-                Ok(r) if is_transient(r.status()) && attempt + 1 < self.retry.attempts => {
-                    let wait = self.delay(attempt, r.headers());
-                    drain(r);
-                    note_retry();
-                    self.wait(&what, wait)?;
-                    attempt += 1;
-                }
-                Ok(r) => break r,
-                Err(_) if attempt + 1 < self.retry.attempts => {
-                    note_retry();
-                    self.wait(&what, self.delay(attempt, &HeaderMap::new()))?;
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.transport(&what, attempt + 1, &e)),
-            }
-        };
+            },
+        )?;
         let status = resp.status();
         if !status.is_success() {
             let body = read_bounded(resp, MAX_ERROR_BODY);
@@ -528,26 +496,15 @@ impl Client {
         }
     }
 
-    /// Backoff before retry number `attempt` (0-based) of a multi-request sequence.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        self.delay(attempt, &HeaderMap::new())
-    }
-
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
 }
 
-/// Registry requests retried since the process started (for the service's metrics).
-static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn note_retry() {
-    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// How many registry requests were retried since the process started.
-pub fn retries() -> u64 {
-    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+/// The wait a response's `Retry-After` asks for.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, std::time::SystemTime::now())
 }
 
 /// An error and its sources, joined: reqwest's top-level message alone hides the cause.
@@ -576,10 +533,6 @@ fn is_transient_error(e: &reqwest::Error) -> bool {
     !e.is_builder()
         && !e.is_redirect()
         && !error_chain(e).to_ascii_lowercase().contains("certificate")
-}
-
-fn is_transient(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// Reads and discards what is left of a response (so the connection can be reused).

@@ -13,13 +13,15 @@ pub mod credentials;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod retry;
 pub mod tags;
 
 use std::path::PathBuf;
 
-pub use client::{Client, RetryPolicy};
+pub use client::Client;
 pub use credentials::{Credential, Secret};
 pub use reference::Reference;
+pub use retry::RetryPolicy;
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]

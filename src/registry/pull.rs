@@ -11,6 +11,7 @@ use serde::Serialize;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::client::{read_bounded, Client, Step};
+use super::retry::Try;
 use super::{Reference, RegistryError, RegistryOptions};
 use crate::oci::layout::{Layout, MAX_JSON_BLOB};
 use crate::oci::{
@@ -79,6 +80,20 @@ impl BlobCache {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, d.as_str()).map_err(local)?;
         std::fs::rename(&tmp, &path).map_err(local)
+    }
+}
+
+/// How one try of a blob download ended.
+enum BlobError {
+    /// Another try would not help.
+    Final(Box<RegistryError>),
+    /// The body was cut or corrupt on the way: worth another try.
+    Cut(Box<RegistryError>),
+}
+
+impl BlobError {
+    fn final_(e: RegistryError) -> BlobError {
+        BlobError::Final(Box::new(e))
     }
 }
 
@@ -221,55 +236,73 @@ impl Puller<'_> {
         if self.cache.layout().has_blob(&desc.digest) {
             return Ok(());
         }
-        let repo = self.reference.repository.clone();
         let digest = desc.digest.clone();
-        let tries = self.options.retry.attempts.max(1);
-        for attempt in 0..tries {
-            let client = self.client()?;
-            let url = client.url(&format!("/v2/{repo}/blobs/{digest}"));
-            let step = Step {
-                repository: &repo,
-                what: format!("get blob {digest}"),
-            };
-            let resp = client.send(&step, &|http| Ok(http.get(url.clone())))?;
-            if !resp.status().is_success() {
-                return Err(client.status_error(&step, resp));
-            }
-            let body = crate::cancel::CancelRead::new(resp, &self.options.cancel);
-            match self.cache.layout().put_blob_from_reader(body, &digest) {
-                Ok(size) => {
-                    if size != desc.size {
-                        return Err(self.invalid(format!(
-                            "blob {digest} is {size} bytes, the manifest says {}",
-                            desc.size
-                        )));
-                    }
-                    self.blobs_downloaded += 1;
-                    self.bytes_downloaded += size;
-                    return Ok(());
-                }
+        let step = format!("get blob {digest}");
+        // The wait needs none of `self`, which each try borrows.
+        let (cancel, registry) = (self.options.cancel.clone(), self.reference.registry.clone());
+        let policy = self.options.retry.clone();
+        policy.run(
+            policy.attempts,
+            |d| {
+                cancel.sleep(d).map_err(|c| RegistryError::Cancelled {
+                    registry: registry.clone(),
+                    step: step.clone(),
+                    reason: c.reason,
+                })
+            },
+            |_| match self.get_blob(desc) {
+                Ok(()) => Try::Done(Ok(())),
+                Err(BlobError::Final(e)) => Try::Done(Err(*e)),
                 // A connection cut mid-body shows up as a read error or a short, wrong digest.
-                Err(e) if attempt + 1 < tries && !self.options.cancel.is_cancelled() => {
+                Err(BlobError::Cut(e)) => {
                     tracing::warn!("retrying blob {digest}: {e}");
-                    let client = self.client()?;
-                    let step = Step {
-                        repository: &repo,
-                        what: format!("get blob {digest}"),
-                    };
-                    client.wait(&step, client.backoff(attempt))?;
+                    Try::Again {
+                        answer: Err(*e),
+                        retry_after: None,
+                    }
                 }
-                Err(_) if self.options.cancel.is_cancelled() => {
-                    let reason = self.options.cancel.check().err().map(|c| c.reason);
-                    return Err(RegistryError::Cancelled {
-                        registry: self.reference.registry.clone(),
-                        step: format!("get blob {digest}"),
-                        reason: reason.unwrap_or_default(),
-                    });
-                }
-                Err(e) => return Err(self.invalid(format!("blob {digest}: {e}"))),
-            }
+            },
+        )
+    }
+
+    /// One try of fetching a blob into the cache.
+    fn get_blob(&mut self, desc: &Descriptor) -> Result<(), BlobError> {
+        let (repo, digest) = (self.reference.repository.clone(), &desc.digest);
+        let client = self.client().map_err(BlobError::final_)?;
+        let url = client.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let step = Step {
+            repository: &repo,
+            what: format!("get blob {digest}"),
+        };
+        let resp = client
+            .send(&step, &|http| Ok(http.get(url.clone())))
+            .map_err(BlobError::final_)?;
+        if !resp.status().is_success() {
+            return Err(BlobError::final_(client.status_error(&step, resp)));
         }
-        unreachable!("the loop returns on its last try")
+        let body = crate::cancel::CancelRead::new(resp, &self.options.cancel);
+        match self.cache.layout().put_blob_from_reader(body, digest) {
+            Ok(size) if size != desc.size => Err(BlobError::final_(self.invalid(format!(
+                "blob {digest} is {size} bytes, the manifest says {}",
+                desc.size
+            )))),
+            Ok(size) => {
+                self.blobs_downloaded += 1;
+                self.bytes_downloaded += size;
+                Ok(())
+            }
+            Err(_) if self.options.cancel.is_cancelled() => {
+                let reason = self.options.cancel.check().err().map(|c| c.reason);
+                Err(BlobError::final_(RegistryError::Cancelled {
+                    registry: self.reference.registry.clone(),
+                    step: format!("get blob {digest}"),
+                    reason: reason.unwrap_or_default(),
+                }))
+            }
+            Err(e) => Err(BlobError::Cut(Box::new(
+                self.invalid(format!("blob {digest}: {e}")),
+            ))),
+        }
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(

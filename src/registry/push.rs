@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 
 use super::client::{read_bounded, Client, Step};
+use super::retry::Try;
 use super::{Reference, RegistryError, RegistryOptions};
 use crate::oci::json::canonical;
 use crate::oci::layout::{Layout, MAX_JSON_BLOB};
@@ -390,27 +391,33 @@ impl Pusher {
 
     /// POST then PUT, restarted from the POST when the PUT fails on the way.
     fn upload(&self, layout: &Layout, desc: &Descriptor) -> Result<(), RegistryError> {
-        let tries = self.client.retry_policy().attempts.max(1);
-        let mut last = None;
-        for attempt in 0..tries {
-            let location = self.start_upload(&desc.digest)?;
-            match self.put_upload(&location, layout, desc) {
-                Ok(()) => return Ok(()),
-                Err(PutError::Final(e)) => return Err(*e),
-                Err(PutError::Retry(e)) => {
-                    tracing::warn!("upload of {} failed, restarting it: {e}", desc.digest);
-                    last = Some(*e);
-                    if attempt + 1 < tries {
-                        let step = Step {
-                            repository: self.repo(),
-                            what: format!("upload blob {}", desc.digest),
-                        };
-                        self.client.wait(&step, self.client.backoff(attempt))?;
+        let step = Step {
+            repository: self.repo(),
+            what: format!("upload blob {}", desc.digest),
+        };
+        let policy = self.client.retry_policy();
+        policy.run(
+            policy.attempts,
+            |d| self.client.wait(&step, d),
+            |_| {
+                // The POST retries on its own; a failed start is the answer.
+                let location = match self.start_upload(&desc.digest) {
+                    Ok(l) => l,
+                    Err(e) => return Try::Done(Err(e)),
+                };
+                match self.put_upload(&location, layout, desc) {
+                    Ok(()) => Try::Done(Ok(())),
+                    Err(PutError::Final(e)) => Try::Done(Err(*e)),
+                    Err(PutError::Retry(e)) => {
+                        tracing::warn!("upload of {} failed, restarting it: {e}", desc.digest);
+                        Try::Again {
+                            answer: Err(*e),
+                            retry_after: None,
+                        }
                     }
                 }
-            }
-        }
-        Err(last.expect("at least one try"))
+            },
+        )
     }
 
     fn start_upload(&self, digest: &Digest) -> Result<reqwest::Url, RegistryError> {

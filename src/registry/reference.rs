@@ -4,7 +4,6 @@
 use std::fmt;
 
 use crate::oci::Digest;
-use crate::spec::is_tag;
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +152,70 @@ impl fmt::Display for Reference {
             write!(f, "@{d}")?;
         }
         Ok(())
+    }
+}
+
+/// Checks an OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+/// A base reference that is neither a registry reference nor an OCI layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("base image {0:?} is not a valid reference: use host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG")]
+pub struct BadBase(pub String);
+
+/// Where the base image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseRef {
+    /// An OCI image layout on disk: `oci:DIR[:TAG]`.
+    Layout {
+        dir: std::path::PathBuf,
+        tag: String,
+    },
+    /// A registry reference (`host/repo:tag` or `@sha256:…`), pulled by the registry module.
+    Registry(Reference),
+}
+
+impl BaseRef {
+    /// Parses a base reference.
+    pub fn parse(s: &str) -> Result<BaseRef, BadBase> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = match rest.rsplit_once(':') {
+                Some((dir, tag)) if !tag.contains('/') => (dir, tag),
+                _ => (rest, "latest"),
+            };
+            if dir.is_empty() || !is_tag(tag) {
+                return Err(BadBase(s.to_string()));
+            }
+            return Ok(BaseRef::Layout {
+                dir: std::path::PathBuf::from(dir),
+                tag: tag.to_string(),
+            });
+        }
+        Reference::parse(s)
+            .map(BaseRef::Registry)
+            .map_err(|_| BadBase(s.to_string()))
+    }
+
+    /// A name for the `org.opencontainers.image.base.name` annotation that does not depend on
+    /// where the build runs: a layout is named by its directory's last component.
+    pub fn display_name(&self) -> String {
+        match self {
+            BaseRef::Layout { dir, tag } => {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "layout".into());
+                format!("oci:{name}:{tag}")
+            }
+            BaseRef::Registry(r) => r.to_string(),
+        }
     }
 }
 

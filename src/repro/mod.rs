@@ -20,7 +20,6 @@ use crate::oci::layout::Layout;
 use crate::oci::{Digest, Manifest};
 use crate::pipeline::report::{PlatformReport, Report, VariantReport};
 use crate::pipeline::{self, Context, EventSink, PipelineError};
-use crate::proc;
 use crate::spec::{is_commit, BuildRequest, BuildSpec, SpecError};
 use crate::toolchain::CompileSlots;
 use crate::toolchain::{CargoZigbuild, Limited, Toolchain};
@@ -203,26 +202,10 @@ fn git<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
     cancel: &Cancel,
 ) -> Result<String, ReproError> {
-    let what = args
-        .first()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut cmd = proc::command("git");
-    cmd.arg("-C").arg(dir).args(args);
-    let out = proc::run_captured(&mut cmd, Duration::from_secs(600), cancel).map_err(|e| {
-        ReproError::Git {
-            what: what.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-    cancel.check()?;
-    if !out.status.success() {
-        return Err(ReproError::Git {
-            what,
-            detail: out.stderr_tail(5),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    crate::git::run(dir, args, Duration::from_secs(600), cancel).map_err(|e| match e {
+        crate::git::GitError::Failed { what, detail } => ReproError::Git { what, detail },
+        crate::git::GitError::Cancelled(c) => ReproError::Cancelled(c),
+    })
 }
 
 /// Copies `src` into `dst` (created), files with their modes, symlinks as symlinks, leaving

@@ -114,7 +114,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         // The registry client counts retries process-wide; carry the new ones over.
-        let now = crate::registry::client::retries();
+        let now = crate::registry::retry::retries();
         let before = self.retries_seen.swap(now, Ordering::Relaxed);
         self.retries.inc_by(now.saturating_sub(before));
         let mut out = String::new();

@@ -78,29 +78,21 @@ fn git<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
     cancel: &Cancel,
 ) -> Result<String, SourceError> {
-    let mut cmd = proc::command("git");
-    cmd.arg("-C").arg(repo).args(args);
-    // Never ask for credentials on a terminal the service does not have.
-    cmd.env("GIT_TERMINAL_PROMPT", "0");
-    let what = args
-        .first()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let out =
-        proc::run_captured(&mut cmd, Duration::from_secs(600), cancel).map_err(|e| match e {
-            proc::ProcError::Cancelled { reason, .. } => SourceError::Cancelled(reason),
-            other => SourceError::Git {
-                what: what.clone(),
-                detail: other.to_string(),
-            },
-        })?;
-    if !out.status.success() {
-        return Err(SourceError::Git {
-            what,
-            detail: out.stderr_tail(3),
-        });
+    Ok(crate::git::run(
+        repo,
+        args,
+        Duration::from_secs(600),
+        cancel,
+    )?)
+}
+
+impl From<crate::git::GitError> for SourceError {
+    fn from(e: crate::git::GitError) -> Self {
+        match e {
+            crate::git::GitError::Failed { what, detail } => SourceError::Git { what, detail },
+            crate::git::GitError::Cancelled(c) => SourceError::Cancelled(c.reason),
+        }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The bare mirror of a git project, fetched now (created the first time).
@@ -173,7 +165,7 @@ pub fn checkout(
 ) -> Result<Checkout, SourceError> {
     match &project.source {
         Source::Path(dir) => {
-            let facts = crate::spec::git_facts(dir);
+            let facts = crate::git::facts(dir);
             Ok(Checkout {
                 dir: dir.clone(),
                 commit: facts.revision,

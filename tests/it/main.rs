@@ -5,6 +5,7 @@
 //!   and 1,200 corrupted binaries that must be refused or judged, never panic.
 //! - `strip`: the object-based stripper on x86_64 and aarch64 binaries with symbols.
 //! - `golden`: golden digests for a fixed layer and config, so a dependency moving digests fails.
+//! - `layers`: no module of src/ names a module above it (the order of ARCHITECTURE.md).
 //! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
 //! - `reproducible`: the same build from two directories gives identical digests.
 //! - `repro`: `galley repro` rebuilds a report's inputs elsewhere: identical, or the differing
@@ -38,6 +39,7 @@ mod elf_verdicts;
 #[allow(dead_code)]
 mod fake_registry;
 mod golden;
+mod layers;
 mod multi_platform;
 mod projects;
 mod real_registry;
