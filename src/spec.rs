@@ -343,6 +343,67 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// A version goes into image tags: it must be one.
+pub fn check_version(version: &str) -> Result<(), SpecError> {
+    if is_tag(version) {
+        Ok(())
+    } else {
+        Err(SpecError::BadVersion(version.to_string()))
+    }
+}
+
+/// A variant's tags: its tag templates (the command line's, else the variant's, else the
+/// project's, else the default) rendered with its name and the version, each a valid tag and
+/// none already given to another variant (`owners` remembers whose each tag is).
+pub fn variant_tags(
+    config: &ProjectConfig,
+    cli_templates: &[String],
+    variant: &str,
+    version: &str,
+    owners: &mut BTreeMap<String, String>,
+) -> Result<Vec<String>, SpecError> {
+    // Per-variant tags replace the project's, but the command line wins over both.
+    let variant_templates = config.variants.get(variant).and_then(|v| v.tags.clone());
+    let templates: Vec<String> = match (cli_templates.is_empty(), variant_templates) {
+        (false, _) => cli_templates.to_vec(),
+        (true, Some(t)) => t,
+        (true, None) => config
+            .tags
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()]),
+    };
+    // An empty list would report success for an untagged image.
+    if templates.is_empty() {
+        return Err(SpecError::EmptyList("tags"));
+    }
+    let mut tags = Vec::new();
+    for t in &templates {
+        let tag = t
+            .replace("{variant}", variant)
+            .replace("{version}", version);
+        if !is_tag(&tag) {
+            return Err(SpecError::BadTag {
+                template: t.clone(),
+                variant: variant.to_string(),
+                tag,
+            });
+        }
+        if let Some(first) = owners.insert(tag.clone(), variant.to_string()) {
+            if first != variant {
+                return Err(SpecError::TagClash {
+                    tag,
+                    first,
+                    second: variant.to_string(),
+                });
+            }
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
+}
+
 fn is_profile(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -622,18 +683,8 @@ impl BuildSpec {
             .clone()
             .or_else(|| first_package.and_then(|p| p.version.clone()))
             .ok_or(SpecError::NoVersion)?;
-        if !is_tag(&version) {
-            return Err(SpecError::BadVersion(version));
-        }
+        check_version(&version)?;
 
-        let project_templates: Vec<String> = if !req.tags.is_empty() {
-            req.tags.clone()
-        } else {
-            config
-                .tags
-                .clone()
-                .unwrap_or_else(|| vec![DEFAULT_TAG.to_string()])
-        };
         let push = match &req.push {
             None => None,
             Some(p) => match Reference::parse(p) {
@@ -672,39 +723,7 @@ impl BuildSpec {
                     }
                 }
             }
-            // Per-variant tags replace the project's, but the command line wins over both.
-            let templates: Vec<String> =
-                match (req.tags.is_empty(), vc.and_then(|v| v.tags.clone())) {
-                    (true, Some(t)) => t,
-                    _ => project_templates.clone(),
-                };
-            // An empty list would report success for an untagged image.
-            if templates.is_empty() {
-                return Err(SpecError::EmptyList("tags"));
-            }
-            let mut tags = Vec::new();
-            for t in &templates {
-                let tag = t.replace("{variant}", &name).replace("{version}", &version);
-                if !is_tag(&tag) {
-                    return Err(SpecError::BadTag {
-                        template: t.clone(),
-                        variant: name.clone(),
-                        tag,
-                    });
-                }
-                if let Some(first) = tag_owner.insert(tag.clone(), name.clone()) {
-                    if first != name {
-                        return Err(SpecError::TagClash {
-                            tag,
-                            first,
-                            second: name.clone(),
-                        });
-                    }
-                }
-                if !tags.contains(&tag) {
-                    tags.push(tag);
-                }
-            }
+            let tags = variant_tags(config, &req.tags, &name, &version, &mut tag_owner)?;
             let variant_push = match (vc.and_then(|v| v.repository.as_deref()), &push) {
                 (Some(r), Some(_)) => match Reference::parse(r) {
                     Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),

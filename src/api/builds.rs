@@ -491,7 +491,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         ));
     }
 
-    let offered = offer(&config.data_dir, project).map_err(|e| {
+    let offered = offer(&config.data_dir, project, req.git_ref.as_deref()).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "project_unreadable",
@@ -532,6 +532,20 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
                 "list each variant once",
             ));
         }
+    }
+    // The worker's own rules, on the galley.toml of the ref asked for: a build that would fail
+    // on its tags is refused here.
+    let mut owners = Default::default();
+    for v in &variants {
+        crate::spec::variant_tags(&offered.config, &[], v, &req.version, &mut owners).map_err(
+            |e| {
+                ApiError::field(
+                    "version",
+                    e.to_string(),
+                    "fix the tag templates in the project's galley.toml, or pick another version",
+                )
+            },
+        )?;
     }
     Ok(BuildInput {
         project: name,

@@ -43,7 +43,7 @@ fn project_info(data_dir: &std::path::Path, p: &Project) -> ProjectInfo {
         Source::Path(d) => ("path", d.display().to_string()),
         Source::Git(u) => ("git", u.clone()),
     };
-    let (variants, version, error) = match offer(data_dir, p) {
+    let (variants, version, error) = match offer(data_dir, p, None) {
         Ok(o) => (
             o.variants
                 .into_iter()
@@ -207,7 +207,7 @@ pub async fn next_version(
             Some((v, s)) => (Some(v), s),
             None => (None, "cargo"),
         };
-        let crate_version = offer(&runner.config().data_dir, &project)
+        let crate_version = offer(&runner.config().data_dir, &project, None)
             .ok()
             .and_then(|o| o.version)
             .unwrap_or_else(|| "0.1.0".into());

@@ -202,11 +202,18 @@ pub fn checkout(
 pub struct Offer {
     pub variants: Vec<(String, Vec<String>)>,
     pub version: Option<String>,
+    /// The project's galley.toml as read (defaults when it has none).
+    pub config: ProjectConfig,
 }
 
-/// Reads a project's galley.toml and Cargo.toml: from the directory, or from the mirror's HEAD
-/// for a git project (fetched when there is no mirror yet).
-pub fn offer(data_dir: &Path, project: &Project) -> Result<Offer, SourceError> {
+/// Reads a project's galley.toml and Cargo.toml: from the directory, or for a git project from
+/// the mirror (fetched when there is none yet) at `git_ref`, else at its HEAD. A ref the mirror
+/// does not have yet reads HEAD: the build's own fetch decides whether it exists.
+pub fn offer(
+    data_dir: &Path,
+    project: &Project,
+    git_ref: Option<&str>,
+) -> Result<Offer, SourceError> {
     let (config, package) = match &project.source {
         Source::Path(dir) => (
             ProjectConfig::load(dir).map_err(|e| SourceError::Project(e.to_string()))?,
@@ -218,7 +225,12 @@ pub fn offer(data_dir: &Path, project: &Project) -> Result<Offer, SourceError> {
             if !mirror.join("HEAD").is_file() {
                 fetch_mirror(data_dir, &project.name, url, &cancel)?;
             }
-            let show = |file: &str| git(&mirror, &["show", &format!("HEAD:{file}")], &cancel);
+            let at = match git_ref.map(|r| resolve_ref(&mirror, r, &cancel)) {
+                None | Some(Err(SourceError::UnknownRef(_))) => "HEAD".to_string(),
+                Some(Ok(commit)) => commit,
+                Some(Err(e)) => return Err(e),
+            };
+            let show = |file: &str| git(&mirror, &["show", &format!("{at}:{file}")], &cancel);
             let config = match show(crate::config::FILE_NAME) {
                 Ok(text) => ProjectConfig::parse(&text).map_err(SourceError::Project)?,
                 Err(_) => ProjectConfig::default(),
@@ -232,6 +244,7 @@ pub fn offer(data_dir: &Path, project: &Project) -> Result<Offer, SourceError> {
     Ok(Offer {
         variants: config.variants_offered(&package),
         version: package.version,
+        config,
     })
 }
 

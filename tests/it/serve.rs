@@ -597,6 +597,17 @@ fn serve_refuses_bad_input_with_a_4xx_and_spawns_nothing() {
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "one"]);
+    // A branch whose galley.toml gives every variant the same tag: its builds would fail on
+    // their tags, so the edge refuses them (main's galley.toml is fine).
+    git(&repo, &["checkout", "-q", "-b", "clash"]);
+    let toml = std::fs::read_to_string(repo.join("galley.toml")).unwrap();
+    std::fs::write(
+        repo.join("galley.toml"),
+        format!("tags = [\"{{version}}\"]\n{toml}"),
+    )
+    .unwrap();
+    git(&repo, &["commit", "-q", "-am", "one tag for all"]);
+    git(&repo, &["checkout", "-q", "main"]);
     let config = format!(
         "[projects.tiny]\npath = \"{project}\"\n[projects.gitty]\ngit = \"{}\"\n",
         repo.display()
@@ -659,6 +670,11 @@ fn serve_refuses_bad_input_with_a_4xx_and_spawns_nothing() {
             json!({"variants": ["sqlite"], "version": "1.0.0"}),
             422,
             "project",
+        ),
+        (
+            json!({"project": "gitty", "variants": ["sqlite", "postgres"], "version": "1.0.0", "ref": "clash"}),
+            422,
+            "version",
         ),
         (
             json!({"project": "tiny", "variants": ["sqlite"]}),
