@@ -699,43 +699,10 @@ impl BuildSpec {
                 return Err(SpecError::DuplicateVariant(name));
             }
             let vc = config.variants.get(&name);
-            let features = match vc {
-                Some(v) => v.features.clone(),
-                None => vec![format!("db_{name}")],
-            };
             let owner = package.as_deref().and_then(|p| facts.workspace.package(p));
-            for f in &features {
-                if !is_feature(f) {
-                    return Err(SpecError::BadFeature {
-                        variant: name.clone(),
-                        feature: f.clone(),
-                    });
-                }
-                // `dep/feature` names a dependency's feature: cargo checks those.
-                if let Some(p) = owner.filter(|p| !f.contains('/') && !p.features.is_empty()) {
-                    if !p.features.contains(f) {
-                        return Err(SpecError::UnknownFeature {
-                            variant: name.clone(),
-                            feature: f.clone(),
-                            package: p.name.clone().unwrap_or_default(),
-                            available: p.features.join(", "),
-                        });
-                    }
-                }
-            }
+            let features = features_of(&name, vc, owner)?;
             let tags = variant_tags(config, &req.tags, &name, &version, &mut tag_owner)?;
-            let variant_push = match (vc.and_then(|v| v.repository.as_deref()), &push) {
-                (Some(r), Some(_)) => match Reference::parse(r) {
-                    Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
-                    _ => {
-                        return Err(SpecError::BadRepository {
-                            variant: name.clone(),
-                            repository: r.to_string(),
-                        })
-                    }
-                },
-                (_, p) => p.clone(),
-            };
+            let variant_push = variant_push(&name, vc, &push)?;
             variants.push(VariantSpec {
                 default_features: vc.and_then(|v| v.default_features).unwrap_or(false),
                 image: image_settings(config, &binary)?,
@@ -748,25 +715,7 @@ impl BuildSpec {
             });
         }
 
-        let target_names: Vec<String> = if !req.targets.is_empty() {
-            req.targets.clone()
-        } else {
-            config
-                .targets
-                .clone()
-                .unwrap_or_else(|| vec![Target::X86_64Musl.triple().to_string()])
-        };
-        // An empty list would report success for a variant with no image at all.
-        if target_names.is_empty() {
-            return Err(SpecError::EmptyList("targets"));
-        }
-        let mut targets: Vec<Target> = Vec::new();
-        for t in &target_names {
-            let t: Target = t.parse()?;
-            if !targets.contains(&t) {
-                targets.push(t);
-            }
-        }
+        let targets = targets_of(req, config)?;
 
         let base = BaseRef::parse(
             req.base
@@ -782,20 +731,7 @@ impl BuildSpec {
         };
         let image = image_settings(config, &binary)?;
 
-        // The user's rustflags: the project's cargo configuration for the target, then the
-        // environment's (CARGO_ENCODED_RUSTFLAGS wins over RUSTFLAGS, as in cargo). galley
-        // adds its path remapping after them.
-        let env_flags: Vec<String> = match (&req.encoded_rustflags, &req.rustflags) {
-            (Some(e), _) if !e.is_empty() => e.split('\x1f').map(str::to_string).collect(),
-            (_, Some(r)) => r.split_whitespace().map(str::to_string).collect(),
-            _ => Vec::new(),
-        };
-        let mut rustflags = Vec::new();
-        for &t in &targets {
-            let mut flags = (facts.config_rustflags)(t).map_err(SpecError::CargoConfig)?;
-            flags.extend(env_flags.iter().cloned());
-            rustflags.push((t, flags));
-        }
+        let rustflags = rustflags_of(req, facts, &targets)?;
         let profile = config.profile.clone().unwrap_or_else(|| "release".into());
         if !is_profile(&profile) {
             return Err(SpecError::BadProfile(profile));
@@ -805,39 +741,9 @@ impl BuildSpec {
                 return Err(SpecError::BadPassthrough(e.clone()));
             }
         }
-        let mut files: Vec<ImageFile> = Vec::new();
-        for f in &config.image.files {
-            for file in (facts.files)(f)? {
-                if files.iter().any(|x| x.dst == file.dst) {
-                    return Err(SpecError::BadFile {
-                        src: f.src.clone(),
-                        why: format!("/{} is given twice", file.dst),
-                    });
-                }
-                files.push(file);
-            }
-        }
+        let files = image_files(config, facts)?;
 
-        use crate::config::CompressConfig;
-        let (compress_enabled, upx_flags): (bool, &[&str]) = match &config.compress {
-            _ if req.no_compress => (false, &[]),
-            None | Some(CompressConfig::On(true)) => (true, &["--best", "--lzma"]),
-            Some(CompressConfig::On(false)) => (false, &[]),
-            Some(CompressConfig::Level(l)) if l == "best" => (true, &["--best", "--lzma"]),
-            Some(CompressConfig::Level(l)) if l == "fast" => (true, &["-9"]),
-            Some(CompressConfig::Level(l)) => return Err(SpecError::BadCompress(l.clone())),
-        };
-        let smoke_args = if config.image.smoke == Some(false) {
-            None
-        } else {
-            Some(
-                config
-                    .image
-                    .smoke_args
-                    .clone()
-                    .unwrap_or_else(|| vec!["--version".to_string()]),
-            )
-        };
+        let compress = compress_of(req, config)?;
 
         let ttl_text = req.base_ttl.as_deref().or(config.base_ttl.as_deref());
         let base_ttl = match ttl_text {
@@ -845,21 +751,7 @@ impl BuildSpec {
             Some(t) => parse_duration(t).ok_or_else(|| SpecError::BadDuration(t.to_string()))?,
         };
 
-        let inputs = Inputs {
-            variants: variants.iter().map(|v| v.name.clone()).collect(),
-            base: match &base {
-                BaseRef::Layout { dir, tag } => format!(
-                    "oci:{}:{tag}",
-                    dir.canonicalize().unwrap_or_else(|_| dir.clone()).display()
-                ),
-                BaseRef::Registry(r) => r.to_string(),
-            },
-            targets: targets.iter().map(|t| t.triple().to_string()).collect(),
-            tags: req.tags.clone(),
-            no_compress: req.no_compress,
-            rustflags: req.rustflags.clone(),
-            encoded_rustflags: req.encoded_rustflags.clone(),
-        };
+        let inputs = inputs_of(req, &variants, &base, &targets);
         Ok(BuildSpec {
             project,
             binary,
@@ -889,13 +781,7 @@ impl BuildSpec {
             dirty: git.dirty,
             epoch_source,
             source: config.image.source.clone(),
-            compress: CompressSpec {
-                enabled: compress_enabled,
-                flags: upx_flags.iter().map(|f| f.to_string()).collect(),
-                upx: req.upx.clone().unwrap_or_else(|| PathBuf::from("upx")),
-                smoke_args,
-                smoke_timeout: Duration::from_secs(10),
-            },
+            compress,
             push,
             registry,
             refresh_base: req.refresh_base,
@@ -909,6 +795,178 @@ impl BuildSpec {
                 .unwrap_or_else(crate::registry::pull::BlobCache::default_dir),
         })
     }
+}
+
+/// The targets: the command line's, else galley.toml's, else x86_64 musl; each once.
+fn targets_of(req: &BuildRequest, config: &ProjectConfig) -> Result<Vec<Target>, SpecError> {
+    let target_names: Vec<String> = if !req.targets.is_empty() {
+        req.targets.clone()
+    } else {
+        config
+            .targets
+            .clone()
+            .unwrap_or_else(|| vec![Target::X86_64Musl.triple().to_string()])
+    };
+    // An empty list would report success for a variant with no image at all.
+    if target_names.is_empty() {
+        return Err(SpecError::EmptyList("targets"));
+    }
+    let mut targets: Vec<Target> = Vec::new();
+    for t in &target_names {
+        let t: Target = t.parse()?;
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    Ok(targets)
+}
+
+/// The user's rustflags per target: the project's cargo configuration for the target, then the
+/// environment's (CARGO_ENCODED_RUSTFLAGS wins over RUSTFLAGS, as in cargo). galley adds its path
+/// remapping after them.
+fn rustflags_of(
+    req: &BuildRequest,
+    facts: &Facts<'_>,
+    targets: &[Target],
+) -> Result<Vec<(Target, Vec<String>)>, SpecError> {
+    let env_flags: Vec<String> = match (&req.encoded_rustflags, &req.rustflags) {
+        (Some(e), _) if !e.is_empty() => e.split('\x1f').map(str::to_string).collect(),
+        (_, Some(r)) => r.split_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    };
+    let mut rustflags = Vec::new();
+    for &t in targets {
+        let mut flags = (facts.config_rustflags)(t).map_err(SpecError::CargoConfig)?;
+        flags.extend(env_flags.iter().cloned());
+        rustflags.push((t, flags));
+    }
+    Ok(rustflags)
+}
+
+/// The `[[image.files]]` entries expanded into files, each destination once.
+fn image_files(config: &ProjectConfig, facts: &Facts<'_>) -> Result<Vec<ImageFile>, SpecError> {
+    let mut files: Vec<ImageFile> = Vec::new();
+    for f in &config.image.files {
+        for file in (facts.files)(f)? {
+            if files.iter().any(|x| x.dst == file.dst) {
+                return Err(SpecError::BadFile {
+                    src: f.src.clone(),
+                    why: format!("/{} is given twice", file.dst),
+                });
+            }
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// How binaries are compressed: `compress` in galley.toml (best, fast, or off), `--no-compress`,
+/// and the smoke run of the packed binary.
+fn compress_of(req: &BuildRequest, config: &ProjectConfig) -> Result<CompressSpec, SpecError> {
+    use crate::config::CompressConfig;
+    let (compress_enabled, upx_flags): (bool, &[&str]) = match &config.compress {
+        _ if req.no_compress => (false, &[]),
+        None | Some(CompressConfig::On(true)) => (true, &["--best", "--lzma"]),
+        Some(CompressConfig::On(false)) => (false, &[]),
+        Some(CompressConfig::Level(l)) if l == "best" => (true, &["--best", "--lzma"]),
+        Some(CompressConfig::Level(l)) if l == "fast" => (true, &["-9"]),
+        Some(CompressConfig::Level(l)) => return Err(SpecError::BadCompress(l.clone())),
+    };
+    let smoke_args = if config.image.smoke == Some(false) {
+        None
+    } else {
+        Some(
+            config
+                .image
+                .smoke_args
+                .clone()
+                .unwrap_or_else(|| vec!["--version".to_string()]),
+        )
+    };
+    Ok(CompressSpec {
+        enabled: compress_enabled,
+        flags: upx_flags.iter().map(|f| f.to_string()).collect(),
+        upx: req.upx.clone().unwrap_or_else(|| PathBuf::from("upx")),
+        smoke_args,
+        smoke_timeout: Duration::from_secs(10),
+    })
+}
+
+/// What the report records for `galley repro`.
+fn inputs_of(
+    req: &BuildRequest,
+    variants: &[VariantSpec],
+    base: &BaseRef,
+    targets: &[Target],
+) -> Inputs {
+    Inputs {
+        variants: variants.iter().map(|v| v.name.clone()).collect(),
+        base: match base {
+            BaseRef::Layout { dir, tag } => format!(
+                "oci:{}:{tag}",
+                dir.canonicalize().unwrap_or_else(|_| dir.clone()).display()
+            ),
+            BaseRef::Registry(r) => r.to_string(),
+        },
+        targets: targets.iter().map(|t| t.triple().to_string()).collect(),
+        tags: req.tags.clone(),
+        no_compress: req.no_compress,
+        rustflags: req.rustflags.clone(),
+        encoded_rustflags: req.encoded_rustflags.clone(),
+    }
+}
+
+/// A variant's cargo features (galley.toml's, else `db_<name>`), checked against the package
+/// that owns its binary when cargo lists that package's features.
+fn features_of(
+    name: &str,
+    vc: Option<&crate::config::VariantConfig>,
+    owner: Option<&CargoPackage>,
+) -> Result<Vec<String>, SpecError> {
+    let features = match vc {
+        Some(v) => v.features.clone(),
+        None => vec![format!("db_{name}")],
+    };
+    for f in &features {
+        if !is_feature(f) {
+            return Err(SpecError::BadFeature {
+                variant: name.to_string(),
+                feature: f.clone(),
+            });
+        }
+        // `dep/feature` names a dependency's feature: cargo checks those.
+        if let Some(p) = owner.filter(|p| !f.contains('/') && !p.features.is_empty()) {
+            if !p.features.contains(f) {
+                return Err(SpecError::UnknownFeature {
+                    variant: name.to_string(),
+                    feature: f.clone(),
+                    package: p.name.clone().unwrap_or_default(),
+                    available: p.features.join(", "),
+                });
+            }
+        }
+    }
+    Ok(features)
+}
+
+/// Where a variant is pushed: its own `repository` when the build pushes, else the build's.
+fn variant_push(
+    name: &str,
+    vc: Option<&crate::config::VariantConfig>,
+    push: &Option<Reference>,
+) -> Result<Option<Reference>, SpecError> {
+    Ok(match (vc.and_then(|v| v.repository.as_deref()), push) {
+        (Some(r), Some(_)) => match Reference::parse(r) {
+            Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+            _ => {
+                return Err(SpecError::BadRepository {
+                    variant: name.to_string(),
+                    repository: r.to_string(),
+                })
+            }
+        },
+        (_, p) => p.clone(),
+    })
 }
 
 fn image_settings(config: &ProjectConfig, binary: &str) -> Result<ImageSettings, SpecError> {

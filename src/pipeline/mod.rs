@@ -2,9 +2,9 @@
 //! push, then tags and the report. One compile runs at a time; the later stages of a variant run
 //! on a worker thread while the next variant compiles.
 //!
-//! A `Context` carries what the caller provides: the toolchain, where events go, the cancel
-//! handle that stops every child process, wait and retry, and (in the service) the compile slots
-//! shared between builds.
+//! A `Context` carries what the caller provides: the toolchain (in the service wrapped in
+//! `toolchain::Limited`, so builds share compile slots), where events go, and the cancel handle
+//! that stops every child process, wait and retry.
 
 pub mod assemble;
 pub mod attach;
@@ -93,24 +93,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     // The base first: a missing or corrupt base must not leave an output directory behind.
     let (base, base_layout) = base::resolve(spec, &registry)?;
     // Credentials are looked up now, so a missing helper fails before anything compiles.
-    // One pusher per repository (a variant may have its own).
-    let mut pushers = Pushers::new();
-    for target in spec.variants.iter().filter_map(|v| v.push.as_ref()) {
-        if pushers.contains_key(&target.name()) {
-            continue;
-        }
-        let mount = base.reference.as_ref().map(|r| {
-            let digests = base
-                .platforms
-                .iter()
-                .flat_map(|p| p.manifest.layers.iter().map(|l| l.digest.clone()))
-                .collect();
-            (r, digests)
-        });
-        let pusher = Pusher::new(target, &registry, mount)
-            .map_err(|e| PipelineError::Registry(Box::new(e)))?;
-        pushers.insert(target.name(), pusher);
-    }
+    let pushers = pushers(spec, &base, &registry)?;
     let out = Layout::create(&spec.output).map_err(|source| PipelineError::Output {
         dir: spec.output.clone(),
         source,
@@ -171,43 +154,7 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     }
     let descriptors: Vec<Option<Descriptor>> = collected.iter().map(|(_, d)| d.clone()).collect();
     let mut variants: Vec<VariantReport> = collected.into_iter().map(|(v, _)| v).collect();
-    let mut report = Report {
-        schema_version: report::REPORT_SCHEMA_VERSION,
-        galley_version: env!("CARGO_PKG_VERSION").to_string(),
-        project: spec.project.display().to_string(),
-        binary: spec.binary.clone(),
-        version: spec.version.clone(),
-        source_date_epoch: spec.source_date_epoch,
-        epoch_source: spec.epoch_source,
-        created: spec.created.clone(),
-        revision: spec.revision.clone(),
-        dirty: spec.dirty,
-        base: BaseReport {
-            name: base.name.clone(),
-            blobs_downloaded: base.blobs_downloaded,
-            digest: base.digest.clone(),
-            resolution: base.resolution,
-            resolved_at: base.resolved_at.map(rfc3339_millis),
-            resolution_age_secs: base.resolved_at.map(|t| {
-                SystemTime::now()
-                    .duration_since(t)
-                    .unwrap_or_default()
-                    .as_secs()
-            }),
-        },
-        inputs: Some(spec.inputs.clone()),
-        output: output.display().to_string(),
-        toolchain: tools.one_line(),
-        tools: tools.with_upx(variants.iter().find_map(|v| {
-            v.platforms
-                .iter()
-                .find_map(|p| p.compression.as_ref()?.tool.clone())
-        })),
-        succeeded: false,
-        tags_moved: false,
-        variants: Vec::new(),
-        total_ms: 0,
-    };
+    let mut report = report_of(spec, &base, &tools, &output, &variants);
 
     let all_built = release::withhold(&mut variants, !pushers.is_empty(), spec.partial);
     report.variants = variants.clone();
@@ -237,6 +184,80 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     report.total_ms = started.elapsed().as_millis() as u64;
     write_report(&out, &path, &report)?;
     Ok(report)
+}
+
+/// One pusher per repository (a variant may have its own), each offered the base's layers to
+/// mount from the base's repository.
+fn pushers(
+    spec: &BuildSpec,
+    base: &BaseImage,
+    registry: &RegistryOptions,
+) -> Result<Pushers, PipelineError> {
+    let mut pushers = Pushers::new();
+    for target in spec.variants.iter().filter_map(|v| v.push.as_ref()) {
+        if pushers.contains_key(&target.name()) {
+            continue;
+        }
+        let mount = base.reference.as_ref().map(|r| {
+            let digests = base
+                .platforms
+                .iter()
+                .flat_map(|p| p.manifest.layers.iter().map(|l| l.digest.clone()))
+                .collect();
+            (r, digests)
+        });
+        let pusher = Pusher::new(target, registry, mount)
+            .map_err(|e| PipelineError::Registry(Box::new(e)))?;
+        pushers.insert(target.name(), pusher);
+    }
+    Ok(pushers)
+}
+
+/// The report before the tags move: everything but the variants' outcomes.
+fn report_of(
+    spec: &BuildSpec,
+    base: &BaseImage,
+    tools: &ToolVersions,
+    output: &Path,
+    variants: &[VariantReport],
+) -> Report {
+    Report {
+        schema_version: report::REPORT_SCHEMA_VERSION,
+        galley_version: env!("CARGO_PKG_VERSION").to_string(),
+        project: spec.project.display().to_string(),
+        binary: spec.binary.clone(),
+        version: spec.version.clone(),
+        source_date_epoch: spec.source_date_epoch,
+        epoch_source: spec.epoch_source,
+        created: spec.created.clone(),
+        revision: spec.revision.clone(),
+        dirty: spec.dirty,
+        base: BaseReport {
+            name: base.name.clone(),
+            blobs_downloaded: base.blobs_downloaded,
+            digest: base.digest.clone(),
+            resolution: base.resolution,
+            resolved_at: base.resolved_at.map(rfc3339_millis),
+            resolution_age_secs: base.resolved_at.map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+        },
+        inputs: Some(spec.inputs.clone()),
+        output: output.display().to_string(),
+        toolchain: tools.one_line(),
+        tools: tools.clone().with_upx(variants.iter().find_map(|v| {
+            v.platforms
+                .iter()
+                .find_map(|p| p.compression.as_ref()?.tool.clone())
+        })),
+        succeeded: false,
+        tags_moved: false,
+        variants: Vec::new(),
+        total_ms: 0,
+    }
 }
 
 fn write_report(out: &Layout, path: &Path, report: &Report) -> Result<(), PipelineError> {
@@ -722,15 +743,12 @@ fn push_variant(
     }
 }
 
-/// Every stage after compiling, for one variant and target.
-fn package(
-    b: &Build<'_>,
-    pusher: Option<&Pusher>,
+/// The verify and strip stages: the compiler's binary checked, then stripped (and checked again).
+fn verify_and_strip(
     unit: &mut Unit<'_>,
     raw: &Path,
     dir: &Path,
-) -> Result<Descriptor, String> {
-    let (spec, out, base) = (b.spec, b.out, b.base);
+) -> Result<verify::VerifiedBinary, String> {
     let target = unit.target;
     let cancel = unit.ctx.cancel;
     let verified = unit.stage(Stage::Verify, |_| verify::verify(raw, target))?;
@@ -768,6 +786,19 @@ fn package(
         ),
     );
 
+    Ok(stripped)
+}
+
+/// The compress stage: UPX (or the cache's packed binary), the packed binary verified; the
+/// stripped binary when UPX is off, missing or failed (with the warning). Returns what ships
+/// and the UPX version that ran.
+fn compress_stage(
+    b: &Build<'_>,
+    unit: &mut Unit<'_>,
+    stripped: &verify::VerifiedBinary,
+    dir: &Path,
+) -> Result<(verify::VerifiedBinary, Option<String>), String> {
+    let (spec, target, variant, cancel) = (b.spec, unit.target, unit.variant, unit.ctx.cancel);
     let packed_path = dir.join(format!("{}.upx", variant.binary));
     let upx = if spec.compress.enabled {
         compress::upx_version(&spec.compress.upx, cancel)
@@ -812,7 +843,7 @@ fn package(
             },
             || {
                 let compressed = compress::compress(
-                    &stripped,
+                    stripped,
                     &packed_path,
                     &spec.compress,
                     upx.clone(),
@@ -864,6 +895,22 @@ fn package(
         u.report.compression = Some(compressed.compression);
         Ok::<_, String>(shipped)
     })?;
+    Ok((shipped, upx))
+}
+
+/// Every stage after compiling, for one variant and target.
+fn package(
+    b: &Build<'_>,
+    pusher: Option<&Pusher>,
+    unit: &mut Unit<'_>,
+    raw: &Path,
+    dir: &Path,
+) -> Result<Descriptor, String> {
+    let (spec, out, base) = (b.spec, b.out, b.base);
+    let (target, variant, cancel) = (unit.target, unit.variant, unit.ctx.cancel);
+    let stripped = verify_and_strip(unit, raw, dir)?;
+    cancel.check().map_err(|c| c.to_string())?;
+    let (shipped, upx) = compress_stage(b, unit, &stripped, dir)?;
 
     cancel.check().map_err(|c| c.to_string())?;
     let layer = layer_stage(b, unit, &shipped)?;

@@ -599,21 +599,13 @@ fn compare_variant(
             });
             continue;
         };
-        if p.manifest_digest != np.manifest_digest {
-            differences.push(blobs.json_difference(
-                "manifest",
-                plat.clone(),
-                &p.manifest_digest,
-                &np.manifest_digest,
-            ));
-        }
-        if p.config_digest != np.config_digest {
-            differences.push(blobs.json_difference(
-                "config",
-                plat.clone(),
-                &p.config_digest,
-                &np.config_digest,
-            ));
+        for (what, a, b) in [
+            ("manifest", &p.manifest_digest, &np.manifest_digest),
+            ("config", &p.config_digest, &np.config_digest),
+        ] {
+            if a != b {
+                differences.push(blobs.json_difference(what, plat.clone(), a, b));
+            }
         }
         if p.layer_digest != np.layer_digest {
             differences.push(blobs.layer_difference(

@@ -2,8 +2,9 @@
 //!
 //! One file (`galley.db` in the data directory), WAL, a busy timeout, `BEGIN IMMEDIATE` for
 //! every read-modify-write. Builds and their events live here; a build's status only moves
-//! forward (queued → running → succeeded | failed | cancelled | interrupted), enforced by the
-//! UPDATE itself. Events have a per-build sequence number, the SSE id. A log over its cap keeps
+//! forward (queued → running → succeeded | failed | cancelled | interrupted), checked by a SELECT
+//! of the current status in the same `BEGIN IMMEDIATE` transaction as the UPDATE. Events have a
+//! per-build sequence number, the SSE id. A log over its cap keeps
 //! its head and its tail; the dropped middle is remembered as a range and replayed as one
 //! `dropped` marker event.
 
