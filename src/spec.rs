@@ -69,6 +69,25 @@ pub struct BuildRequest {
     pub base_pin: Option<Digest>,
 }
 
+impl BuildRequest {
+    /// The request that builds recorded `inputs` again (their variants, base, targets, tags,
+    /// compression and rustflags) from `project` into `output`; the rest is the caller's.
+    pub fn replay(inputs: &Inputs, project: PathBuf, output: PathBuf) -> BuildRequest {
+        BuildRequest {
+            project,
+            output,
+            variants: inputs.variants.clone(),
+            base: Some(inputs.base.clone()),
+            targets: inputs.targets.clone(),
+            tags: inputs.tags.clone(),
+            no_compress: inputs.no_compress,
+            rustflags: inputs.rustflags.clone(),
+            encoded_rustflags: inputs.encoded_rustflags.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// The inputs of a build that its project's files do not hold: recorded in the report so that
 /// `galley repro` can build the same thing again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -1047,6 +1066,33 @@ mod tests {
         let ws = Workspace::single(package);
         let git = GitFacts::default();
         BuildSpec::from_parts(req, "/p".into(), &config, &Facts::plain(&ws, &git))
+    }
+
+    /// What a report records is what a replay asks for: spec -> inputs -> request -> spec
+    /// gives the same inputs.
+    #[test]
+    fn recorded_inputs_replay_to_the_same_inputs() {
+        let r = BuildRequest {
+            targets: vec![
+                "aarch64-unknown-linux-musl".into(),
+                "x86_64-unknown-linux-musl".into(),
+            ],
+            tags: vec!["{variant}".into(), "{variant}-{version}".into()],
+            no_compress: true,
+            rustflags: Some("-C target-cpu=native".into()),
+            ..req()
+        };
+        let first = resolve(&r, "").unwrap().inputs;
+        let again = BuildRequest::replay(&first, "/p".into(), "out2".into());
+        let again = BuildRequest {
+            version: r.version.clone(),
+            source_date_epoch: r.source_date_epoch.clone(),
+            ..again
+        };
+        let second = resolve(&again, "").unwrap().inputs;
+        assert_eq!(second, first);
+        assert_eq!(first.targets.len(), 2);
+        assert!(first.no_compress && first.tags.len() == 2);
     }
 
     #[test]

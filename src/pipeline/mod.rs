@@ -842,13 +842,8 @@ fn compress_stage(
                 Some((compressed, packed))
             },
             || {
-                let compressed = compress::compress(
-                    stripped,
-                    &packed_path,
-                    &spec.compress,
-                    upx.clone(),
-                    cancel,
-                );
+                let compressed =
+                    compress::compress(stripped, &packed_path, &spec.compress, upx.clone(), cancel);
                 cancel.check().map_err(|c| c.to_string())?;
                 let packed = check(&compressed)?;
                 // Only a packed binary is worth keeping: without UPX there is nothing to save.

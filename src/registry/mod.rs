@@ -96,7 +96,21 @@ pub enum RegistryError {
     #[error("{0}")]
     Config(String),
     #[error("local blob store: {0}")]
-    Local(String),
+    Layout(#[from] crate::oci::layout::LayoutError),
+    #[error("local blob store: {what} {digest}: {source}")]
+    Document {
+        what: &'static str,
+        digest: crate::oci::Digest,
+        source: serde_json::Error,
+    },
+    #[error("local blob store: {0}")]
+    Json(#[from] crate::oci::json::JsonError),
+    #[error("local blob store: cannot {action} {path}: {source}")]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{registry}: {step} stopped: {reason}")]
     Cancelled {
         registry: String,

@@ -29,8 +29,7 @@ pub struct BlobCache {
 impl BlobCache {
     /// Opens (creating) the cache at `root`.
     pub fn open(root: &Path) -> Result<BlobCache, RegistryError> {
-        let layout =
-            Layout::create(&root.join("oci")).map_err(|e| RegistryError::Local(e.to_string()))?;
+        let layout = Layout::create(&root.join("oci"))?;
         Ok(BlobCache {
             root: root.to_path_buf(),
             layout,
@@ -73,8 +72,10 @@ impl BlobCache {
 
     fn remember_resolution(&self, r: &Reference, d: &Digest) -> Result<(), RegistryError> {
         let path = self.ref_file(r);
-        let local = |e: std::io::Error| {
-            RegistryError::Local(format!("cannot write {}: {e}", path.display()))
+        let local = |source| RegistryError::File {
+            action: "write",
+            path: path.clone(),
+            source,
         };
         std::fs::create_dir_all(path.parent().expect("ref files have a parent")).map_err(local)?;
         let tmp = path.with_extension("tmp");
@@ -214,10 +215,7 @@ impl Puller<'_> {
                 "{reference} is a {content_type}, not an image manifest or index"
             )));
         }
-        self.cache
-            .layout()
-            .put_blob(&body)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        self.cache.layout().put_blob(&body)?;
         self.blobs_downloaded += 1;
         self.bytes_downloaded += body.len() as u64;
         Ok(digest)

@@ -93,18 +93,24 @@ impl Pusher {
         desc: &Descriptor,
         stats: &mut PushStats,
     ) -> Result<(), RegistryError> {
-        let bytes = layout
-            .read_json_blob(&desc.digest)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        let bytes = layout.read_json_blob(&desc.digest)?;
         if is_index(&desc.media_type) {
-            let index: Index = serde_json::from_slice(&bytes)
-                .map_err(|e| RegistryError::Local(format!("index {}: {e}", desc.digest)))?;
+            let index: Index =
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Document {
+                    what: "index",
+                    digest: desc.digest.clone(),
+                    source,
+                })?;
             for child in &index.manifests {
                 self.push_content(layout, child, stats)?;
             }
         } else {
-            let manifest: Manifest = serde_json::from_slice(&bytes)
-                .map_err(|e| RegistryError::Local(format!("manifest {}: {e}", desc.digest)))?;
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Document {
+                    what: "manifest",
+                    digest: desc.digest.clone(),
+                    source,
+                })?;
             self.push_blob(layout, &manifest.config, stats)?;
             for layer in &manifest.layers {
                 self.push_blob(layout, layer, stats)?;
@@ -121,9 +127,7 @@ impl Pusher {
         desc: &Descriptor,
         stats: &mut PushStats,
     ) -> Result<(), RegistryError> {
-        let bytes = layout
-            .read_json_blob(&desc.digest)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        let bytes = layout.read_json_blob(&desc.digest)?;
         self.put_manifest(
             &desc.digest.to_string(),
             &desc.media_type,
@@ -141,9 +145,7 @@ impl Pusher {
         desc: &Descriptor,
         tags: &[String],
     ) -> Result<Vec<String>, RegistryError> {
-        let bytes = layout
-            .read_json_blob(&desc.digest)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        let bytes = layout.read_json_blob(&desc.digest)?;
         let mut refs = Vec::new();
         for tag in tags {
             self.put_manifest(tag, &desc.media_type, &bytes, &desc.digest)?;
@@ -163,11 +165,13 @@ impl Pusher {
         subject: &Digest,
         stats: &mut PushStats,
     ) -> Result<(), RegistryError> {
-        let bytes = layout
-            .read_json_blob(&referrer.digest)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| RegistryError::Local(format!("manifest {}: {e}", referrer.digest)))?;
+        let bytes = layout.read_json_blob(&referrer.digest)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| RegistryError::Document {
+                what: "manifest",
+                digest: referrer.digest.clone(),
+                source,
+            })?;
         self.push_blob(layout, &manifest.config, stats)?;
         for layer in &manifest.layers {
             self.push_blob(layout, layer, stats)?;
@@ -202,8 +206,7 @@ impl Pusher {
         index
             .manifests
             .sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
-        let bytes = canonical("referrers index", &index)
-            .map_err(|e| RegistryError::Local(e.to_string()))?;
+        let bytes = canonical("referrers index", &index)?;
         self.put_manifest(&tag, MEDIA_INDEX, &bytes, &Digest::of(&bytes))?;
         stats.manifests += 1;
         Ok(())
@@ -217,16 +220,13 @@ impl Pusher {
         desc: &Descriptor,
         stats: &mut PushStats,
     ) -> Result<(), RegistryError> {
-        let local = |e: crate::oci::layout::LayoutError| RegistryError::Local(e.to_string());
         let mut subjects = vec![desc.digest.clone()];
         if is_index(&desc.media_type) {
-            let index: Index = layout
-                .read_json("image index", &desc.digest)
-                .map_err(local)?;
+            let index: Index = layout.read_json("image index", &desc.digest)?;
             subjects.extend(index.manifests.into_iter().map(|d| d.digest));
         }
         for subject in &subjects {
-            for r in layout.referrers(subject).map_err(local)? {
+            for r in layout.referrers(subject)? {
                 self.push_referrer(layout, &r, subject, stats)?;
             }
         }
@@ -472,8 +472,10 @@ impl Pusher {
         let resp = self
             .client
             .send_tries(&step, 1, &|http| {
-                let file = File::open(&path).map_err(|e| {
-                    RegistryError::Local(format!("cannot read {}: {e}", path.display()))
+                let file = File::open(&path).map_err(|source| RegistryError::File {
+                    action: "read",
+                    path: path.clone(),
+                    source,
                 })?;
                 // A cancel stops the upload at its next read of the file.
                 let file = crate::cancel::CancelRead::new(file, self.client.cancel());

@@ -465,25 +465,16 @@ pub fn rebuild(
     let inputs = plan.recorded.inputs.clone().unwrap_or_default();
     let out_dir = plan.work.path.join("out");
     let request = BuildRequest {
-        project: plan.project.clone(),
-        variants: inputs.variants.clone(),
         version: Some(plan.recorded.version.clone()),
-        base: Some(inputs.base.clone()),
-        output: out_dir.clone(),
-        targets: inputs.targets.clone(),
-        tags: inputs.tags.clone(),
-        no_compress: inputs.no_compress,
         source_date_epoch: Some(plan.epoch.clone()),
         upx: plan.req.upx.clone(),
-        rustflags: inputs.rustflags.clone(),
-        encoded_rustflags: inputs.encoded_rustflags.clone(),
         // Every stage runs: a cached compile would compare the cache with itself.
         no_cache: true,
         cache_dir: plan.req.cache_dir.clone(),
         base_pin: Some(plan.recorded.base.digest.clone()),
         insecure_registries: plan.req.insecure_registries.clone(),
         ca_bundle: plan.req.ca_bundle.clone(),
-        ..Default::default()
+        ..BuildRequest::replay(&inputs, plan.project.clone(), out_dir.clone())
     };
     let spec = BuildSpec::resolve(&request)?;
     let zigbuild = CargoZigbuild {

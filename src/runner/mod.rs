@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancel;
 use crate::config::serve::{Project, ServeConfig};
-use crate::pipeline::{self, Context, PipelineError};
+use crate::pipeline::{self, Context};
 use crate::repro;
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::store::{
@@ -744,10 +744,7 @@ impl Inner {
                     events: log,
                     cancel,
                 };
-                pipeline::run(&spec, &ctx).map_err(|e| match e {
-                    PipelineError::Cancelled(c) => c.to_string(),
-                    other => other.to_string(),
-                })
+                pipeline::run(&spec, &ctx).map_err(|e| e.to_string())
             });
         checkout.remove();
         Ok(match result {
