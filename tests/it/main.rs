@@ -16,8 +16,9 @@
 //! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
 //! - `real_registry`: the harness starting Debian's docker-registry (anonymous, htpasswd, token auth).
-//! - `fake_registry`: an in-process registry with fault injection.
-//! - `registry_faults`: 202 on mount, relative Location, token refresh, 429, 500, reset, refused manifest.
+//! - `fake_registry`: an in-process registry with fault injection (server, routes, its own tests).
+//! - `registry_faults`: the faults a push survives as one table (202 on mount, relative Location,
+//!   429 with Retry-After in seconds or as a date, 500, reset), token refresh, refused manifest, cancel.
 //! - `registry_e2e`: pull and push against that real registry, checked with skopeo, umoci, chroot.
 //! - `projects`: a workspace with one binary per backend, the project's rustflags, image files;
 //!   a base config with a tab and a newline; a published crate with C code (b3sum).

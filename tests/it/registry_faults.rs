@@ -170,59 +170,6 @@ fn mounts_from_the_base_repository_and_skips_on_a_second_push() {
 }
 
 #[test]
-fn a_202_answer_to_a_mount_uploads_into_that_session() {
-    let fake = FakeRegistry::start(Faults {
-        mount_returns_202: true,
-        ..Default::default()
-    });
-    let (layout, desc, base) = image("faults-mount-202");
-    let base_digest = Digest::try_from(fake.put_blob("library/base", &base)).unwrap();
-    let stats = push(
-        &fake,
-        &fast_retries(),
-        &layout,
-        &desc,
-        Some(("library/base", base_digest)),
-    )
-    .unwrap();
-    assert_eq!((stats.mounted, stats.uploaded), (0, 3));
-    assert_complete(&fake, &layout, &desc);
-    let log = fake.requests();
-    let mount = log
-        .iter()
-        .position(|r| r.method == "POST" && r.query.contains("mount="))
-        .expect("a mount was tried");
-    assert_eq!(log[mount].status, 202);
-    // The next request is the PUT into the session the 202 opened, not a new POST.
-    assert_eq!(log[mount + 1].method, "PUT", "{:?}", &log[mount..]);
-    assert_eq!(log[mount + 1].status, 201);
-}
-
-#[test]
-fn relative_locations_are_resolved_and_their_query_kept() {
-    let fake = FakeRegistry::start(Faults {
-        relative_location: true,
-        ..Default::default()
-    });
-    let (layout, desc, _) = image("faults-relative");
-    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
-    assert_complete(&fake, &layout, &desc);
-    let puts: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/"))
-        .collect();
-    assert_eq!(puts.len(), 3);
-    for p in puts {
-        assert!(
-            p.query.contains("_state=") && p.query.contains("digest=sha256"),
-            "{p:?}"
-        );
-        assert_eq!(p.status, 201);
-    }
-}
-
-#[test]
 fn an_expired_token_is_refreshed_mid_push_and_never_leaks() {
     let password = "sentinel-token-pw-91c2";
     let fake = FakeRegistry::start(Faults {
@@ -271,21 +218,146 @@ fn an_expired_token_is_refreshed_mid_push_and_never_leaks() {
     );
 }
 
+/// A fault the push survives: the registry's misbehaviour, and what the request log must show.
+struct Survived {
+    name: &'static str,
+    faults: Faults,
+    /// Offer the base layer for a mount from `library/base`.
+    mount: bool,
+    check: fn(&FakeRegistry, &PushStats, Duration),
+}
+
+/// Every fault a push must survive, one table: each push completes (every blob there, the
+/// manifest's bytes, tag `v1`) and the log shows the fault was met the way it should be.
 #[test]
-fn a_429_waits_for_retry_after() {
-    let fake = FakeRegistry::start(Faults {
-        rate_limit_first_upload_post: true,
-        ..Default::default()
-    });
-    let (layout, desc, _) = image("faults-429");
-    let started = Instant::now();
-    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
+fn pushes_survive_registry_faults() {
+    let cases = [
+        Survived {
+            name: "a 202 answer to a mount uploads into that session",
+            faults: Faults {
+                mount_returns_202: true,
+                ..Default::default()
+            },
+            mount: true,
+            check: |fake, stats, _| {
+                assert_eq!((stats.mounted, stats.uploaded), (0, 3));
+                let log = fake.requests();
+                let mount = log
+                    .iter()
+                    .position(|r| r.method == "POST" && r.query.contains("mount="))
+                    .expect("a mount was tried");
+                assert_eq!(log[mount].status, 202);
+                // The next request is the PUT into the session the 202 opened, not a new POST.
+                assert_eq!(log[mount + 1].method, "PUT", "{:?}", &log[mount..]);
+                assert_eq!(log[mount + 1].status, 201);
+            },
+        },
+        Survived {
+            name: "relative locations are resolved and their query kept",
+            faults: Faults {
+                relative_location: true,
+                ..Default::default()
+            },
+            mount: false,
+            check: |fake, _, _| {
+                let puts: Vec<_> = fake
+                    .requests()
+                    .into_iter()
+                    .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/"))
+                    .collect();
+                assert_eq!(puts.len(), 3);
+                for p in puts {
+                    assert!(
+                        p.query.contains("_state=") && p.query.contains("digest=sha256"),
+                        "{p:?}"
+                    );
+                    assert_eq!(p.status, 201);
+                }
+            },
+        },
+        Survived {
+            name: "a 429 waits for Retry-After in seconds",
+            faults: Faults {
+                rate_limit_first_upload_post: true,
+                ..Default::default()
+            },
+            mount: false,
+            check: |fake, _, took| assert_waited_after_a_429(fake, took),
+        },
+        Survived {
+            name: "a 429 waits for Retry-After as an HTTP date",
+            faults: Faults {
+                rate_limit_first_upload_post_until_date: true,
+                ..Default::default()
+            },
+            mount: false,
+            check: |fake, _, took| assert_waited_after_a_429(fake, took),
+        },
+        Survived {
+            name: "a 500 then success is survived",
+            faults: Faults {
+                fail_first_blob_put: true,
+                ..Default::default()
+            },
+            mount: false,
+            check: |fake, _, _| {
+                let puts: Vec<u16> = fake
+                    .requests()
+                    .iter()
+                    .filter(|r| r.method == "PUT" && r.path.contains("/uploads/"))
+                    .map(|r| r.status)
+                    .collect();
+                assert_eq!(puts[0], 500);
+                assert!(puts[1..].iter().all(|s| *s == 201), "{puts:?}");
+            },
+        },
+        Survived {
+            name: "a connection reset mid upload restarts the upload from its POST",
+            faults: Faults {
+                reset_first_blob_put: true,
+                ..Default::default()
+            },
+            mount: false,
+            check: |fake, _, _| {
+                let log = fake.requests();
+                let reset = log
+                    .iter()
+                    .position(|r| r.method == "PUT" && r.status == 0)
+                    .expect("the reset happened");
+                assert_eq!(
+                    (log[reset + 1].method.as_str(), log[reset + 1].status),
+                    ("POST", 202),
+                    "{:?}",
+                    &log[reset..]
+                );
+            },
+        },
+    ];
+    for case in cases {
+        // Printed first, so a failing check says which case it was.
+        eprintln!("case: {}", case.name);
+        let fake = FakeRegistry::start(case.faults);
+        let (layout, desc, base) = image(&format!("faults-{}", case.name.replace(' ', "-")));
+        let mount = case.mount.then(|| {
+            let d = Digest::try_from(fake.put_blob("library/base", &base)).unwrap();
+            ("library/base", d)
+        });
+        let started = Instant::now();
+        let stats = push(&fake, &fast_retries(), &layout, &desc, mount)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let took = started.elapsed();
+        assert_complete(&fake, &layout, &desc);
+        (case.check)(&fake, &stats, took);
+    }
+}
+
+/// The first upload POST met a 429, the push waited at least the second it was asked to, and
+/// the next POST went through.
+fn assert_waited_after_a_429(fake: &FakeRegistry, took: Duration) {
     assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After: 1 was not honoured ({:?})",
-        started.elapsed()
+        took >= Duration::from_secs(1),
+        "Retry-After was not honoured ({took:?})"
     );
-    assert_complete(&fake, &layout, &desc);
     let statuses: Vec<u16> = fake
         .requests()
         .iter()
@@ -293,47 +365,6 @@ fn a_429_waits_for_retry_after() {
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses[..2], [429, 202], "{statuses:?}");
-}
-
-#[test]
-fn a_500_then_success_is_survived() {
-    let fake = FakeRegistry::start(Faults {
-        fail_first_blob_put: true,
-        ..Default::default()
-    });
-    let (layout, desc, _) = image("faults-500");
-    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
-    assert_complete(&fake, &layout, &desc);
-    let puts: Vec<u16> = fake
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path.contains("/uploads/"))
-        .map(|r| r.status)
-        .collect();
-    assert_eq!(puts[0], 500);
-    assert!(puts[1..].iter().all(|s| *s == 201), "{puts:?}");
-}
-
-#[test]
-fn a_connection_reset_mid_upload_restarts_the_upload_from_its_post() {
-    let fake = FakeRegistry::start(Faults {
-        reset_first_blob_put: true,
-        ..Default::default()
-    });
-    let (layout, desc, _) = image("faults-reset");
-    push(&fake, &fast_retries(), &layout, &desc, None).unwrap();
-    assert_complete(&fake, &layout, &desc);
-    let log = fake.requests();
-    let reset = log
-        .iter()
-        .position(|r| r.method == "PUT" && r.status == 0)
-        .expect("the reset happened");
-    assert_eq!(
-        (log[reset + 1].method.as_str(), log[reset + 1].status),
-        ("POST", 202),
-        "{:?}",
-        &log[reset..]
-    );
 }
 
 #[test]
