@@ -289,8 +289,7 @@ fn last_verdict(store: &Store, id: i64) -> Result<Option<Verdict>, ApiError> {
 
 /// Assembles a build's record from its row, its stage events and its report.
 pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRecord, ApiError> {
-    let inputs: BuildInput =
-        serde_json::from_value(row.request.clone()).map_err(ApiError::internal)?;
+    let inputs = row.input().map_err(ApiError::internal)?;
     let mut variants: Vec<VariantRecord> = inputs
         .variants
         .iter()

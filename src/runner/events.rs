@@ -297,7 +297,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("galley-cap-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(Store::open(&dir).unwrap());
-        let req = serde_json::json!({});
+        let req = crate::store::BuildInput {
+            project: "p".into(),
+            variants: vec![],
+            version: "1.0.0".into(),
+            push: false,
+            git_ref: None,
+            repro_of: None,
+        };
         let crate::store::Created::New(id) = store
             .create_build(&crate::store::NewBuild {
                 project: "p",

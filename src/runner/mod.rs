@@ -34,20 +34,7 @@ use event::{BuildEvent, End, SourceFacts, StatusChange};
 use events::{ts, BuildLog, Hub};
 use metrics::Metrics;
 
-/// What a build was asked for: stored as the build's request, replayed by a rebuild.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BuildInput {
-    pub project: String,
-    pub variants: Vec<String>,
-    pub version: String,
-    pub push: bool,
-    /// The git ref to build (git projects only).
-    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
-    pub git_ref: Option<String>,
-    /// A repro: the build whose recorded inputs this one builds again and compares with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repro_of: Option<i64>,
-}
+pub use crate::store::BuildInput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -199,6 +186,7 @@ impl Runner {
             return Err(RunnerError::ShuttingDown);
         }
         let request = serde_json::to_value(input).expect("a build input serializes");
+        // The hash of the JSON as stored (keys sorted): what an Idempotency-Key is held to.
         let hash = hex::encode(crate::config::serve::sha256(request.to_string().as_bytes()));
         let queued_event = BuildEvent::Status(StatusChange {
             ts: ts(),
@@ -210,7 +198,7 @@ impl Runner {
         // Opened before the build exists, so no event of it can be missed.
         let created = self.inner.store.create_build(&NewBuild {
             project: &input.project,
-            request: &request,
+            request: input,
             request_hash: &hash,
             started_by: principal,
             idempotency: idempotency_key.map(|k| (principal, k)),
@@ -658,8 +646,7 @@ impl Inner {
         cancel: &Cancel,
         log: &BuildLog,
     ) -> Result<(BuildStatus, Finished), String> {
-        let input: BuildInput = serde_json::from_value(row.request.clone())
-            .map_err(|e| format!("the stored request is unreadable: {e}"))?;
+        let input = row.input().map_err(|e| e.to_string())?;
         let project = self
             .config
             .projects
@@ -886,8 +873,7 @@ impl Inner {
 
 /// What a stored build asked for.
 fn input_of(row: &BuildRow) -> Result<BuildInput, RunnerError> {
-    serde_json::from_value(row.request.clone())
-        .map_err(|e| RunnerError::Start(format!("build {} has an unreadable request: {e}", row.id)))
+    Ok(row.input()?)
 }
 
 /// A build's `status` event (who cancelled it, when it was cancelled).

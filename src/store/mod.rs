@@ -87,6 +87,10 @@ pub enum StoreError {
     Transition { id: i64, from: String, to: String },
     #[error("no build {0}")]
     NoBuild(i64),
+    #[error("build {id} has an unreadable request: {source}")]
+    BadRequest { id: i64, source: serde_json::Error },
+    #[error("the database's schema is version {found}, newer than this galley knows ({SCHEMA_VERSION}): run a newer galley, or point data_dir elsewhere")]
+    NewerSchema { found: i64 },
 }
 
 /// A stored event: its sequence number (the SSE id), kind and JSON payload.
@@ -144,10 +148,35 @@ pub enum Created {
     QueueFull,
 }
 
+/// What a build was asked for: stored as the build's request, replayed by a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BuildInput {
+    pub project: String,
+    pub variants: Vec<String>,
+    pub version: String,
+    pub push: bool,
+    /// The git ref to build (git projects only).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// A repro: the build whose recorded inputs this one builds again and compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repro_of: Option<i64>,
+}
+
+impl BuildRow {
+    /// What the build asked for, typed.
+    pub fn input(&self) -> Result<BuildInput, StoreError> {
+        serde_json::from_value(self.request.clone()).map_err(|source| StoreError::BadRequest {
+            id: self.id,
+            source,
+        })
+    }
+}
+
 /// A new build to record.
 pub struct NewBuild<'a> {
     pub project: &'a str,
-    pub request: &'a serde_json::Value,
+    pub request: &'a BuildInput,
     /// sha256 of the request, for idempotency.
     pub request_hash: &'a str,
     pub started_by: &'a str,
@@ -303,6 +332,9 @@ impl Store {
         let path = dir.join("galley.db");
         let writer = open_conn(&path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { found: version });
+        }
         if version < SCHEMA_VERSION {
             writer.execute_batch(SCHEMA)?;
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -375,7 +407,15 @@ impl Store {
         let now = now_ms();
         tx.execute(
             "INSERT INTO builds (project, status, request, request_hash, started_by, created_at, next_seq) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, 2)",
-            params![b.project, b.request.to_string(), b.request_hash, b.started_by, now],
+            params![
+                b.project,
+                serde_json::to_value(b.request)
+                    .expect("a build input serializes")
+                    .to_string(),
+                b.request_hash,
+                b.started_by,
+                now
+            ],
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
@@ -763,7 +803,18 @@ mod tests {
         Store::open(&dir).unwrap()
     }
 
-    fn new_build<'a>(req: &'a serde_json::Value, key: Option<(&'a str, &'a str)>) -> NewBuild<'a> {
+    fn input(version: &str) -> BuildInput {
+        BuildInput {
+            project: "tiny".into(),
+            variants: vec!["sqlite".into()],
+            version: version.into(),
+            push: false,
+            git_ref: None,
+            repro_of: None,
+        }
+    }
+
+    fn new_build<'a>(req: &'a BuildInput, key: Option<(&'a str, &'a str)>) -> NewBuild<'a> {
         NewBuild {
             project: "tiny",
             request: req,
@@ -774,6 +825,24 @@ mod tests {
             tag_prefix: "galley-test",
             queued_event: "{\"status\":\"queued\"}",
         }
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("galley.db")).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+        assert!(err.to_string().contains("newer galley"), "{err}");
+        let conn = Connection::open(dir.path().join("galley.db")).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION + 1);
     }
 
     fn log(n: usize) -> NewEvent {
@@ -787,7 +856,7 @@ mod tests {
     #[test]
     fn status_only_moves_forward() {
         let s = store("forward");
-        let req = serde_json::json!({"version": "1.0.0"});
+        let req = input("1.0.0");
         let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
             panic!()
         };
@@ -827,7 +896,7 @@ mod tests {
     #[test]
     fn idempotency_and_queue_limit() {
         let s = store("idem");
-        let req = serde_json::json!({"version": "1.0.0"});
+        let req = input("1.0.0");
         let first = s
             .create_build(&new_build(&req, Some(("ci", "k1"))))
             .unwrap();
@@ -855,7 +924,7 @@ mod tests {
     #[test]
     fn retention_keeps_the_newest_finished_builds_and_never_a_running_one() {
         let s = store("retention");
-        let req = serde_json::json!({});
+        let req = input("1.0.0");
         let mut nb = new_build(&req, None);
         nb.max_queued = 100;
         let ids: Vec<i64> = (0..5)
@@ -891,7 +960,7 @@ mod tests {
     #[test]
     fn sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker() {
         let s = store("seq");
-        let req = serde_json::json!({});
+        let req = input("1.0.0");
         let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
             panic!()
         };
