@@ -105,18 +105,30 @@ impl Pusher {
                 self.push_content(layout, child, stats)?;
             }
         } else {
-            let manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Document {
-                    what: "manifest",
-                    digest: desc.digest.clone(),
-                    source,
-                })?;
-            self.push_blob(layout, &manifest.config, stats)?;
-            for layer in &manifest.layers {
-                self.push_blob(layout, layer, stats)?;
-            }
+            self.push_blobs_of(layout, desc, &bytes, stats)?;
         }
         self.push_manifest(layout, desc, stats)
+    }
+
+    /// Pushes the config and layers of the manifest `desc` (its `bytes`); returns the manifest.
+    fn push_blobs_of(
+        &self,
+        layout: &Layout,
+        desc: &Descriptor,
+        bytes: &[u8],
+        stats: &mut PushStats,
+    ) -> Result<Manifest, RegistryError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|source| RegistryError::Document {
+                what: "manifest",
+                digest: desc.digest.clone(),
+                source,
+            })?;
+        self.push_blob(layout, &manifest.config, stats)?;
+        for layer in &manifest.layers {
+            self.push_blob(layout, layer, stats)?;
+        }
+        Ok(manifest)
     }
 
     /// Pushes only the manifest or index `desc` itself, by digest: what it references must already
@@ -166,16 +178,7 @@ impl Pusher {
         stats: &mut PushStats,
     ) -> Result<(), RegistryError> {
         let bytes = layout.read_json_blob(&referrer.digest)?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|source| RegistryError::Document {
-                what: "manifest",
-                digest: referrer.digest.clone(),
-                source,
-            })?;
-        self.push_blob(layout, &manifest.config, stats)?;
-        for layer in &manifest.layers {
-            self.push_blob(layout, layer, stats)?;
-        }
+        let manifest = self.push_blobs_of(layout, referrer, &bytes, stats)?;
         let indexed = self.put_manifest(
             &referrer.digest.to_string(),
             &referrer.media_type,
