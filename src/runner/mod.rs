@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cancel::Cancel;
 use crate::config::serve::{Project, ServeConfig};
+use crate::pipeline::report::Report;
 use crate::pipeline::{self, Context};
 use crate::repro;
 use crate::spec::{BuildRequest, BuildSpec};
@@ -571,7 +572,7 @@ impl Inner {
         done.store(true, Ordering::SeqCst);
         let _ = ticker.join();
 
-        let (status, mut finished) = match outcome {
+        let (status, mut finished, mut report) = match outcome {
             Ok(o) => o,
             Err(e) => (
                 BuildStatus::Failed,
@@ -579,6 +580,7 @@ impl Inner {
                     error: Some(e),
                     ..Default::default()
                 },
+                None,
             ),
         };
         let status = if cancel.is_cancelled() {
@@ -592,7 +594,7 @@ impl Inner {
                     .unwrap_or_else(|| "unknown".into()),
             );
             finished.forced_kill = Some(cancel.forced());
-            finished.report = None;
+            report = None;
             finished.error = cancel.check().err().map(|c| c.reason);
             self.metrics.cancels.inc();
             if cancel.forced() {
@@ -611,11 +613,8 @@ impl Inner {
         }
         let duration_ms = t0.elapsed().as_millis() as u64;
         let mut evs = Vec::new();
-        if let Some(report) = finished
-            .report
-            .clone()
-            .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
-        {
+        finished.report = report.as_ref().and_then(|r| serde_json::to_value(r).ok());
+        if let Some(report) = report {
             evs.push(BuildEvent::Report(Box::new(report)));
         }
         evs.push(status_event(status, &finished));
@@ -645,7 +644,7 @@ impl Inner {
         row: &BuildRow,
         cancel: &Cancel,
         log: &BuildLog,
-    ) -> Result<(BuildStatus, Finished), String> {
+    ) -> Result<Ran, String> {
         let input = row.input().map_err(|e| e.to_string())?;
         let project = self
             .config
@@ -684,7 +683,7 @@ impl Inner {
         };
         let checkout = match checkout {
             Ok(c) => c,
-            Err(e) => return Ok((BuildStatus::Failed, failed(format!("source: {e}")))),
+            Err(e) => return Ok((BuildStatus::Failed, failed(format!("source: {e}")), None)),
         };
         self.store
             .set_source(id, checkout.commit.as_deref(), checkout.dirty)
@@ -753,13 +752,13 @@ impl Inner {
                     status,
                     Finished {
                         tools: serde_json::to_value(&report.tools).ok(),
-                        report: serde_json::to_value(&report).ok(),
                         error,
                         ..Default::default()
                     },
+                    Some(report),
                 )
             }
-            Err(e) => (BuildStatus::Failed, failed(e)),
+            Err(e) => (BuildStatus::Failed, failed(e), None),
         })
     }
 }
@@ -775,7 +774,7 @@ impl Inner {
         project: &Project,
         cancel: &Cancel,
         log: &BuildLog,
-    ) -> (BuildStatus, Finished) {
+    ) -> Ran {
         let failed = |e: String| {
             (
                 BuildStatus::Failed,
@@ -783,6 +782,7 @@ impl Inner {
                     error: Some(e),
                     ..Default::default()
                 },
+                None,
             )
         };
         let report = self.build_dir(of).join("out/report.json");
@@ -842,34 +842,39 @@ impl Inner {
                 for line in verdict.human().lines() {
                     log.say("repro", line);
                 }
-                let report = verdict.rebuilt_report.take();
-                let _ = log.state_change(&[BuildEvent::Verdict(Box::new(verdict.clone()))], None);
+                let report = verdict.rebuilt_report.take().map(|r| *r);
                 let differing = verdict.variants.iter().filter(|v| !v.identical).count();
+                let status = if verdict.identical {
+                    BuildStatus::Succeeded
+                } else {
+                    BuildStatus::Failed
+                };
+                let error = (!verdict.identical).then(|| {
+                    format!(
+                        "not reproducible: {differing} of {} variants differ from build {of} (see the verdict)",
+                        verdict.variants.len()
+                    )
+                });
+                let _ = log.state_change(&[BuildEvent::Verdict(Box::new(verdict))], None);
                 (
-                    if verdict.identical {
-                        BuildStatus::Succeeded
-                    } else {
-                        BuildStatus::Failed
-                    },
+                    status,
                     Finished {
                         tools: report
                             .as_ref()
                             .and_then(|r| serde_json::to_value(&r.tools).ok()),
-                        report: report.and_then(|r| serde_json::to_value(&r).ok()),
-                        error: (!verdict.identical).then(|| {
-                            format!(
-                                "not reproducible: {differing} of {} variants differ from build {of} (see the verdict)",
-                                verdict.variants.len()
-                            )
-                        }),
+                        error,
                         ..Default::default()
                     },
+                    report,
                 )
             }
             Err(e) => failed(e.to_string()),
         }
     }
 }
+
+/// How a build ran: its status, what the record says, and its report when it has one.
+type Ran = (BuildStatus, Finished, Option<Report>);
 
 /// What a stored build asked for.
 fn input_of(row: &BuildRow) -> Result<BuildInput, RunnerError> {
