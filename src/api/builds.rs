@@ -502,36 +502,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         None => names.iter().map(|s| s.to_string()).collect(),
         Some(v) => v,
     };
-    if variants.is_empty() {
-        return Err(ApiError::field(
-            "variants",
-            "no variant to build",
-            format!("name at least one of: {}", names.join(", ")),
-        ));
-    }
-    if variants.len() > 32 {
-        return Err(ApiError::field(
-            "variants",
-            "more than 32 variants",
-            "split the build",
-        ));
-    }
-    for (i, v) in variants.iter().enumerate() {
-        if !names.contains(&v.as_str()) {
-            return Err(ApiError::field(
-                &format!("variants[{i}]"),
-                format!("project {name} has no variant {v:?}"),
-                format!("one of: {}", names.join(", ")),
-            ));
-        }
-        if variants[..i].contains(v) {
-            return Err(ApiError::field(
-                &format!("variants[{i}]"),
-                format!("variant {v:?} is listed twice"),
-                "list each variant once",
-            ));
-        }
-    }
+    check_variants(&name, &names, &variants)?;
     // The worker's own rules, on the galley.toml of the ref asked for: a build that would fail
     // on its tags is refused here.
     let mut owners = Default::default();
@@ -554,6 +525,41 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         git_ref: req.git_ref,
         repro_of: None,
     })
+}
+
+/// The variants asked for: at least one, at most 32, each one the project offers, each once.
+fn check_variants(project: &str, names: &[&str], variants: &[String]) -> Result<(), ApiError> {
+    if variants.is_empty() {
+        return Err(ApiError::field(
+            "variants",
+            "no variant to build",
+            format!("name at least one of: {}", names.join(", ")),
+        ));
+    }
+    if variants.len() > 32 {
+        return Err(ApiError::field(
+            "variants",
+            "more than 32 variants",
+            "split the build",
+        ));
+    }
+    for (i, v) in variants.iter().enumerate() {
+        if !names.contains(&v.as_str()) {
+            return Err(ApiError::field(
+                &format!("variants[{i}]"),
+                format!("project {project} has no variant {v:?}"),
+                format!("one of: {}", names.join(", ")),
+            ));
+        }
+        if variants[..i].contains(v) {
+            return Err(ApiError::field(
+                &format!("variants[{i}]"),
+                format!("variant {v:?} is listed twice"),
+                "list each variant once",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
