@@ -323,79 +323,8 @@ impl ServeConfig {
 
         let mut projects = BTreeMap::new();
         for (name, p) in file.projects {
-            let field = format!("projects.{name}");
-            if !is_project_name(&name) {
-                return Err(invalid(
-                    &field,
-                    "project names use lowercase letters, digits, `_` and `-`",
-                ));
-            }
-            let source = match (&p.path, &p.git) {
-                (Some(path), None) => {
-                    let path = rel(path);
-                    let path = path.canonicalize().map_err(|_| {
-                        invalid(
-                            format!("{field}.path"),
-                            format!("{} does not exist", path.display()),
-                        )
-                    })?;
-                    if !path.join("Cargo.toml").is_file() {
-                        return Err(invalid(
-                            format!("{field}.path"),
-                            format!("{} has no Cargo.toml", path.display()),
-                        ));
-                    }
-                    Source::Path(path)
-                }
-                (None, Some(git)) => {
-                    if git.is_empty() || git.starts_with('-') {
-                        return Err(invalid(
-                            format!("{field}.git"),
-                            "give a repository path or URL",
-                        ));
-                    }
-                    // A local repository path is made absolute; URLs are kept as written.
-                    let local = rel(Path::new(git));
-                    if !git.contains("://") && !git.contains('@') && local.exists() {
-                        Source::Git(local.display().to_string())
-                    } else {
-                        Source::Git(git.clone())
-                    }
-                }
-                _ => {
-                    return Err(invalid(
-                        &field,
-                        "give exactly one of `path` (a directory) or `git` (a repository)",
-                    ))
-                }
-            };
-            let push = match &p.push {
-                None => None,
-                Some(r) => match crate::registry::Reference::parse(r) {
-                    Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
-                    _ => {
-                        return Err(invalid(
-                            format!("{field}.push"),
-                            format!("{r:?} is not a repository (host/repo, no tag)"),
-                        ))
-                    }
-                },
-            };
-            if let Some(b) = &p.base {
-                crate::registry::reference::BaseRef::parse(b)
-                    .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
-            }
-            projects.insert(
-                name.clone(),
-                Project {
-                    name,
-                    source,
-                    push,
-                    base: p.base.clone(),
-                    insecure: p.registry.insecure.clone(),
-                    ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
-                },
-            );
+            let project = project(name.clone(), &p, &rel)?;
+            projects.insert(name, project);
         }
         if projects.is_empty() {
             return Err(invalid(
@@ -420,6 +349,85 @@ impl ServeConfig {
             projects,
         })
     }
+}
+
+/// One `[projects.NAME]` table, checked: a directory with a Cargo.toml or a git repository,
+/// a push repository without tag, a base reference galley can read.
+fn project(
+    name: String,
+    p: &ProjectFile,
+    rel: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Project, ServeConfigError> {
+    let field = format!("projects.{name}");
+    if !is_project_name(&name) {
+        return Err(invalid(
+            &field,
+            "project names use lowercase letters, digits, `_` and `-`",
+        ));
+    }
+    let source = match (&p.path, &p.git) {
+        (Some(path), None) => {
+            let path = rel(path);
+            let path = path.canonicalize().map_err(|_| {
+                invalid(
+                    format!("{field}.path"),
+                    format!("{} does not exist", path.display()),
+                )
+            })?;
+            if !path.join("Cargo.toml").is_file() {
+                return Err(invalid(
+                    format!("{field}.path"),
+                    format!("{} has no Cargo.toml", path.display()),
+                ));
+            }
+            Source::Path(path)
+        }
+        (None, Some(git)) => {
+            if git.is_empty() || git.starts_with('-') {
+                return Err(invalid(
+                    format!("{field}.git"),
+                    "give a repository path or URL",
+                ));
+            }
+            // A local repository path is made absolute; URLs are kept as written.
+            let local = rel(Path::new(git));
+            if !git.contains("://") && !git.contains('@') && local.exists() {
+                Source::Git(local.display().to_string())
+            } else {
+                Source::Git(git.clone())
+            }
+        }
+        _ => {
+            return Err(invalid(
+                &field,
+                "give exactly one of `path` (a directory) or `git` (a repository)",
+            ))
+        }
+    };
+    let push = match &p.push {
+        None => None,
+        Some(r) => match crate::registry::Reference::parse(r) {
+            Ok(r) if r.tag.is_none() && r.digest.is_none() => Some(r),
+            _ => {
+                return Err(invalid(
+                    format!("{field}.push"),
+                    format!("{r:?} is not a repository (host/repo, no tag)"),
+                ))
+            }
+        },
+    };
+    if let Some(b) = &p.base {
+        crate::registry::reference::BaseRef::parse(b)
+            .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
+    }
+    Ok(Project {
+        name,
+        source,
+        push,
+        base: p.base.clone(),
+        insecure: p.registry.insecure.clone(),
+        ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
+    })
 }
 
 fn token(field: &str, name: &str, secret: &str) -> Result<ApiToken, ServeConfigError> {
