@@ -440,11 +440,14 @@ fn is_passthrough(s: &str) -> bool {
 }
 
 /// Which package and binary a variant builds.
+/// The package that owns a binary (when cargo says) and the binary's name.
+type Picked = (Option<String>, String);
+
 fn pick_binary(
     ws: &Workspace,
     package: Option<&str>,
     binary: Option<&str>,
-) -> Result<(Option<String>, String), SpecError> {
+) -> Result<Picked, SpecError> {
     let listed = || {
         let all = ws.all_binaries();
         if all.is_empty() {
@@ -662,35 +665,8 @@ impl BuildSpec {
             }
         }
 
-        let names: Vec<String> = if req.variants.is_empty() {
-            config.variants.keys().cloned().collect()
-        } else {
-            req.variants.clone()
-        };
-        if names.is_empty() {
-            return Err(SpecError::NoVariants);
-        }
         // Package and binary per variant first: the version may come from the package.
-        let mut picked = Vec::new();
-        for name in &names {
-            if !is_variant(name) {
-                return Err(SpecError::BadVariant(name.clone()));
-            }
-            let vc = config.variants.get(name);
-            let binary = vc
-                .and_then(|v| v.binary.as_deref())
-                .or(config.binary.as_deref());
-            if let Some(b) = binary {
-                if !is_binary(b) {
-                    return Err(SpecError::BadBinary(b.to_string()));
-                }
-            }
-            picked.push(pick_binary(
-                facts.workspace,
-                config.package.as_deref(),
-                binary,
-            )?);
-        }
+        let (names, picked) = variants_and_binaries(req, config, facts)?;
         let first_package = picked[0]
             .0
             .as_deref()
@@ -986,6 +962,44 @@ fn variant_push(
         },
         (_, p) => p.clone(),
     })
+}
+
+/// The variants to build (the request's, else galley.toml's) and, for each, the package and
+/// binary it builds.
+fn variants_and_binaries(
+    req: &BuildRequest,
+    config: &ProjectConfig,
+    facts: &Facts<'_>,
+) -> Result<(Vec<String>, Vec<Picked>), SpecError> {
+    let names: Vec<String> = if req.variants.is_empty() {
+        config.variants.keys().cloned().collect()
+    } else {
+        req.variants.clone()
+    };
+    if names.is_empty() {
+        return Err(SpecError::NoVariants);
+    }
+    let mut picked = Vec::new();
+    for name in &names {
+        if !is_variant(name) {
+            return Err(SpecError::BadVariant(name.clone()));
+        }
+        let vc = config.variants.get(name);
+        let binary = vc
+            .and_then(|v| v.binary.as_deref())
+            .or(config.binary.as_deref());
+        if let Some(b) = binary {
+            if !is_binary(b) {
+                return Err(SpecError::BadBinary(b.to_string()));
+            }
+        }
+        picked.push(pick_binary(
+            facts.workspace,
+            config.package.as_deref(),
+            binary,
+        )?);
+    }
+    Ok((names, picked))
 }
 
 fn image_settings(config: &ProjectConfig, binary: &str) -> Result<ImageSettings, SpecError> {
