@@ -29,11 +29,11 @@ impl<'c> Keyed<'c> {
     }
 }
 
-/// What a stage that ran offers the cache: its outputs, and the files the entry needs (stored
-/// as content-addressed objects).
+/// What a stage that ran offers the cache: its outputs, and the files the entry needs, each
+/// stored as a content-addressed object whose digest the outputs hold under the file's name.
 pub struct Keep {
     pub outputs: Value,
-    pub files: Vec<PathBuf>,
+    pub files: Vec<(&'static str, PathBuf)>,
 }
 
 impl Keep {
@@ -85,13 +85,17 @@ pub fn cached<T, E>(
 }
 
 fn keep_outputs(k: &Keyed<'_>, keep: Keep) -> Result<(), String> {
+    let mut outputs = keep.outputs;
     let mut objects = Vec::new();
-    for f in &keep.files {
-        objects.push(k.cache.store(f).map_err(|e| e.to_string())?);
+    for (name, f) in &keep.files {
+        // Stored first, so the entry's digest is the one of the bytes the cache holds.
+        let digest = k.cache.store(f).map_err(|e| e.to_string())?;
+        outputs[*name] = digest.to_string().into();
+        objects.push(digest);
     }
     let refs: Vec<&crate::oci::Digest> = objects.iter().collect();
     k.cache
-        .put(k.kind, &k.key, &k.inputs, &keep.outputs, &refs)
+        .put(k.kind, &k.key, &k.inputs, &outputs, &refs)
         .map_err(|e| e.to_string())
 }
 
@@ -118,7 +122,7 @@ mod tests {
                 "ran",
                 Some(Keep {
                     outputs: serde_json::json!({"x": 7}),
-                    files: vec![file.clone()],
+                    files: vec![("file", file.clone())],
                 }),
             ))
         };
@@ -129,7 +133,13 @@ mod tests {
         );
         let second = cached(
             keyed.as_ref(),
-            |_, outputs| (outputs["x"] == 7).then_some("restored"),
+            |c, outputs| {
+                let d: crate::oci::Digest = outputs["file"].as_str()?.parse().ok()?;
+                let back = dir.path().join("back.bin");
+                c.restore(&d, &back).ok()?;
+                (outputs["x"] == 7 && std::fs::read(&back).ok()? == b"made by the stage")
+                    .then_some("restored")
+            },
             run,
         )
         .unwrap();

@@ -629,10 +629,9 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
                     .map_err(|e| e.to_string())?;
                 std::fs::copy(&compiled.path, &raw)
                     .map_err(|e| format!("cannot copy {}: {e}", compiled.path.display()))?;
-                let digest = cache::file_digest(&raw).map_err(|e| e.to_string())?;
                 let keep = Keep {
-                    outputs: serde_json::json!({"raw": digest.to_string()}),
-                    files: vec![raw.clone()],
+                    outputs: serde_json::json!({}),
+                    files: vec![("raw", raw.clone())],
                 };
                 Ok::<_, String>(((), Some(keep)))
             },
@@ -702,7 +701,7 @@ fn layer_stage(
                     assemble::layer(shipped, spec, variant, out).map_err(|e| e.to_string())?;
                 let keep = Keep {
                     outputs: serde_json::to_value(&blob).expect("a layer serializes"),
-                    files: vec![out.blob_path(&blob.digest)],
+                    files: vec![("digest", out.blob_path(&blob.digest))],
                 };
                 Ok::<_, String>((blob, Some(keep)))
             },
@@ -849,11 +848,10 @@ fn compress_stage(
                 // Only a packed binary is worth keeping: without UPX there is nothing to save.
                 let keep = packed.as_ref().map(|p| Keep {
                     outputs: serde_json::json!({
-                        "packed": p.digest().to_string(),
                         "compression": compressed.compression,
                         "warning": compressed.warning,
                     }),
-                    files: vec![packed_path.clone()],
+                    files: vec![("packed", p.path().to_path_buf())],
                 });
                 Ok::<_, String>(((compressed, packed), keep))
             },
