@@ -46,6 +46,7 @@ pub struct Client {
     scopes: Vec<String>,
     auth: Mutex<AuthState>,
     retry: RetryPolicy,
+    timeouts: super::Timeouts,
     secrets: Mutex<Vec<String>>,
     cancel: Cancel,
 }
@@ -70,8 +71,11 @@ impl Client {
         let insecure = options.is_insecure(registry) || options.is_insecure(api_host);
         let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("galley/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(3600))
+            .connect_timeout(options.timeouts.connect)
+            // Every request sets its own total (metadata, or a blob's by its size); this is
+            // only for one that would not.
+            .timeout(options.timeouts.metadata)
+            .tcp_keepalive(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::limited(5));
         if let Some(path) = &options.ca_bundle {
             let pem = std::fs::read(path).map_err(|e| {
@@ -117,9 +121,16 @@ impl Client {
             scopes,
             auth: Mutex::new(AuthState::None),
             retry: options.retry.clone(),
+            timeouts: options.timeouts.clone(),
             secrets: Mutex::new(secrets),
             cancel: options.cancel.clone(),
         })
+    }
+
+    /// The longest a blob of `size` bytes may take to move: the metadata timeout plus the
+    /// time it takes at the slowest rate still called progress.
+    pub fn blob_timeout(&self, size: u64) -> Duration {
+        self.timeouts.metadata + Duration::from_secs(size / self.timeouts.min_rate.max(1))
     }
 
     /// The build's cancel handle (uploads wrap their bodies in it).
@@ -286,6 +297,8 @@ impl Client {
         let mut request = build(&self.http)?
             .build()
             .map_err(|e| self.transport(step, attempt.number + 1, &e))?;
+        // A request that did not size its own timeout (a blob transfer does) is metadata.
+        request.timeout_mut().get_or_insert(self.timeouts.metadata);
         if let Some(auth) = self.authorization(request.url()) {
             request.headers_mut().insert(
                 AUTHORIZATION,

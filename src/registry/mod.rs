@@ -17,6 +17,7 @@ pub mod retry;
 pub mod tags;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use client::Client;
 pub use credentials::{Credential, Secret};
@@ -33,8 +34,43 @@ pub struct RegistryOptions {
     /// Credentials given on the command line; when absent, Docker's config.json is read.
     pub credential: Option<Credential>,
     pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
     /// Stops every request, upload and retry wait of the build it belongs to.
     pub cancel: crate::cancel::Cancel,
+}
+
+/// How long a registry may take, sized per kind of call: metadata (pings, tokens, manifests,
+/// tag lists, upload sessions) answers in seconds; a blob gets as long as it takes at the
+/// slowest rate still called progress (reqwest's blocking client has no per-read timeout).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Connecting (TCP and TLS).
+    pub connect: Duration,
+    /// A metadata request from start to its whole answer.
+    pub metadata: Duration,
+    /// Bytes per second below which a blob transfer is given up on (as git's lowSpeedLimit).
+    pub min_rate: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            metadata: Duration::from_secs(60),
+            min_rate: 64 << 10,
+        }
+    }
+}
+
+impl Timeouts {
+    /// For a question asked while someone waits (the service's API): a few seconds.
+    pub fn interactive() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            metadata: Duration::from_secs(10),
+            ..Timeouts::default()
+        }
+    }
 }
 
 impl RegistryOptions {

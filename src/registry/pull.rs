@@ -273,7 +273,11 @@ impl Puller<'_> {
             what: format!("get blob {digest}"),
         };
         let resp = client
-            .send(&step, &|http| Ok(http.get(url.clone())))
+            .send(&step, &|http| {
+                Ok(http
+                    .get(url.clone())
+                    .timeout(client.blob_timeout(desc.size)))
+            })
             .map_err(BlobError::final_)?;
         if !resp.status().is_success() {
             return Err(BlobError::final_(client.status_error(&step, resp)));

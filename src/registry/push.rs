@@ -484,6 +484,7 @@ impl Pusher {
                 let file = crate::cancel::CancelRead::new(file, self.client.cancel());
                 Ok(http
                     .put(url.clone())
+                    .timeout(self.client.blob_timeout(size))
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .body(reqwest::blocking::Body::sized(file, size)))
             })
