@@ -2,6 +2,7 @@
 
 pub mod attest;
 pub mod build;
+pub mod http;
 pub mod push;
 pub mod repro;
 pub mod serve;

@@ -37,21 +37,27 @@ async fn serve(config: ServeConfig) -> anyhow::Result<bool> {
     let tokens = Arc::new(config.tokens.clone());
     let projects: Vec<String> = config.projects.keys().cloned().collect();
     let data_dir = config.data_dir.clone();
+    let http = config.http.clone();
     let runner = tokio::task::spawn_blocking(move || Runner::start(config))
         .await
         .context("the runner did not start")??;
+    let max_connections = super::http::connection_budget(http.max_connections);
     let (app, _) = api::router(AppState {
         runner: runner.clone(),
         tokens: tokens.clone(),
+        hosts: Arc::new(api::guard::Hosts::new(addr, http.allowed_hosts.as_deref())),
+        streams: Arc::new(api::sse::StreamCount::new(
+            http.max_streams,
+            http.max_streams_per_token,
+        )),
     });
-    tracing::info!(%addr, data_dir = %data_dir.display(), ?projects, "galley serve listening");
+    tracing::info!(%addr, data_dir = %data_dir.display(), ?projects, max_connections, "galley serve listening");
     // One line on stdout for whoever started us (scripts, tests): where to reach the service.
     println!("galley serve: listening on http://{addr}");
     if tokens.is_empty() {
         eprintln!("galley serve: no API token set: only loopback clients can reach this service");
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
         let runner = runner.clone();
         async move {
@@ -62,19 +68,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<bool> {
             let _ =
                 tokio::task::spawn_blocking(move || r.shutdown(grace + Duration::from_secs(10)))
                     .await;
-            let _ = stop_tx.send(true);
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     // Streams of clients that keep a connection open cannot hold the exit for long.
-    let mut stop = stop_rx;
-    tokio::select! {
-        r = server => r.context("the HTTP server failed")?,
-        _ = async {
-            let _ = stop.wait_for(|s| *s).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        } => tracing::warn!("connections still open after shutdown: closing them"),
-    }
+    super::http::serve(
+        listener,
+        app,
+        &http,
+        max_connections,
+        shutdown,
+        Duration::from_secs(5),
+    )
+    .await;
     Ok(true)
 }
 
