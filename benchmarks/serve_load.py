@@ -30,6 +30,8 @@ def request(base, method, path, body=None, token=None, timeout=60):
     data = None
     if body is not None:
         data = json.dumps(body).encode()
+    if method == "POST":
+        # galley serve takes only JSON POSTs, with a body or not.
         headers["Content-Type"] = "application/json"
     t0 = time.perf_counter()
     conn.request(method, path, body=data, headers=headers)

@@ -146,10 +146,17 @@ fn pick_project<'a>(state: &'a AppState, name: &Option<String>) -> Result<&'a Pr
     }
 }
 
+/// Options for a registry question asked while a client waits: short timeouts and two tries,
+/// so a registry that never answers costs the caller seconds, not an hour.
 fn registry_options(p: &Project) -> RegistryOptions {
     RegistryOptions {
         insecure: p.insecure.clone(),
         ca_bundle: p.ca_bundle.clone(),
+        timeouts: crate::registry::Timeouts::interactive(),
+        retry: crate::registry::retry::RetryPolicy {
+            attempts: 2,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

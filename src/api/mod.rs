@@ -4,6 +4,7 @@
 
 pub mod builds;
 pub mod error;
+pub mod guard;
 pub mod info;
 pub mod sse;
 
@@ -31,6 +32,10 @@ pub use error::{ApiError, ApiJson};
 pub struct AppState {
     pub runner: Runner,
     pub tokens: Arc<Vec<ApiToken>>,
+    /// The names the service answers to (`guard`).
+    pub hosts: Arc<guard::Hosts>,
+    /// Open event streams, in all and per token (`sse`).
+    pub streams: Arc<sse::StreamCount>,
 }
 
 /// Who is calling: the token's name, or `anonymous` when the service has no token.
@@ -65,6 +70,14 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110, 11.1), so `bearer` and `BEARER` are the same scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Checks `Authorization: Bearer <token>` against every configured token in constant time.
 async fn authenticate(
     State(state): State<AppState>,
@@ -78,8 +91,8 @@ async fn authenticate(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| sha256(t.trim().as_bytes()));
+            .and_then(bearer_token)
+            .map(|t| sha256(t.as_bytes()));
         let Some(given) = given else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -117,6 +130,25 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /readyz`: 200 when the service takes builds; 503 while it shuts down or when its build
+/// database refuses writes (a full disk), with the reason (no token needed).
+#[utoipa::path(get, path = "/readyz", tag = "service", security(()), responses(
+    (status = 200, description = "The service takes builds", body = String),
+    (status = 503, description = "Not ready, and why", body = error::ErrorBody),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let runner = state.runner.clone();
+    match blocking(move || Ok(runner.not_ready())).await? {
+        None => Ok("ready\n"),
+        Some(why) => {
+            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)
+                .hint("the service's log says more; builds wait until it is ready again");
+            e.retry_after = Some(5);
+            Err(e)
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -145,7 +177,9 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(info::next_version))
         .routes(routes!(info::registry))
         .routes(routes!(metrics));
-    let public = OpenApiRouter::new().routes(routes!(healthz));
+    let public = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz));
     let (protected, mut doc) = protected.split_for_parts();
     let (public, public_doc) = public.split_for_parts();
     doc.merge(public_doc);
@@ -172,6 +206,10 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(public)
         .merge(crate::web::router())
         .fallback(|| async { ApiError::not_found("no such endpoint: see /api/v1/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state);
     (app, doc)
 }

@@ -26,6 +26,87 @@ pub struct EventsQuery {
 
 const PAGE: usize = 500;
 
+/// Open event streams, in all and per token, against their limits (`[http] max_streams`,
+/// `max_streams_per_token`): one token cannot hold every stream the service can serve.
+pub struct StreamCount {
+    max: usize,
+    max_per_token: usize,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+}
+
+/// One open stream; dropping it (the client went away, the stream ended) frees its place.
+pub struct StreamSlot {
+    count: Arc<StreamCount>,
+    who: String,
+}
+
+impl StreamCount {
+    pub fn new(max: usize, max_per_token: usize) -> StreamCount {
+        StreamCount {
+            max,
+            max_per_token,
+            open: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, std::collections::HashMap<String, usize>)> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many streams are open.
+    pub fn open(&self) -> usize {
+        self.lock().0
+    }
+
+    /// A place for one more stream of `who`, or the answer that says which limit is reached.
+    pub fn acquire(self: &Arc<Self>, who: &str) -> Result<StreamSlot, ApiError> {
+        let mut open = self.lock();
+        let mine = open.1.get(who).copied().unwrap_or(0);
+        let busy = |status, code: &str, message: String| {
+            let mut e = ApiError::new(status, code, message)
+                .hint("close event streams you no longer read; a finished build's events are also at /api/v1/builds/{id}/log");
+            e.retry_after = Some(10);
+            e
+        };
+        if mine >= self.max_per_token {
+            return Err(busy(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!("this token already holds {mine} event streams (max_streams_per_token)"),
+            ));
+        }
+        if open.0 >= self.max {
+            return Err(busy(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "streams_full",
+                format!(
+                    "the service already serves {} event streams (max_streams)",
+                    open.0
+                ),
+            ));
+        }
+        open.0 += 1;
+        *open.1.entry(who.to_string()).or_default() += 1;
+        Ok(StreamSlot {
+            count: self.clone(),
+            who: who.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.count.lock();
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.who);
+            }
+        }
+    }
+}
+
 fn sse_event(e: &StoredEvent) -> Event {
     // The payload is JSON: no newline in it can forge another field or event.
     Event::default()
@@ -77,7 +158,12 @@ async fn follow(
         return Ok(());
     };
     loop {
-        match live.recv().await {
+        // A client that went away ends the task now, not at the build's next event.
+        let next = tokio::select! {
+            r = live.recv() => r,
+            _ = tx.closed() => return Err(()),
+        };
+        match next {
             Ok(e) if e.seq <= last => continue,
             Ok(e) => {
                 tx.send(Ok(sse_event(&e))).await.map_err(|_| ())?;
@@ -112,10 +198,13 @@ async fn follow(
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 429, description = "This token holds max_streams_per_token streams already", body = super::error::ErrorBody),
+        (status = 503, description = "The service serves max_streams streams already", body = super::error::ErrorBody),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
+    axum::Extension(who): axum::Extension<super::Principal>,
     Path(id): Path<i64>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
@@ -143,12 +232,17 @@ pub async fn events(
             .ok_or_else(|| ApiError::not_found(format!("no build {id}")))
     })
     .await?;
+    let slot = state.streams.acquire(&who.0)?;
     let live = state.runner.hub().subscribe(id);
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         // An error means the client went away or the store failed (logged): the stream ends.
         let _ = follow(store, id, last, live, tx).await;
     });
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(state.runner.config().heartbeat)))
+    // The slot lives as long as the response body: hyper drops it when the client is gone.
+    let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |e| {
+        let _held = &slot;
+        e
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(state.runner.config().heartbeat)))
 }

@@ -113,8 +113,12 @@ fn remote(args: &ReproArgs) -> anyhow::Result<Outcome> {
         serde_json::from_str::<serde_json::Value>(&body)
             .with_context(|| format!("the service answered {status} with no JSON"))
     };
-    let queued = send(client.post(format!("{server}/api/v1/builds/{id}/repro")))
-        .with_context(|| format!("asking {server} to reproduce build {id}"))?;
+    let queued = send(
+        client
+            .post(format!("{server}/api/v1/builds/{id}/repro"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json"),
+    )
+    .with_context(|| format!("asking {server} to reproduce build {id}"))?;
     let repro = queued["id"]
         .as_i64()
         .context("the service's answer has no build id")?;
@@ -128,7 +132,11 @@ fn remote(args: &ReproArgs) -> anyhow::Result<Outcome> {
     cancel_on_signals(&cancel)?;
     let record = loop {
         if cancel.sleep(std::time::Duration::from_millis(500)).is_err() {
-            let _ = send(client.post(format!("{server}/api/v1/builds/{repro}/cancel")));
+            let _ = send(
+                client
+                    .post(format!("{server}/api/v1/builds/{repro}/cancel"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json"),
+            );
             eprintln!("galley: interrupted: repro build {repro} cancelled on the service");
             return Ok(Outcome::Interrupted);
         }

@@ -41,6 +41,8 @@ pub struct ServeFile {
     #[serde(default)]
     pub retention: RetentionFile,
     #[serde(default)]
+    pub http: HttpFile,
+    #[serde(default)]
     pub projects: BTreeMap<String, ProjectFile>,
 }
 
@@ -51,6 +53,130 @@ pub struct RetentionFile {
     pub max_builds: Option<usize>,
     /// Finished builds older than this are removed (default 30d).
     pub max_age: Option<String>,
+}
+
+/// `[http]`: what one client may hold, and which names the service answers to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Host names (or `host:port`) the service answers to besides its listen address and
+    /// loopback names; `"*"` answers to any (behind a proxy that checks them itself).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// The longest a client may take to send a request's headers (default 10s).
+    pub header_timeout: Option<String>,
+    /// A connection with no byte read or written for this long is closed (default 60s; event
+    /// streams stay open through their heartbeats).
+    pub idle_timeout: Option<String>,
+    /// Connections open at once (default 512, and below the descriptor limit).
+    pub max_connections: Option<usize>,
+    /// Event streams open at once (default 256).
+    pub max_streams: Option<usize>,
+    /// Event streams open at once per token (default 32).
+    pub max_streams_per_token: Option<usize>,
+}
+
+/// The HTTP limits, validated.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Lowercase host names (without port) the service answers to, besides its listen
+    /// address and loopback; `None` answers to any.
+    pub allowed_hosts: Option<Vec<String>>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_streams: usize,
+    pub max_streams_per_token: usize,
+}
+
+impl HttpLimits {
+    /// Checks `[http]`; the idle timeout must outlast the heartbeat, or idle event streams
+    /// would be cut between two heartbeats.
+    fn from_file(f: &HttpFile, heartbeat: Duration) -> Result<HttpLimits, ServeConfigError> {
+        let duration = |field: &str, v: &Option<String>, default: u64| match v {
+            None => Ok(Duration::from_secs(default)),
+            Some(t) => match parse_duration(t) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(invalid(
+                    format!("http.{field}"),
+                    format!("{t:?} is not a duration of at least 1s (e.g. 10s, 2m)"),
+                )),
+            },
+        };
+        let header_timeout = duration("header_timeout", &f.header_timeout, 10)?;
+        let idle_timeout = duration("idle_timeout", &f.idle_timeout, 60)?;
+        if idle_timeout <= heartbeat {
+            return Err(invalid(
+                "http.idle_timeout",
+                format!(
+                    "must be longer than heartbeat ({}s), or idle event streams are cut",
+                    heartbeat.as_secs()
+                ),
+            ));
+        }
+        let count = |field: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(invalid(format!("http.{field}"), "must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_connections = count("max_connections", f.max_connections, 512)?;
+        let max_streams = count("max_streams", f.max_streams, 256)?;
+        let max_streams_per_token = count("max_streams_per_token", f.max_streams_per_token, 32)?;
+        if max_streams >= max_connections {
+            return Err(invalid(
+                "http.max_streams",
+                format!("must be below max_connections ({max_connections}), or streams leave no connection for other requests"),
+            ));
+        }
+        let mut hosts = Vec::new();
+        for h in &f.allowed_hosts {
+            if h == "*" {
+                return Ok(HttpLimits {
+                    allowed_hosts: None,
+                    header_timeout,
+                    idle_timeout,
+                    max_connections,
+                    max_streams,
+                    max_streams_per_token,
+                });
+            }
+            let name = host_name(h);
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "http.allowed_hosts",
+                    format!("{h:?} is not a host name (e.g. galley.example.com), or \"*\""),
+                ));
+            }
+            hosts.push(name);
+        }
+        Ok(HttpLimits {
+            allowed_hosts: Some(hosts),
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            max_streams,
+            max_streams_per_token,
+        })
+    }
+}
+
+/// The host part of a `Host` header value or an allowed name, lowercase, without the port
+/// (`[::1]:8700` -> `[::1]`, `Example.com:80` -> `example.com`).
+pub fn host_name(value: &str) -> String {
+    let v = value.trim();
+    let host = if v.starts_with('[') {
+        match v.find(']') {
+            Some(i) => &v[..=i],
+            None => v,
+        }
+    } else {
+        v.rsplit_once(':').map_or(v, |(h, _)| h)
+    };
+    host.to_ascii_lowercase()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -125,6 +251,7 @@ pub struct ServeConfig {
     pub cache_max_bytes: Option<u64>,
     pub max_builds: usize,
     pub max_age: Duration,
+    pub http: HttpLimits,
     pub projects: BTreeMap<String, Project>,
 }
 
@@ -268,6 +395,7 @@ impl ServeConfig {
         if heartbeat.is_zero() {
             return Err(invalid("heartbeat", "must be at least 1s"));
         }
+        let http = HttpLimits::from_file(&file.http, heartbeat)?;
         let max_age = duration(
             "retention.max_age",
             &file.retention.max_age,
@@ -346,6 +474,7 @@ impl ServeConfig {
             cache_max_bytes: file.cache_max_bytes,
             max_builds,
             max_age,
+            http,
             projects,
         })
     }

@@ -175,11 +175,12 @@ impl Service {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut rb = self.auth(Self::client().post(format!("{}{path}", self.url)));
+        // Every POST says JSON, with a body or not (the service refuses others).
+        let mut rb = self
+            .auth(Self::client().post(format!("{}{path}", self.url)))
+            .header("content-type", "application/json");
         if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/json")
-                .body(b.to_string());
+            rb = rb.body(b.to_string());
         }
         for (k, v) in headers {
             rb = rb.header(*k, *v);

@@ -65,7 +65,9 @@ class ApiError extends Error {
 /** Calls the API; a 401 asks for the token and tries again. */
 async function api(method, path, body) {
   for (;;) {
-    const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+    // Every POST says JSON, with a body or not: the service refuses any other (a cross-site
+    // form cannot send it without a preflight).
+    const init = { method, headers: headers(body || method === "POST" ? { "Content-Type": "application/json" } : {}) };
     if (body) init.body = JSON.stringify(body);
     let resp;
     try {
