@@ -268,24 +268,75 @@ pub fn run_streaming(
     result.map_err(|source| ProcError::Io { program, source })
 }
 
+/// The most of one line held in memory: a longer one is handed on in pieces of this size, so a
+/// child printing megabytes without a newline costs this much, not the whole line. Large enough
+/// for cargo's JSON messages (a diagnostic's rendered text included).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 fn for_each_line(pipe: impl Read, f: &mut dyn FnMut(&str)) {
+    for_each_line_bounded(pipe, MAX_LINE_BYTES, f)
+}
+
+fn for_each_line_bounded(pipe: impl Read, max: usize, f: &mut dyn FnMut(&str)) {
     let mut reader = BufReader::new(pipe);
-    let mut line = Vec::new();
+    let mut line: Vec<u8> = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                f(text.trim_end_matches(['\n', '\r']));
+        let (used, done) = match reader.fill_buf() {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => {
+                let room = max - line.len();
+                let window = &buf[..buf.len().min(room)];
+                match window.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        line.extend_from_slice(&window[..i]);
+                        (i + 1, true)
+                    }
+                    None => {
+                        line.extend_from_slice(window);
+                        (window.len(), line.len() >= max)
+                    }
+                }
             }
+        };
+        reader.consume(used);
+        if done {
+            emit_piece(&mut line, f);
         }
     }
+    if !line.is_empty() {
+        let text = String::from_utf8_lossy(&line);
+        f(text.trim_end_matches(['\n', '\r']));
+    }
+}
+
+/// Hands on `line` (up to its last whole UTF-8 character when it was cut), keeping the cut-off
+/// bytes of a character for the next piece.
+fn emit_piece(line: &mut Vec<u8>, f: &mut dyn FnMut(&str)) {
+    let cut = match std::str::from_utf8(line) {
+        Ok(_) => line.len(),
+        // An incomplete character at the end (at most 3 bytes): keep it for the next piece.
+        Err(e) if e.error_len().is_none() && line.len() - e.valid_up_to() < 4 => e.valid_up_to(),
+        Err(_) => line.len(),
+    };
+    let rest = line.split_off(cut);
+    let text = String::from_utf8_lossy(line);
+    f(text.trim_end_matches(['\n', '\r']));
+    *line = rest;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_without_end_is_read_in_bounded_pieces() {
+        let mut input = "é".repeat(10).into_bytes(); // 20 bytes, 2 per character
+        input.extend_from_slice(b"\nshort\r\nlast");
+        let mut got = Vec::new();
+        for_each_line_bounded(&input[..], 7, &mut |l| got.push(l.to_string()));
+        // Pieces of at most 7 bytes, never a character cut in two.
+        assert_eq!(got, ["ééé", "ééé", "ééé", "é", "short", "last"]);
+    }
 
     #[test]
     fn environment_is_allow_listed() {

@@ -150,13 +150,17 @@ impl BuildEvent {
 
     /// The event as the store appends it (`log_bytes` counts toward the log cap).
     pub fn to_new(&self) -> NewEvent {
+        let kind = self.kind();
+        let data = self.data();
+        // What the row costs, not only the line's text: a log of one-byte lines is mostly
+        // timestamps, stage names and keys.
         let log_bytes = match self {
-            BuildEvent::Log(l) => l.line.len() as u64 + 1,
+            BuildEvent::Log(_) => (kind.len() + data.len()) as u64 + crate::store::EVENT_OVERHEAD,
             _ => 0,
         };
         NewEvent {
-            kind: self.kind(),
-            data: self.data(),
+            kind,
+            data,
             log_bytes,
         }
     }

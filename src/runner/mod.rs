@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod events;
+pub mod lock;
 pub mod metrics;
 pub mod source;
 
@@ -57,6 +58,8 @@ pub enum RunnerError {
     ShuttingDown,
     #[error("cannot start the runner: {0}")]
     Start(String),
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
 }
 
 /// The answer to a submission.
@@ -90,8 +93,10 @@ struct Inner {
     accepting: AtomicBool,
     stopping: AtomicBool,
     tag_prefix: String,
-    /// git operations of one project take turns (a mirror is one repository).
-    git_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Builds whose outcome could not be written yet, and why (a full disk): `/readyz` says so.
+    unrecorded: Mutex<HashMap<i64, String>>,
+    /// Held for the life of the runner: no second service recovers (kills) our builds.
+    _data_lock: lock::DataDirLock,
 }
 
 /// The runner: cheap to clone, shared by the API's handlers.
@@ -115,6 +120,8 @@ impl Runner {
     pub fn start(config: ServeConfig) -> Result<Runner, RunnerError> {
         std::fs::create_dir_all(config.data_dir.join("builds"))
             .map_err(|e| RunnerError::Start(format!("{}: {e}", config.data_dir.display())))?;
+        // Before anything is read: a second instance must not run restart recovery.
+        let data_lock = lock::lock_data_dir(&config.data_dir)?;
         let store = Arc::new(Store::open(&config.data_dir)?);
         let instance = store.meta("instance", || random_hex(6))?;
         let inner = Arc::new(Inner {
@@ -130,7 +137,8 @@ impl Runner {
             accepting: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             tag_prefix: format!("galley-{instance}"),
-            git_locks: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
+            _data_lock: data_lock,
         });
         inner.recover()?;
         inner.apply_retention();
@@ -397,6 +405,23 @@ impl Runner {
         }
     }
 
+    /// Why the service is not ready to take builds, if it is not: shutting down, a store that
+    /// refuses writes, or a build whose outcome is still waiting to be written.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Some("the service is shutting down".into());
+        }
+        if let Some((id, why)) = self.inner.unrecorded_lock().iter().next() {
+            return Some(format!(
+                "the build database refuses writes (build {id}'s outcome is waiting): {why}"
+            ));
+        }
+        if let Err(e) = self.inner.store.probe_write() {
+            return Some(format!("the build database refuses writes: {e}"));
+        }
+        None
+    }
+
     /// The project as configured.
     pub fn project(&self, name: &str) -> Option<&Project> {
         self.inner.config.projects.get(name)
@@ -508,15 +533,6 @@ impl Inner {
         }
     }
 
-    fn git_lock(&self, project: &str) -> Arc<Mutex<()>> {
-        self.git_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(project.to_string())
-            .or_default()
-            .clone()
-    }
-
     /// Runs one build from its queued record to its final record.
     fn execute(&self, id: i64) -> Result<(), RunnerError> {
         let row = self.row(id)?;
@@ -569,6 +585,15 @@ impl Inner {
             })
         };
         let outcome = self.run_build(id, &row, &cancel, &log);
+        // A build script or a wrapper may have left a process behind outside the build's process
+        // groups (setsid, a double fork): it still carries the build's tag, whatever the outcome.
+        let left = sweep_leftovers(&row.process_tag, self.config.cancel_grace);
+        if left > 0 {
+            log.say(
+                "cleanup",
+                &format!("stopped {left} process(es) the build left running (detached from its process groups)"),
+            );
+        }
         done.store(true, Ordering::SeqCst);
         let _ = ticker.join();
 
@@ -612,14 +637,11 @@ impl Inner {
             e.push_str(&format!("the log is incomplete: {f}"));
         }
         let duration_ms = t0.elapsed().as_millis() as u64;
-        let mut evs = Vec::new();
-        finished.report = report.as_ref().and_then(|r| serde_json::to_value(r).ok());
-        if let Some(report) = report {
-            evs.push(BuildEvent::Report(Box::new(report)));
+        let (status, written) =
+            self.record_outcome(id, &log, status, finished, report, duration_ms);
+        if let Err(e) = self.store.checkpoint() {
+            tracing::warn!(build = id, "cannot checkpoint the database: {e}");
         }
-        evs.push(status_event(status, &finished));
-        evs.push(end_event(status, &finished, duration_ms));
-        let written = log.state_change(&evs, Some((status, StatusFacts::Finished(&finished))));
         self.hub.close(id);
         self.running
             .lock()
@@ -633,7 +655,75 @@ impl Inner {
             let _ = std::fs::remove_dir_all(self.build_dir(id));
         }
         self.apply_retention();
-        written.map(|_| ()).map_err(RunnerError::from)
+        written
+    }
+
+    /// Writes a build's outcome and its `end` event. A write that fails (a full disk) is
+    /// retried; after a few tries the build is recorded as failed, with the outcome it had and
+    /// why it could not be written, retried until the store takes it (space returns). Meanwhile
+    /// `/readyz` answers 503. At shutdown it stops trying: the next start marks the build
+    /// interrupted. Returns the status written.
+    fn record_outcome(
+        &self,
+        id: i64,
+        log: &BuildLog,
+        status: BuildStatus,
+        mut finished: Finished,
+        report: Option<Report>,
+        duration_ms: u64,
+    ) -> (BuildStatus, Result<(), RunnerError>) {
+        const FULL_OUTCOME_TRIES: u32 = 3;
+        let mut status = status;
+        finished.report = report.as_ref().and_then(|r| serde_json::to_value(r).ok());
+        let mut report = report;
+        let mut tries = 0u32;
+        loop {
+            let mut evs = Vec::new();
+            if let Some(r) = &report {
+                evs.push(BuildEvent::Report(Box::new(r.clone())));
+            }
+            evs.push(status_event(status, &finished));
+            evs.push(end_event(status, &finished, duration_ms));
+            let err = match log.state_change(&evs, Some((status, StatusFacts::Finished(&finished))))
+            {
+                Ok(_) => {
+                    if tries > 0 {
+                        tracing::info!(build = id, tries, "the outcome is recorded after all");
+                    }
+                    self.unrecorded_lock().remove(&id);
+                    return (status, Ok(()));
+                }
+                Err(e @ StoreError::Transition { .. }) => return (status, Err(e.into())),
+                Err(e) => e,
+            };
+            tries += 1;
+            tracing::error!(build = id, tries, "cannot record the outcome: {err}");
+            self.unrecorded_lock().insert(id, err.to_string());
+            if self.stopping.load(Ordering::SeqCst) && tries >= FULL_OUTCOME_TRIES {
+                return (status, Err(err.into()));
+            }
+            if tries == FULL_OUTCOME_TRIES {
+                // The smallest record that says what happened: no report (it may be what does
+                // not fit), the outcome it had in words.
+                let had = status;
+                status = BuildStatus::Failed;
+                report = None;
+                finished.report = None;
+                let before = finished
+                    .error
+                    .take()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                finished.error = Some(format!(
+                    "the build ended {had}{before} but its outcome could not be recorded: {err}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250 * u64::from(tries.min(8))));
+        }
+    }
+
+    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, String>> {
+        self.unrecorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The build itself: sources, spec, pipeline. Returns the final status and facts, or an
@@ -670,17 +760,13 @@ impl Inner {
                 None => format!("building {} as it is", project.name),
             },
         );
-        let checkout = {
-            let lock = self.git_lock(&project.name);
-            let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
-            source::checkout(
-                &self.config.data_dir,
-                project,
-                input.git_ref.as_deref(),
-                &self.build_dir(id).join("src"),
-                cancel,
-            )
-        };
+        let checkout = source::checkout(
+            &self.config.data_dir,
+            project,
+            input.git_ref.as_deref(),
+            &self.build_dir(id).join("src"),
+            cancel,
+        );
         let checkout = match checkout {
             Ok(c) => c,
             Err(e) => return Ok((BuildStatus::Failed, failed(format!("source: {e}")), None)),
@@ -792,8 +878,6 @@ impl Inner {
         // project: repro clones or copies the directory itself.
         let checkout = match (&project.source, &recorded_commit) {
             (crate::config::serve::Source::Git(_), Some(commit)) => {
-                let lock = self.git_lock(&project.name);
-                let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
                 match source::checkout(
                     &self.config.data_dir,
                     project,
@@ -871,6 +955,23 @@ impl Inner {
             Err(e) => failed(e.to_string()),
         }
     }
+}
+
+/// Stops the processes still tagged with a build's tag once it has ended: SIGTERM, then SIGKILL
+/// for those still there after `grace` (at most 5 s: the build is over, nobody waits for them to
+/// finish their work). Returns how many there were.
+fn sweep_leftovers(tag: &str, grace: Duration) -> usize {
+    use rustix::process::Signal;
+    let found = crate::cancel::sweep(tag, Signal::TERM);
+    if found == 0 {
+        return 0;
+    }
+    let until = Instant::now() + grace.min(Duration::from_secs(5));
+    while Instant::now() < until && !crate::cancel::tagged(tag).is_empty() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::cancel::sweep(tag, Signal::KILL);
+    found
 }
 
 /// How a build ran: its status, what the record says, and its report when it has one.

@@ -4,7 +4,9 @@
 //! git runs as argv through `proc`, never through a shell; a ref has passed `is_ref` first and
 //! is given after `--end-of-options`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::cancel::Cancel;
@@ -58,6 +60,8 @@ impl Checkout {
     /// Removes the worktree (a path project has nothing to remove).
     pub fn remove(self) {
         if let Some((mirror, dir)) = self.worktree {
+            let lock = mirror_lock(&mirror);
+            let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
             let cancel = Cancel::default();
             let remove = [
                 "worktree".as_ref(),
@@ -95,14 +99,40 @@ impl From<crate::git::GitError> for SourceError {
     }
 }
 
-/// The bare mirror of a git project, fetched now (created the first time).
-pub fn fetch_mirror(
+/// The lock of one mirror: every git operation on it in this process (the API reading a
+/// project's galley.toml, the workers checking out) takes turns, so concurrent first requests
+/// make one clone and the others wait for it. (One process per data directory: `lock`.)
+fn mirror_lock(mirror: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(mirror.to_path_buf())
+        .or_default()
+        .clone()
+}
+
+/// Runs `f` holding the mirror's lock.
+fn locked<T>(mirror: &Path, f: impl FnOnce() -> T) -> T {
+    let lock = mirror_lock(mirror);
+    let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
+fn mirror_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("git").join(format!("{name}.git"))
+}
+
+/// The bare mirror of a git project, fetched now (created the first time). The caller holds
+/// the mirror's lock.
+fn fetch_mirror(
     data_dir: &Path,
     name: &str,
     url: &str,
     cancel: &Cancel,
 ) -> Result<PathBuf, SourceError> {
-    let mirror = data_dir.join("git").join(format!("{name}.git"));
+    let mirror = mirror_path(data_dir, name);
     if mirror.join("HEAD").is_file() {
         git(&mirror, &["fetch", "--prune", "--tags", "origin"], cancel)?;
     } else {
@@ -112,24 +142,29 @@ pub fn fetch_mirror(
                 detail: e.to_string(),
             }
         })?;
+        // Cloned beside and renamed into place: a clone that fails or is killed half-way never
+        // looks like a mirror.
+        let partial = mirror.with_extension(format!("git.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&partial);
         let mut cmd = proc::command("git");
         cmd.args(["clone", "--mirror", "--quiet", "--"])
             .arg(url)
-            .arg(&mirror)
+            .arg(&partial)
             .env("GIT_TERMINAL_PROMPT", "0");
-        let out = proc::run_captured(&mut cmd, Duration::from_secs(1800), cancel).map_err(|e| {
+        let out = proc::run_captured(&mut cmd, Duration::from_secs(1800), cancel);
+        let failed = |detail: String| {
+            let _ = std::fs::remove_dir_all(&partial);
             SourceError::Git {
                 what: "clone".into(),
-                detail: e.to_string(),
+                detail,
             }
-        })?;
+        };
+        let out = out.map_err(|e| failed(e.to_string()))?;
         if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&mirror);
-            return Err(SourceError::Git {
-                what: "clone".into(),
-                detail: out.stderr_tail(3),
-            });
+            return Err(failed(out.stderr_tail(3)));
         }
+        let _ = std::fs::remove_dir_all(&mirror);
+        std::fs::rename(&partial, &mirror).map_err(|e| failed(e.to_string()))?;
     }
     Ok(mirror)
 }
@@ -173,7 +208,7 @@ pub fn checkout(
                 worktree: None,
             })
         }
-        Source::Git(url) => {
+        Source::Git(url) => locked(&mirror_path(data_dir, &project.name), || {
             let mirror = fetch_mirror(data_dir, &project.name, url, cancel)?;
             let commit = resolve_ref(&mirror, git_ref.unwrap_or("HEAD"), cancel)?;
             let _ = std::fs::remove_dir_all(work);
@@ -193,7 +228,7 @@ pub fn checkout(
                 dirty: Some(false),
                 worktree: Some((mirror, work.to_path_buf())),
             })
-        }
+        }),
     }
 }
 
@@ -220,11 +255,14 @@ pub fn offer(
             CargoPackage::load(dir).map_err(|e| SourceError::Project(e.to_string()))?,
         ),
         Source::Git(url) => {
-            let mirror = data_dir.join("git").join(format!("{}.git", project.name));
+            let mirror = mirror_path(data_dir, &project.name);
             let cancel = Cancel::default();
-            if !mirror.join("HEAD").is_file() {
-                fetch_mirror(data_dir, &project.name, url, &cancel)?;
-            }
+            locked(&mirror, || {
+                if mirror.join("HEAD").is_file() {
+                    return Ok(mirror.clone());
+                }
+                fetch_mirror(data_dir, &project.name, url, &cancel)
+            })?;
             let at = match git_ref.map(|r| resolve_ref(&mirror, r, &cancel)) {
                 None | Some(Err(SourceError::UnknownRef(_))) => "HEAD".to_string(),
                 Some(Ok(commit)) => commit,

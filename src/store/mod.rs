@@ -89,6 +89,12 @@ pub enum StoreError {
     NoBuild(i64),
     #[error("build {id} has an unreadable request: {source}")]
     BadRequest { id: i64, source: serde_json::Error },
+    #[error("the build database did not accept {pragma} = {wanted} (it answered {got}): keep data_dir on a local file system")]
+    Pragma {
+        pragma: &'static str,
+        wanted: &'static str,
+        got: String,
+    },
     #[error("the database's schema is version {found}, newer than this galley knows ({SCHEMA_VERSION}): run a newer galley, or point data_dir elsewhere")]
     NewerSchema { found: i64 },
 }
@@ -100,6 +106,10 @@ pub struct StoredEvent {
     pub kind: String,
     pub data: String,
 }
+
+/// What a stored event costs besides its kind and data: the build id, the sequence number and
+/// the row's header in SQLite's b-tree (an estimate: SQLite packs small integers).
+pub const EVENT_OVERHEAD: u64 = 16;
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -278,16 +288,48 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes (`PRAGMA user_version`). 2 added `dropped_to`.
+const SCHEMA_VERSION: i64 = 2;
 
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+/// Migrations from each older version to the next, in order (index 0 takes version 1 to 2).
+/// `SCHEMA` is version 1 (`CREATE ... IF NOT EXISTS`: a database of version 0, written before
+/// versions were kept, has the same tables); the migrations take it from there.
+const MIGRATIONS: &[&str] = &["ALTER TABLE builds ADD COLUMN dropped_to INTEGER;"];
+
+/// The WAL is truncated to this after a checkpoint, so one big build does not leave a big file.
+const WAL_LIMIT_BYTES: i64 = 4 << 20;
+
+/// Opens a connection and checks what SQLite answered to each setting: a database where WAL
+/// cannot be set (a network file system, a read-only directory) is refused, not used quietly
+/// in another mode.
+fn open_conn(path: &Path, writer: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    debug_assert_eq!(mode, "wal");
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Pragma {
+            pragma: "journal_mode",
+            wanted: "wal",
+            got: mode,
+        });
+    }
+    // The writer commits what the API acknowledges (a 202, a final status): FULL syncs the WAL
+    // on every commit, so a power loss cannot take back an answer already given. Readers never
+    // commit, NORMAL is enough for them.
+    let (sync, code) = if writer { ("FULL", 2) } else { ("NORMAL", 1) };
+    conn.pragma_update(None, "synchronous", sync)?;
+    let got: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    if got != code {
+        return Err(StoreError::Pragma {
+            pragma: "synchronous",
+            wanted: sync,
+            got: got.to_string(),
+        });
+    }
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    if writer {
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
+    }
     Ok(conn)
 }
 
@@ -330,17 +372,25 @@ impl Store {
             source,
         })?;
         let path = dir.join("galley.db");
-        let writer = open_conn(&path)?;
+        let mut writer = open_conn(&path, true)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { found: version });
         }
         if version < SCHEMA_VERSION {
-            writer.execute_batch(SCHEMA)?;
-            writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            // One transaction: a migration that fails half-way leaves the old schema intact.
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if version == 0 {
+                tx.execute_batch(SCHEMA)?;
+            }
+            for m in &MIGRATIONS[(version.max(1) - 1) as usize..] {
+                tx.execute_batch(m)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
         let readers = (0..4)
-            .map(|_| open_conn(&path).map(Mutex::new))
+            .map(|_| open_conn(&path, false).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(Store {
             writer: Mutex::new(writer),
@@ -517,15 +567,24 @@ impl Store {
             }
         }
         tx.execute(
-            "UPDATE builds SET dropped_from = COALESCE(dropped_from, ?1), dropped_lines = dropped_lines + ?2, dropped_bytes = dropped_bytes + ?3 WHERE id = ?4",
-            params![seqs[0], seqs.len() as i64, bytes as i64, id],
+            "UPDATE builds SET dropped_from = COALESCE(dropped_from, ?1), dropped_to = MAX(COALESCE(dropped_to, 0), ?5), dropped_lines = dropped_lines + ?2, dropped_bytes = dropped_bytes + ?3 WHERE id = ?4",
+            params![
+                seqs.iter().min().copied().unwrap_or_default(),
+                seqs.len() as i64,
+                bytes as i64,
+                id,
+                seqs.iter().max().copied().unwrap_or_default()
+            ],
         )?;
         tx.commit()?;
         Ok(())
     }
 
     /// Events after `after` (the SSE `Last-Event-ID`), at most `limit`. When the log's middle
-    /// was dropped, a `dropped` event stands where it was, with the id of its first line.
+    /// was dropped and any of it lies after `after`, a `dropped` event stands where the gap
+    /// ends: its id is the last dropped id, so every reader whose ids jump is told, whether it
+    /// starts before the gap or inside it, and a reader resuming after the marker does not get
+    /// it twice. (A database written before the gap's end was kept has only its start.)
     pub fn events_after(
         &self,
         id: i64,
@@ -533,11 +592,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let conn = self.read();
-        let gap: Option<(Option<i64>, i64, i64)> = conn
+        let gap: Option<(Option<i64>, Option<i64>, i64, i64)> = conn
             .query_row(
-                "SELECT dropped_from, dropped_lines, dropped_bytes FROM builds WHERE id = ?1",
+                "SELECT dropped_from, dropped_to, dropped_lines, dropped_bytes FROM builds WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
         let mut stmt = conn.prepare_cached(
@@ -552,16 +611,23 @@ impl Store {
         })?;
         let mut out = Vec::new();
         let mut marker = match gap {
-            Some((Some(from), lines, bytes)) if from > after => Some(StoredEvent {
-                seq: from,
-                kind: "dropped".into(),
-                data: serde_json::json!({
+            Some((Some(from), to, lines, bytes)) if to.unwrap_or(from) > after => {
+                let at = to.unwrap_or(from);
+                let mut data = serde_json::json!({
                     "lines": lines,
                     "bytes": bytes,
                     "message": format!("[galley: {lines} log lines ({bytes} bytes) dropped here: the log passed its cap (log_cap_bytes); its head and tail are kept]"),
+                });
+                if let Some(to) = to {
+                    data["from"] = from.into();
+                    data["to"] = to.into();
+                }
+                Some(StoredEvent {
+                    seq: at,
+                    kind: "dropped".into(),
+                    data: data.to_string(),
                 })
-                .to_string(),
-            }),
+            }
             _ => None,
         };
         for e in rows {
@@ -576,6 +642,24 @@ impl Store {
             out.extend(marker);
         }
         Ok(out)
+    }
+
+    /// Writes one small row and commits: whether the database takes writes now (a full disk,
+    /// a read-only file system do not).
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        self.write().execute(
+            "INSERT INTO meta (key, value) VALUES ('ready_probe', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [now_ms().to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Folds the WAL back into the database and truncates it (after a build ends), so the
+    /// file a big log grew does not stay on disk. Busy readers make it partial, which is fine.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.write();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// A build's `stage` events, in order.
@@ -980,7 +1064,7 @@ mod tests {
                 (1, "status"),
                 (2, "log"),
                 (3, "log"),
-                (4, "dropped"),
+                (6, "dropped"),
                 (7, "log"),
                 (8, "log"),
                 (9, "log"),
@@ -988,10 +1072,23 @@ mod tests {
                 (11, "log")
             ]
         );
+        let m: serde_json::Value = serde_json::from_str(&all[3].data).unwrap();
+        assert_eq!((&m["from"], &m["to"]), (&4.into(), &6.into()));
         assert!(all[3].data.contains("3 log lines (30 bytes)"));
-        // Resuming inside or after the gap: no second marker, nothing repeated.
-        assert_eq!(s.events_after(id, 5, 100).unwrap()[0].seq, 7);
-        assert_eq!(s.events_after(id, 4, 100).unwrap()[0].seq, 7);
-        assert_eq!(s.events_after(id, 3, 100).unwrap()[0].kind, "dropped");
+        // Resuming before or inside the gap: the marker says ids jump; after it: no repeat.
+        for after in [3, 4, 5] {
+            let first = &s.events_after(id, after, 100).unwrap()[0];
+            assert_eq!(
+                (first.seq, first.kind.as_str()),
+                (6, "dropped"),
+                "after {after}"
+            );
+        }
+        assert_eq!(s.events_after(id, 6, 100).unwrap()[0].seq, 7);
+        // The tail trimmed further: the gap grows and its marker moves to its new end.
+        s.drop_events(id, &[7, 8], 20).unwrap();
+        let again = s.events_after(id, 6, 100).unwrap();
+        assert_eq!((again[0].seq, again[0].kind.as_str()), (8, "dropped"));
+        assert_eq!(again[1].seq, 9);
     }
 }
