@@ -93,11 +93,32 @@ impl Captured {
     }
 }
 
-/// The last `lines` lines of some output, lossily decoded and trimmed.
+/// The longest line an error message quotes from a child's output: a message goes into the
+/// record, the report and every build view, so a child's megabyte-long line must not.
+pub const QUOTED_LINE_BYTES: usize = 1024;
+
+/// `line` cut to `QUOTED_LINE_BYTES` (on a character boundary), saying how much was left out.
+pub fn quoted(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= QUOTED_LINE_BYTES {
+        return line.into();
+    }
+    let mut cut = QUOTED_LINE_BYTES;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} more bytes)", &line[..cut], line.len() - cut).into()
+}
+
+/// The last `lines` lines of some output, lossily decoded and trimmed, each cut to
+/// `QUOTED_LINE_BYTES`.
 pub fn tail(bytes: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..].join(" | ")
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| quoted(l))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn program_name(cmd: &Command) -> String {

@@ -202,7 +202,7 @@ impl Toolchain for CargoZigbuild {
             |line| {
                 log(line);
                 let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                t.push(line.to_string());
+                t.push(proc::quoted(line).into_owned());
                 if t.len() > 12 {
                     t.remove(0);
                 }

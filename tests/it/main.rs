@@ -26,6 +26,9 @@
 //! - `cancel`: Ctrl-C of `galley build` stops every child (checked in /proc), leaves nothing.
 //! - `release`: when tags move (all variants or --partial), report.json first, index.json
 //!   locked, the base tag's TTL.
+//! - `hardening`: `galley serve` against hostile clients (half-sent requests, too many streams,
+//!   cross-site posts, rebinding hosts), a second instance, a full disk, a silent registry, a
+//!   runaway log and detached processes: one regression test per defect of the probe.
 //! - `service`: the harness for a real `galley serve` process and an SSE client.
 //! - `serve`: the service end to end: builds, pushes, SSE resume, history, git refs, cancel,
 //!   restart after SIGKILL, SIGTERM, bad input, tokens, secrets, OpenAPI.
@@ -40,6 +43,7 @@ mod elf_verdicts;
 #[allow(dead_code)]
 mod fake_registry;
 mod golden;
+mod hardening;
 mod layers;
 mod multi_platform;
 mod projects;

@@ -810,6 +810,7 @@ fn serve_openapi_document_lists_every_route_and_validates() {
     );
     let want = [
         ("get", "/healthz"),
+        ("get", "/readyz"),
         ("get", "/metrics"),
         ("get", "/api/v1/projects"),
         ("post", "/api/v1/builds"),

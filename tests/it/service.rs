@@ -104,6 +104,11 @@ impl Service {
         self.child = Some(child);
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// What the service wrote on stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("serve.err")).unwrap_or_default()
