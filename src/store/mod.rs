@@ -938,6 +938,66 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_migrated_in_place() {
+        let dir = std::env::temp_dir().join(format!("galley-store-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join("galley.db")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let w = s.write();
+        let v: i64 = w
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        let has: i64 = w
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('builds') WHERE name = 'dropped_to'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((v, has), (SCHEMA_VERSION, 1));
+    }
+
+    #[test]
+    fn the_writer_syncs_every_commit_and_its_settings_are_checked() {
+        let s = store("pragmas");
+        let w = s.write();
+        let mode: String = w
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = w
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let limit: i64 = w
+            .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, limit), ("wal", 2, WAL_LIMIT_BYTES));
+        drop(w);
+        let r = s.read();
+        let sync: i64 = r
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "readers never commit: NORMAL");
+        drop(r);
+        // A database SQLite cannot put in WAL mode (here: in memory) is refused, not used.
+        let err = open_conn(Path::new(":memory:"), true).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Pragma {
+                    pragma: "journal_mode",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn status_only_moves_forward() {
         let s = store("forward");
         let req = input("1.0.0");

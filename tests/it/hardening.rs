@@ -327,14 +327,29 @@ fn hardening_a_second_serve_on_the_same_data_dir_refuses_and_names_the_first() {
         &[],
     );
     let first = svc.pid();
-    let out = galley()
+    let mut second = galley()
         .arg("serve")
         .arg("--config")
         .arg(dir.join("svc/serve.toml"))
         .env_remove("GALLEY_API_TOKEN")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let t = Instant::now();
+    while second.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = second.try_wait().unwrap().is_none();
+    if started {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !started,
+        "a second service started on the same data dir: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("another galley serve (pid {first})")),
@@ -354,22 +369,40 @@ fn hardening_concurrent_first_requests_to_a_git_project_clone_once() {
     let dir = scratch("hardening-git-race");
     let repo = dir.join("repo");
     copy_fixture("tiny", &repo);
+    // Some history to fetch, so a clone takes long enough for the requests to meet.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for n in 0..64 {
+        let bytes: Vec<u8> = (0..64 << 10)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        std::fs::write(repo.join(format!("blob-{n}.bin")), bytes).unwrap();
+    }
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "one"]);
+    // file:// makes git speak its protocol (a plain path would hard-link, far too fast).
     let svc = Service::start(
         &dir.join("svc"),
-        &format!("[projects.tiny]\ngit = \"{}\"\n", repo.display()),
+        &format!("[projects.tiny]\ngit = \"file://{}\"\n", repo.display()),
         None,
         &[],
     );
-    // Eight first requests at once, each needing the mirror (the project list reads galley.toml).
+    // Eight first requests released together, each needing the mirror (the project list reads
+    // galley.toml from it).
     let url = format!("{}/api/v1/projects", svc.url);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
     let answers: Vec<(u16, Value)> = (0..8)
         .map(|_| {
-            let url = url.clone();
+            let (url, barrier) = (url.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let r = reqwest::blocking::get(url).unwrap();
+                let client = reqwest::blocking::Client::new();
+                barrier.wait();
+                let r = client.get(url).send().unwrap();
                 let s = r.status().as_u16();
                 (
                     s,
@@ -521,7 +554,27 @@ fn hardening_log_cap_counts_what_is_stored_and_a_huge_line_is_read_in_pieces() {
     // The WAL that line's pieces went through is truncated once the build ends.
     let wal = std::fs::metadata(dir.join("svc/data/galley.db-wal")).map_or(0, |m| m.len());
     assert!(wal <= 4 << 20, "the WAL holds {wal} bytes after the build");
+}
 
+#[test]
+fn hardening_a_replay_inside_the_dropped_range_announces_it() {
+    require("cargo-zigbuild");
+    let _heavy = heavy();
+    let dir = scratch("hardening-dropped-range");
+    let project = noisy_project(&dir, 20_000, 0);
+    let svc = Service::start(
+        &dir.join("svc"),
+        &format!(
+            "log_cap_bytes = 16384\n[projects.noisy]\npath = \"{}\"\nbase = \"{}\"\n",
+            project.display(),
+            base_arg()
+        ),
+        None,
+        &[],
+    );
+    let id = svc.submit(json!({"variants": ["sqlite"], "version": "1.0.0"}));
+    let rec = svc.wait_final(id, Duration::from_secs(600));
+    assert_eq!(rec["status"], "failed", "{rec}");
     // A replay that resumes inside the dropped range is told ids jump, and not told twice.
     let all = svc.all_events(id, None);
     let marker = all
@@ -536,10 +589,14 @@ fn hardening_log_cap_counts_what_is_stored_and_a_huge_line_is_read_in_pieces() {
     assert!(from < to, "{marker:?}");
     for resume in [from - 1, from, (from + to) / 2, to - 1] {
         let replay = svc.all_events(id, Some(resume));
-        let first = &replay[0];
-        assert_eq!(
-            (first.kind.as_str(), first.id),
-            ("dropped", to),
+        let m = replay
+            .iter()
+            .position(|e| e.kind == "dropped")
+            .unwrap_or_else(|| panic!("no marker after {resume}"));
+        assert_eq!(replay[m].id, to, "after {resume}");
+        // Nothing of the log comes before the marker: the first jump is announced.
+        assert!(
+            replay[..m].iter().all(|e| e.kind != "log"),
             "after {resume}"
         );
         assert!(replay.windows(2).all(|w| w[0].id < w[1].id));
