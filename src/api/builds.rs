@@ -271,7 +271,7 @@ fn log_line(out: &mut String, e: BuildEvent) {
 }
 
 /// A build's newest verdict, if it is a repro that got one.
-fn last_verdict(store: &Store, id: i64) -> Result<Option<Verdict>, ApiError> {
+fn last_verdict(store: &dyn Store, id: i64) -> Result<Option<Verdict>, ApiError> {
     let data = store
         .last_event(id, BuildEvent::VERDICT)
         .map_err(ApiError::internal)?;
@@ -288,7 +288,11 @@ fn last_verdict(store: &Store, id: i64) -> Result<Option<Verdict>, ApiError> {
 }
 
 /// Assembles a build's record from its row, its stage events and its report.
-pub fn record(store: &Store, row: BuildRow, with_stages: bool) -> Result<BuildRecord, ApiError> {
+pub fn record(
+    store: &dyn Store,
+    row: BuildRow,
+    with_stages: bool,
+) -> Result<BuildRecord, ApiError> {
     let inputs = row.input().map_err(ApiError::internal)?;
     let mut variants: Vec<VariantRecord> = inputs
         .variants
@@ -375,7 +379,7 @@ pub async fn load(state: &AppState, id: i64) -> Result<BuildRecord, ApiError> {
             .get_build(id)
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
-        record(&store, row, true)
+        record(store.as_ref(), row, true)
     })
     .await
 }
@@ -722,7 +726,7 @@ pub async fn list(
         };
         let builds = rows
             .into_iter()
-            .map(|r| record(&store, r, false))
+            .map(|r| record(store.as_ref(), r, false))
             .collect::<Result<_, _>>()?;
         Ok(Json(BuildList {
             builds,

@@ -117,7 +117,7 @@ fn sse_event(e: &StoredEvent) -> Event {
 
 /// Sends what the store holds after `*last`; returns whether the `end` event was among it.
 async fn replay(
-    store: &Arc<Store>,
+    store: &Arc<dyn Store>,
     id: i64,
     last: &mut i64,
     tx: &mpsc::Sender<Result<Event, Infallible>>,
@@ -143,7 +143,7 @@ async fn replay(
 }
 
 async fn follow(
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     id: i64,
     mut last: i64,
     live: Option<broadcast::Receiver<Arc<StoredEvent>>>,

@@ -214,7 +214,8 @@ mod tests {
             &db,
         )
         .unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
+        let store = crate::store::SqliteStore::open(dir.path()).unwrap();
+        use crate::store::Store as _;
         let mut kinds = std::collections::BTreeSet::new();
         for id in 1..=4 {
             let events = store.events_after(id, 0, 10_000).unwrap();

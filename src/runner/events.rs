@@ -72,7 +72,7 @@ pub fn ts() -> String {
 
 /// Writes events and state changes, then announces them.
 pub fn record(
-    store: &Store,
+    store: &dyn Store,
     hub: &Hub,
     id: i64,
     events: &[NewEvent],
@@ -96,7 +96,7 @@ struct LogState {
 /// The event sink of one running build: the pipeline's log lines and stage changes, and the
 /// runner's own lines.
 pub struct BuildLog {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     id: i64,
@@ -107,7 +107,7 @@ pub struct BuildLog {
 
 impl BuildLog {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         id: i64,
@@ -180,7 +180,7 @@ impl BuildLog {
         let mut st = self.lock();
         self.flush_locked(&mut st);
         let events: Vec<NewEvent> = events.iter().map(BuildEvent::to_new).collect();
-        let stored = record(&self.store, &self.hub, self.id, &events, status)?;
+        let stored = record(self.store.as_ref(), &self.hub, self.id, &events, status)?;
         Ok(stored)
     }
 
@@ -190,7 +190,7 @@ impl BuildLog {
             return;
         }
         let pending = std::mem::take(&mut st.pending);
-        let stored = match record(&self.store, &self.hub, self.id, &pending, None) {
+        let stored = match record(self.store.as_ref(), &self.hub, self.id, &pending, None) {
             Ok(s) => s,
             Err(e) => {
                 // The build goes on; the record says the log is incomplete.
@@ -296,7 +296,7 @@ mod tests {
     fn a_log_past_its_cap_keeps_head_and_tail() {
         let dir = std::env::temp_dir().join(format!("galley-cap-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(Store::open(&dir).unwrap());
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&dir).unwrap());
         let req = crate::store::BuildInput {
             project: "p".into(),
             variants: vec![],

@@ -81,7 +81,7 @@ pub enum CancelReply {
 
 struct Inner {
     config: ServeConfig,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     queue: Mutex<VecDeque<i64>>,
@@ -122,8 +122,8 @@ impl Runner {
             .map_err(|e| RunnerError::Start(format!("{}: {e}", config.data_dir.display())))?;
         // Before anything is read: a second instance must not run restart recovery.
         let data_lock = lock::lock_data_dir(&config.data_dir)?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
-        let instance = store.meta("instance", || random_hex(6))?;
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.data_dir)?);
+        let instance = store.meta("instance", &|| random_hex(6))?;
         let inner = Arc::new(Inner {
             slots: CompileSlots::new(config.compile_slots),
             config,
@@ -158,7 +158,7 @@ impl Runner {
         })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
@@ -460,7 +460,7 @@ impl Inner {
         ]
         .map(|e| e.to_new());
         events::record(
-            &self.store,
+            self.store.as_ref(),
             &self.hub,
             id,
             &events,
@@ -474,7 +474,7 @@ impl Inner {
     /// Builds left queued or running by a crash: interrupted, their processes stopped.
     fn recover(&self) -> Result<(), RunnerError> {
         let reason = "the service stopped while this build was queued or running (a crash or a kill); its log up to then is kept";
-        let left = self.store.interrupt_unfinished(reason, |_| {
+        let left = self.store.interrupt_unfinished(reason, &|_| {
             let finished = Finished {
                 error: Some(reason.to_string()),
                 ..Default::default()

@@ -1,19 +1,19 @@
-//! Build history in SQLite: the only module that knows SQL.
+//! Build history: the only module that knows SQL. `Store` is what the runner and the API ask;
+//! `SqliteStore` (one file in the data directory, the embedded default) answers it.
 //!
-//! One file (`galley.db` in the data directory), WAL, a busy timeout, `BEGIN IMMEDIATE` for
-//! every read-modify-write. Builds and their events live here; a build's status only moves
-//! forward (queued → running → succeeded | failed | cancelled | interrupted), checked by a SELECT
-//! of the current status in the same `BEGIN IMMEDIATE` transaction as the UPDATE. Events have a
-//! per-build sequence number, the SSE id. A log over its cap keeps
-//! its head and its tail; the dropped middle is remembered as a range and replayed as one
-//! `dropped` marker event.
+//! Builds and their events live here; a build's status only moves forward (queued → running →
+//! succeeded | failed | cancelled | interrupted), checked by a read of the current status in the
+//! same transaction as the UPDATE. Events have a per-build sequence number, the SSE id. A log over
+//! its cap keeps its head and its tail; the dropped middle is remembered as a range and replayed
+//! as one `dropped` marker event.
 
-use std::path::Path;
-use std::sync::Mutex;
+pub mod sqlite;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
 
 /// A build's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -95,8 +95,8 @@ pub enum StoreError {
         wanted: &'static str,
         got: String,
     },
-    #[error("the database's schema is version {found}, newer than this galley knows ({SCHEMA_VERSION}): run a newer galley, or point data_dir elsewhere")]
-    NewerSchema { found: i64 },
+    #[error("the database's schema is version {found}, newer than this galley knows ({known}): run a newer galley, or point the service at another store")]
+    NewerSchema { found: i64, known: i64 },
 }
 
 /// A stored event: its sequence number (the SSE id), kind and JSON payload.
@@ -226,12 +226,6 @@ pub struct Finished {
     pub forced_kill: Option<bool>,
 }
 
-/// The database, with one connection for writes and a few for reads.
-pub struct Store {
-    writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-}
-
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -240,598 +234,123 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS builds (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    project TEXT NOT NULL,
-    status TEXT NOT NULL,
-    request TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    started_by TEXT NOT NULL,
-    process_tag TEXT NOT NULL DEFAULT '',
-    created_at INTEGER NOT NULL,
-    started_at INTEGER,
-    finished_at INTEGER,
-    commit_sha TEXT,
-    dirty INTEGER,
-    tools TEXT,
-    report TEXT,
-    error TEXT,
-    cancelled_by TEXT,
-    forced_kill INTEGER,
-    output_dir TEXT,
-    next_seq INTEGER NOT NULL DEFAULT 1,
-    dropped_from INTEGER,
-    dropped_lines INTEGER NOT NULL DEFAULT 0,
-    dropped_bytes INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS builds_by_project ON builds(project, id);
-CREATE INDEX IF NOT EXISTS builds_by_status ON builds(status, id);
-CREATE TABLE IF NOT EXISTS events (
-    build_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (build_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idempotency (
-    principal TEXT NOT NULL,
-    key TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    build_id INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (principal, key)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
-
-/// The schema version this code writes (`PRAGMA user_version`). 2 added `dropped_to`.
-const SCHEMA_VERSION: i64 = 2;
-
-/// Migrations from each older version to the next, in order (index 0 takes version 1 to 2).
-/// `SCHEMA` is version 1 (`CREATE ... IF NOT EXISTS`: a database of version 0, written before
-/// versions were kept, has the same tables); the migrations take it from there.
-const MIGRATIONS: &[&str] = &["ALTER TABLE builds ADD COLUMN dropped_to INTEGER;"];
-
-/// The WAL is truncated to this after a checkpoint, so one big build does not leave a big file.
-const WAL_LIMIT_BYTES: i64 = 4 << 20;
-
-/// Opens a connection and checks what SQLite answered to each setting: a database where WAL
-/// cannot be set (a network file system, a read-only directory) is refused, not used quietly
-/// in another mode.
-fn open_conn(path: &Path, writer: bool) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Pragma {
-            pragma: "journal_mode",
-            wanted: "wal",
-            got: mode,
-        });
-    }
-    // The writer commits what the API acknowledges (a 202, a final status): FULL syncs the WAL
-    // on every commit, so a power loss cannot take back an answer already given. Readers never
-    // commit, NORMAL is enough for them.
-    let (sync, code) = if writer { ("FULL", 2) } else { ("NORMAL", 1) };
-    conn.pragma_update(None, "synchronous", sync)?;
-    let got: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
-    if got != code {
-        return Err(StoreError::Pragma {
-            pragma: "synchronous",
-            wanted: sync,
-            got: got.to_string(),
-        });
-    }
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    if writer {
-        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
-    }
-    Ok(conn)
-}
-
-const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
-
-fn json_col(v: Option<String>) -> Option<serde_json::Value> {
-    v.and_then(|s| serde_json::from_str(&s).ok())
-}
-
-fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
-    let status: String = r.get(2)?;
-    Ok(BuildRow {
-        id: r.get(0)?,
-        project: r.get(1)?,
-        status: BuildStatus::parse(&status).unwrap_or(BuildStatus::Interrupted),
-        request: json_col(r.get(3)?).unwrap_or_default(),
-        started_by: r.get(4)?,
-        process_tag: r.get(5)?,
-        created_at: r.get(6)?,
-        started_at: r.get(7)?,
-        finished_at: r.get(8)?,
-        commit: r.get(9)?,
-        dirty: r.get::<_, Option<i64>>(10)?.map(|d| d != 0),
-        tools: json_col(r.get(11)?),
-        report: json_col(r.get(12)?),
-        error: r.get(13)?,
-        cancelled_by: r.get(14)?,
-        forced_kill: r.get::<_, Option<i64>>(15)?.map(|d| d != 0),
-        output_dir: r.get(16)?,
-        dropped_lines: r.get(17)?,
-        dropped_bytes: r.get(18)?,
-    })
-}
-
-impl Store {
-    /// Opens (creating) `galley.db` in `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let path = dir.join("galley.db");
-        let mut writer = open_conn(&path, true)?;
-        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema { found: version });
-        }
-        if version < SCHEMA_VERSION {
-            // One transaction: a migration that fails half-way leaves the old schema intact.
-            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if version == 0 {
-                tx.execute_batch(SCHEMA)?;
-            }
-            for m in &MIGRATIONS[(version.max(1) - 1) as usize..] {
-                tx.execute_batch(m)?;
-            }
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-        }
-        let readers = (0..4)
-            .map(|_| open_conn(&path, false).map(Mutex::new))
-            .collect::<Result<_, _>>()?;
-        Ok(Store {
-            writer: Mutex::new(writer),
-            readers,
-        })
-    }
-
-    fn write(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
-        for r in &self.readers {
-            if let Ok(c) = r.try_lock() {
-                return c;
-            }
-        }
-        self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+/// The build history and event log, as the runner and the API use it. Every write that moves a
+/// status reads the current one in the same transaction and refuses a move that is not forward.
+pub trait Store: Send + Sync {
     /// A value kept across restarts (created with `init` the first time).
-    pub fn meta(&self, key: &str, init: impl FnOnce() -> String) -> Result<String, StoreError> {
-        let conn = self.write();
-        if let Some(v) = conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?
-        {
-            return Ok(v);
-        }
-        let v = init();
-        conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", [key, &v])?;
-        Ok(v)
-    }
-
+    fn meta(&self, key: &str, init: &dyn Fn() -> String) -> Result<String, StoreError>;
     /// Records a queued build (with its first event), honouring the idempotency key and the
     /// queue limit, in one transaction.
-    pub fn create_build(&self, b: &NewBuild<'_>) -> Result<Created, StoreError> {
-        let mut conn = self.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some((principal, key)) = b.idempotency {
-            let seen: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT request_hash, build_id FROM idempotency WHERE principal = ?1 AND key = ?2",
-                    [principal, key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((hash, id)) = seen {
-                return Ok(if hash == b.request_hash {
-                    Created::Replayed(id)
-                } else {
-                    Created::KeyConflict
-                });
-            }
-        }
-        let queued: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM builds WHERE status = 'queued'",
-            [],
-            |r| r.get(0),
-        )?;
-        if queued as usize >= b.max_queued {
-            return Ok(Created::QueueFull);
-        }
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO builds (project, status, request, request_hash, started_by, created_at, next_seq) VALUES (?1, 'queued', ?2, ?3, ?4, ?5, 2)",
-            params![
-                b.project,
-                serde_json::to_value(b.request)
-                    .expect("a build input serializes")
-                    .to_string(),
-                b.request_hash,
-                b.started_by,
-                now
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE builds SET process_tag = ?1 WHERE id = ?2",
-            params![format!("{}-{id}", b.tag_prefix), id],
-        )?;
-        tx.execute(
-            "INSERT INTO events (build_id, seq, kind, data) VALUES (?1, 1, 'status', ?2)",
-            params![id, b.queued_event],
-        )?;
-        if let Some((principal, key)) = b.idempotency {
-            tx.execute(
-                "INSERT INTO idempotency (principal, key, request_hash, build_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![principal, key, b.request_hash, id, now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(Created::New(id))
-    }
-
-    /// Appends events, and (when given) moves the build's status in the same transaction; returns
-    /// the stored events with their sequence numbers. A status that would move backwards is an
-    /// error and nothing is written.
-    pub fn append(
+    fn create_build(&self, b: &NewBuild<'_>) -> Result<Created, StoreError>;
+    /// Appends events, and (when given) moves the build's status in the same transaction;
+    /// returns the stored events with their sequence numbers.
+    fn append(
         &self,
         id: i64,
         events: &[NewEvent],
         status: Option<(BuildStatus, StatusFacts<'_>)>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut conn = self.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some((to, facts)) = &status {
-            let current: String = tx
-                .query_row("SELECT status FROM builds WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .ok_or(StoreError::NoBuild(id))?;
-            if !to.predecessors().contains(&current.as_str()) {
-                return Err(StoreError::Transition {
-                    id,
-                    from: current,
-                    to: to.as_str().into(),
-                });
-            }
-            let now = now_ms();
-            match facts {
-                StatusFacts::Started(s) => tx.execute(
-                    "UPDATE builds SET status = ?1, started_at = ?2, commit_sha = ?3, dirty = ?4, output_dir = ?5 WHERE id = ?6",
-                    params![to.as_str(), now, s.commit, s.dirty.map(i64::from), s.output_dir, id],
-                )?,
-                StatusFacts::Finished(f) => tx.execute(
-                    "UPDATE builds SET status = ?1, finished_at = ?2, tools = COALESCE(?3, tools), report = ?4, error = ?5, cancelled_by = ?6, forced_kill = ?7 WHERE id = ?8",
-                    params![
-                        to.as_str(),
-                        now,
-                        f.tools.as_ref().map(|v| v.to_string()),
-                        f.report.as_ref().map(|v| v.to_string()),
-                        f.error,
-                        f.cancelled_by,
-                        f.forced_kill.map(i64::from),
-                        id
-                    ],
-                )?,
-            };
-        }
-        let stored = insert_events(&tx, id, events)?;
-        tx.commit()?;
-        Ok(stored)
-    }
-
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// Records the commit a build's sources are at, and whether they were dirty.
-    pub fn set_source(
+    fn set_source(
         &self,
         id: i64,
         commit: Option<&str>,
         dirty: Option<bool>,
-    ) -> Result<(), StoreError> {
-        self.write().execute(
-            "UPDATE builds SET commit_sha = ?1, dirty = ?2 WHERE id = ?3",
-            params![commit, dirty.map(i64::from), id],
-        )?;
-        Ok(())
-    }
-
-    /// Drops stored log events (the oldest of a log's tail), remembering where the gap starts
-    /// and how much it held.
-    pub fn drop_events(&self, id: i64, seqs: &[i64], bytes: u64) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut del =
-                tx.prepare_cached("DELETE FROM events WHERE build_id = ?1 AND seq = ?2")?;
-            for s in seqs {
-                del.execute(params![id, s])?;
-            }
-        }
-        tx.execute(
-            "UPDATE builds SET dropped_from = COALESCE(dropped_from, ?1), dropped_to = MAX(COALESCE(dropped_to, 0), ?5), dropped_lines = dropped_lines + ?2, dropped_bytes = dropped_bytes + ?3 WHERE id = ?4",
-            params![
-                seqs.iter().min().copied().unwrap_or_default(),
-                seqs.len() as i64,
-                bytes as i64,
-                id,
-                seqs.iter().max().copied().unwrap_or_default()
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Events after `after` (the SSE `Last-Event-ID`), at most `limit`. When the log's middle
-    /// was dropped and any of it lies after `after`, a `dropped` event stands where the gap
-    /// ends: its id is the last dropped id, so every reader whose ids jump is told, whether it
-    /// starts before the gap or inside it, and a reader resuming after the marker does not get
-    /// it twice. (A database written before the gap's end was kept has only its start.)
-    pub fn events_after(
+    ) -> Result<(), StoreError>;
+    /// Drops stored log events (the oldest of a log's tail), remembering the gap.
+    fn drop_events(&self, id: i64, seqs: &[i64], bytes: u64) -> Result<(), StoreError>;
+    /// Events after `after`, at most `limit`, with the `dropped` marker where ids jump.
+    fn events_after(
         &self,
         id: i64,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let conn = self.read();
-        let gap: Option<(Option<i64>, Option<i64>, i64, i64)> = conn
-            .query_row(
-                "SELECT dropped_from, dropped_to, dropped_lines, dropped_bytes FROM builds WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, kind, data FROM events WHERE build_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![id, after, limit as i64], |r| {
-            Ok(StoredEvent {
-                seq: r.get(0)?,
-                kind: r.get(1)?,
-                data: r.get(2)?,
-            })
-        })?;
-        let mut out = Vec::new();
-        let mut marker = match gap {
-            Some((Some(from), to, lines, bytes)) if to.unwrap_or(from) > after => {
-                let at = to.unwrap_or(from);
-                let mut data = serde_json::json!({
-                    "lines": lines,
-                    "bytes": bytes,
-                    "message": format!("[galley: {lines} log lines ({bytes} bytes) dropped here: the log passed its cap (log_cap_bytes); its head and tail are kept]"),
-                });
-                if let Some(to) = to {
-                    data["from"] = from.into();
-                    data["to"] = to.into();
-                }
-                Some(StoredEvent {
-                    seq: at,
-                    kind: "dropped".into(),
-                    data: data.to_string(),
-                })
-            }
-            _ => None,
-        };
-        for e in rows {
-            let e = e?;
-            if marker.as_ref().is_some_and(|m| m.seq < e.seq) {
-                out.push(marker.take().expect("checked"));
-            }
-            out.push(e);
-        }
-        // A gap at the very end (the tail was still being trimmed) is reported too.
-        if out.len() < limit {
-            out.extend(marker);
-        }
-        Ok(out)
-    }
-
-    /// Writes one small row and commits: whether the database takes writes now (a full disk,
-    /// a read-only file system do not).
-    pub fn probe_write(&self) -> Result<(), StoreError> {
-        self.write().execute(
-            "INSERT INTO meta (key, value) VALUES ('ready_probe', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [now_ms().to_string()],
-        )?;
-        Ok(())
-    }
-
-    /// Folds the WAL back into the database and truncates it (after a build ends), so the
-    /// file a big log grew does not stay on disk. Busy readers make it partial, which is fine.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        let conn = self.write();
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
-    }
-
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Whether the store takes writes now.
+    fn probe_write(&self) -> Result<(), StoreError>;
+    /// Housekeeping after a build (SQLite: fold and truncate the WAL).
+    fn checkpoint(&self) -> Result<(), StoreError>;
     /// A build's `stage` events, in order.
-    pub fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, kind, data FROM events WHERE build_id = ?1 AND kind = 'stage' ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([id], |r| {
-            Ok(StoredEvent {
-                seq: r.get(0)?,
-                kind: r.get(1)?,
-                data: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The data of a build's last event of `kind` (a repro's `verdict`).
-    pub fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
-        let conn = self.read();
-        Ok(conn
-            .query_row(
-                "SELECT data FROM events WHERE build_id = ?1 AND kind = ?2 ORDER BY seq DESC LIMIT 1",
-                params![id, kind],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// The newest repro of build `of` (a build whose request has `repro_of` = `of`).
-    pub fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
-        let conn = self.read();
-        Ok(conn
-            .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE json_extract(request, '$.repro_of') = ?1 ORDER BY id DESC LIMIT 1"),
-                [of],
-                build_row,
-            )
-            .optional()?)
-    }
-
-    pub fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
-        let conn = self.read();
-        Ok(conn
-            .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
-                [id],
-                build_row,
-            )
-            .optional()?)
-    }
-
+    fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The data of a build's last event of `kind`.
+    fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError>;
+    /// The newest repro of build `of`.
+    fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError>;
+    fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError>;
     /// History, newest first.
-    pub fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE id < ?1 AND (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR status = ?3) ORDER BY id DESC LIMIT ?4"
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                f.before.unwrap_or(i64::MAX),
-                f.project,
-                f.status.map(|s| s.as_str()),
-                f.limit as i64
-            ],
-            build_row,
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Ids of queued builds, oldest first (to resume the queue after a restart: none are left,
-    /// they are interrupted; used by the runner's bookkeeping and tests).
-    pub fn queued(&self) -> Result<Vec<i64>, StoreError> {
-        let conn = self.read();
-        let mut stmt =
-            conn.prepare_cached("SELECT id FROM builds WHERE status = 'queued' ORDER BY id")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
+    fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError>;
+    /// Ids of queued builds, oldest first.
+    fn queued(&self) -> Result<Vec<i64>, StoreError>;
     /// The versions of the project's succeeded builds.
-    pub fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT json_extract(request, '$.version') FROM builds WHERE project = ?1 AND status = 'succeeded'",
-        )?;
-        let rows = stmt.query_map([project], |r| r.get::<_, Option<String>>(0))?;
-        Ok(rows
-            .filter_map(|r| r.ok().flatten())
-            .collect::<Vec<String>>())
-    }
-
-    /// Removes a finished build and its events. Returns its output directory, if any.
-    pub fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError> {
-        let mut conn = self.write();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out: Option<Option<String>> = tx
-            .query_row("SELECT output_dir FROM builds WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(out) = out else {
-            return Err(StoreError::NoBuild(id));
-        };
-        tx.execute("DELETE FROM events WHERE build_id = ?1", [id])?;
-        tx.execute("DELETE FROM idempotency WHERE build_id = ?1", [id])?;
-        tx.execute("DELETE FROM builds WHERE id = ?1", [id])?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// On start: every build left queued or running is marked interrupted, with a `status` and an
-    /// `end` event (so its stream ends), `make_events` giving them. Returns (id, process tag).
-    pub fn interrupt_unfinished(
+    fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes a finished build and its events; returns its output directory, if any.
+    fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError>;
+    /// Marks every build left queued or running interrupted (with `make_events`); returns
+    /// (id, process tag) of each.
+    fn interrupt_unfinished(
         &self,
         reason: &str,
-        make_events: impl Fn(i64) -> Vec<NewEvent>,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let ids: Vec<(i64, String)> = {
-            let conn = self.read();
-            let mut stmt = conn.prepare(
-                "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for (id, _) in &ids {
-            let facts = Finished {
-                error: Some(reason.to_string()),
-                ..Default::default()
-            };
-            self.append(
-                *id,
-                &make_events(*id),
-                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
-            )?;
-        }
-        Ok(ids)
-    }
-
-    /// Finished builds past the retention limits (older than `max_age`, or beyond the newest
-    /// `max_builds`), oldest first.
-    pub fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
-        let conn = self.read();
-        let cutoff = now_ms() - max_age.as_millis() as i64;
-        let mut stmt = conn.prepare_cached(
-            "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < ?1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT ?2)) ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![cutoff, max_builds as i64], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
+        make_events: &dyn Fn(i64) -> Vec<NewEvent>,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Finished builds past the retention limits, oldest first.
+    fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError>;
     /// Forgets idempotency keys older than `age`.
-    pub fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
-        let cutoff = now_ms() - age.as_millis() as i64;
-        Ok(self
-            .write()
-            .execute("DELETE FROM idempotency WHERE created_at < ?1", [cutoff])?)
-    }
-
+    fn expire_keys(&self, age: Duration) -> Result<usize, StoreError>;
     /// How many builds have each status.
-    pub fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError> {
-        let conn = self.read();
-        let mut stmt =
-            conn.prepare_cached("SELECT status, COUNT(*) FROM builds GROUP BY status")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
-        Ok(rows
-            .filter_map(|r| r.ok())
-            .filter_map(|(s, n)| Some((BuildStatus::parse(&s)?, n)))
-            .collect())
+    fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError>;
+}
+
+/// The `dropped` marker that stands for a log's dropped middle in a replay after `after`, when
+/// any of the gap lies after it. Its id is the gap's last id (its first, for a database written
+/// before the end was kept), so a reader resuming inside the gap is told and one resuming after
+/// the marker is not told twice.
+pub fn dropped_marker(
+    after: i64,
+    from: Option<i64>,
+    to: Option<i64>,
+    lines: i64,
+    bytes: i64,
+) -> Option<StoredEvent> {
+    let from = from?;
+    let at = to.unwrap_or(from);
+    if at <= after {
+        return None;
     }
+    let mut data = serde_json::json!({
+        "lines": lines,
+        "bytes": bytes,
+        "message": format!("[galley: {lines} log lines ({bytes} bytes) dropped here: the log passed its cap (log_cap_bytes); its head and tail are kept]"),
+    });
+    if let Some(to) = to {
+        data["from"] = from.into();
+        data["to"] = to.into();
+    }
+    Some(StoredEvent {
+        seq: at,
+        kind: "dropped".into(),
+        data: data.to_string(),
+    })
+}
+
+/// Places `marker` among `rows` (sorted by id, at most `limit`): before the first event after
+/// it, or at the end when the page is not full.
+pub fn with_marker(
+    rows: Vec<StoredEvent>,
+    mut marker: Option<StoredEvent>,
+    limit: usize,
+) -> Vec<StoredEvent> {
+    let mut out = Vec::with_capacity(rows.len() + 1);
+    for e in rows {
+        if marker.as_ref().is_some_and(|m| m.seq < e.seq) {
+            out.push(marker.take().expect("checked"));
+        }
+        out.push(e);
+    }
+    // A gap at the very end (the tail was still being trimmed) is reported too.
+    if out.len() < limit {
+        out.extend(marker);
+    }
+    out
 }
 
 /// The facts that go with a status change.
@@ -839,316 +358,4 @@ impl Store {
 pub enum StatusFacts<'a> {
     Started(&'a Started),
     Finished(&'a Finished),
-}
-
-fn insert_events(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    events: &[NewEvent],
-) -> Result<Vec<StoredEvent>, StoreError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let first: i64 = tx
-        .query_row("SELECT next_seq FROM builds WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .ok_or(StoreError::NoBuild(id))?;
-    let mut out = Vec::with_capacity(events.len());
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT INTO events (build_id, seq, kind, data) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for (i, e) in events.iter().enumerate() {
-            let seq = first + i as i64;
-            ins.execute(params![id, seq, e.kind, e.data])?;
-            out.push(StoredEvent {
-                seq,
-                kind: e.kind.to_string(),
-                data: e.data.clone(),
-            });
-        }
-    }
-    tx.execute(
-        "UPDATE builds SET next_seq = ?1 WHERE id = ?2",
-        params![first + events.len() as i64, id],
-    )?;
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(name: &str) -> Store {
-        let dir = std::env::temp_dir().join(format!("galley-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Store::open(&dir).unwrap()
-    }
-
-    fn input(version: &str) -> BuildInput {
-        BuildInput {
-            project: "tiny".into(),
-            variants: vec!["sqlite".into()],
-            version: version.into(),
-            push: false,
-            git_ref: None,
-            repro_of: None,
-        }
-    }
-
-    fn new_build<'a>(req: &'a BuildInput, key: Option<(&'a str, &'a str)>) -> NewBuild<'a> {
-        NewBuild {
-            project: "tiny",
-            request: req,
-            request_hash: "h1",
-            started_by: "ci",
-            idempotency: key,
-            max_queued: 2,
-            tag_prefix: "galley-test",
-            queued_event: "{\"status\":\"queued\"}",
-        }
-    }
-
-    #[test]
-    fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        let conn = Connection::open(dir.path().join("galley.db")).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        drop(conn);
-        let err = Store::open(dir.path()).err().expect("refused");
-        assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
-        assert!(err.to_string().contains("newer galley"), "{err}");
-        let conn = Connection::open(dir.path().join("galley.db")).unwrap();
-        let v: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, SCHEMA_VERSION + 1);
-    }
-
-    fn log(n: usize) -> NewEvent {
-        NewEvent {
-            kind: "log",
-            data: format!("{{\"line\":{n}}}"),
-            log_bytes: 10,
-        }
-    }
-
-    #[test]
-    fn a_version_1_database_is_migrated_in_place() {
-        let dir = std::env::temp_dir().join(format!("galley-store-v1-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        {
-            let conn = Connection::open(dir.join("galley.db")).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-        }
-        let s = Store::open(&dir).unwrap();
-        let w = s.write();
-        let v: i64 = w
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        let has: i64 = w
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('builds') WHERE name = 'dropped_to'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!((v, has), (SCHEMA_VERSION, 1));
-    }
-
-    #[test]
-    fn the_writer_syncs_every_commit_and_its_settings_are_checked() {
-        let s = store("pragmas");
-        let w = s.write();
-        let mode: String = w
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        let sync: i64 = w
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .unwrap();
-        let limit: i64 = w
-            .pragma_query_value(None, "journal_size_limit", |r| r.get(0))
-            .unwrap();
-        assert_eq!((mode.as_str(), sync, limit), ("wal", 2, WAL_LIMIT_BYTES));
-        drop(w);
-        let r = s.read();
-        let sync: i64 = r
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .unwrap();
-        assert_eq!(sync, 1, "readers never commit: NORMAL");
-        drop(r);
-        // A database SQLite cannot put in WAL mode (here: in memory) is refused, not used.
-        let err = open_conn(Path::new(":memory:"), true).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Pragma {
-                    pragma: "journal_mode",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn status_only_moves_forward() {
-        let s = store("forward");
-        let req = input("1.0.0");
-        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
-            panic!()
-        };
-        let started = Started::default();
-        let finished = Finished::default();
-        s.append(
-            id,
-            &[],
-            Some((BuildStatus::Running, StatusFacts::Started(&started))),
-        )
-        .unwrap();
-        s.append(
-            id,
-            &[],
-            Some((BuildStatus::Succeeded, StatusFacts::Finished(&finished))),
-        )
-        .unwrap();
-        for back in [
-            BuildStatus::Running,
-            BuildStatus::Cancelled,
-            BuildStatus::Failed,
-        ] {
-            let facts = Finished::default();
-            let err = s
-                .append(id, &[log(1)], Some((back, StatusFacts::Finished(&facts))))
-                .unwrap_err();
-            assert!(matches!(err, StoreError::Transition { .. }), "{err}");
-        }
-        // Nothing of the refused transactions was written.
-        assert_eq!(s.events_after(id, 0, 100).unwrap().len(), 1);
-        assert_eq!(
-            s.get_build(id).unwrap().unwrap().process_tag,
-            format!("galley-test-{id}")
-        );
-    }
-
-    #[test]
-    fn idempotency_and_queue_limit() {
-        let s = store("idem");
-        let req = input("1.0.0");
-        let first = s
-            .create_build(&new_build(&req, Some(("ci", "k1"))))
-            .unwrap();
-        let Created::New(id) = first else { panic!() };
-        assert_eq!(
-            s.create_build(&new_build(&req, Some(("ci", "k1"))))
-                .unwrap(),
-            Created::Replayed(id)
-        );
-        let mut other = new_build(&req, Some(("ci", "k1")));
-        other.request_hash = "h2";
-        assert_eq!(s.create_build(&other).unwrap(), Created::KeyConflict);
-        // Another principal's key space is its own.
-        assert!(matches!(
-            s.create_build(&new_build(&req, Some(("ops", "k1"))))
-                .unwrap(),
-            Created::New(_)
-        ));
-        assert_eq!(
-            s.create_build(&new_build(&req, None)).unwrap(),
-            Created::QueueFull
-        );
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_finished_builds_and_never_a_running_one() {
-        let s = store("retention");
-        let req = input("1.0.0");
-        let mut nb = new_build(&req, None);
-        nb.max_queued = 100;
-        let ids: Vec<i64> = (0..5)
-            .map(|_| match s.create_build(&nb).unwrap() {
-                Created::New(id) => id,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let finished = Finished::default();
-        for id in &ids[..4] {
-            s.append(
-                *id,
-                &[],
-                Some((BuildStatus::Failed, StatusFacts::Finished(&finished))),
-            )
-            .unwrap();
-        }
-        // Keep 2: the 3 oldest finished go; the queued one (the newest) is never a candidate.
-        let day = Duration::from_secs(86_400);
-        assert_eq!(s.expired(2, day).unwrap(), ids[..3].to_vec());
-        // By age: everything finished is older than 0 s (a few ms later).
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(s.expired(100, Duration::ZERO).unwrap(), ids[..4].to_vec());
-        s.delete_build(ids[0]).unwrap();
-        assert!(s.get_build(ids[0]).unwrap().is_none());
-        assert!(s.events_after(ids[0], 0, 10).unwrap().is_empty());
-        assert!(matches!(
-            s.delete_build(ids[0]),
-            Err(StoreError::NoBuild(_))
-        ));
-    }
-
-    #[test]
-    fn sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker() {
-        let s = store("seq");
-        let req = input("1.0.0");
-        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
-            panic!()
-        };
-        let stored = s
-            .append(id, &(0..10).map(log).collect::<Vec<_>>(), None)
-            .unwrap();
-        assert_eq!(
-            stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            (2..12).collect::<Vec<_>>()
-        );
-        s.drop_events(id, &[4, 5, 6], 30).unwrap();
-        let all = s.events_after(id, 0, 100).unwrap();
-        let kinds: Vec<(i64, &str)> = all.iter().map(|e| (e.seq, e.kind.as_str())).collect();
-        assert_eq!(
-            kinds,
-            [
-                (1, "status"),
-                (2, "log"),
-                (3, "log"),
-                (6, "dropped"),
-                (7, "log"),
-                (8, "log"),
-                (9, "log"),
-                (10, "log"),
-                (11, "log")
-            ]
-        );
-        let m: serde_json::Value = serde_json::from_str(&all[3].data).unwrap();
-        assert_eq!((&m["from"], &m["to"]), (&4.into(), &6.into()));
-        assert!(all[3].data.contains("3 log lines (30 bytes)"));
-        // Resuming before or inside the gap: the marker says ids jump; after it: no repeat.
-        for after in [3, 4, 5] {
-            let first = &s.events_after(id, after, 100).unwrap()[0];
-            assert_eq!(
-                (first.seq, first.kind.as_str()),
-                (6, "dropped"),
-                "after {after}"
-            );
-        }
-        assert_eq!(s.events_after(id, 6, 100).unwrap()[0].seq, 7);
-        // The tail trimmed further: the gap grows and its marker moves to its new end.
-        s.drop_events(id, &[7, 8], 20).unwrap();
-        let again = s.events_after(id, 6, 100).unwrap();
-        assert_eq!((again[0].seq, again[0].kind.as_str()), (8, "dropped"));
-        assert_eq!(again[1].seq, 9);
-    }
 }
