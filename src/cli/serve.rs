@@ -18,6 +18,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
         listen: args.listen,
         data_dir: args.data_dir,
         projects: args.projects,
+        store: std::env::var("GALLEY_STORE").ok(),
     };
     let token = std::env::var("GALLEY_API_TOKEN").ok();
     let config = ServeConfig::load(&flags, token.as_deref())?;

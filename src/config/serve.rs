@@ -19,6 +19,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
 pub struct ServeFile {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// The build history's store: `postgres://USER:PASSWORD@HOST/DB` (or `GALLEY_STORE`);
+    /// unset, SQLite in the data directory.
+    pub store: Option<String>,
     /// Builds waiting at most; one more is answered 429.
     pub max_queued: Option<usize>,
     /// Builds running at once (their compiles still take turns for `compile_slots`).
@@ -222,6 +225,28 @@ pub struct Project {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// A store URL: its password is never shown (`Debug` and `shown()` redact it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn shown(&self) -> String {
+        crate::store::pg::redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.shown())
+    }
+}
+
 /// An API token: who it is, and the sha256 of the secret (the secret itself is not kept).
 #[derive(Clone)]
 pub struct ApiToken {
@@ -240,6 +265,8 @@ impl std::fmt::Debug for ApiToken {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// PostgreSQL, when set; SQLite in `data_dir` otherwise.
+    pub store: Option<StoreUrl>,
     pub max_queued: usize,
     pub max_running: usize,
     pub compile_slots: usize,
@@ -285,6 +312,8 @@ pub struct ServeFlags {
     pub data_dir: Option<PathBuf>,
     /// `NAME=PATH`, repeatable.
     pub projects: Vec<String>,
+    /// `GALLEY_STORE` (an environment variable, never a flag: a password does not belong in argv).
+    pub store: Option<String>,
 }
 
 /// A project name: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
@@ -396,6 +425,7 @@ impl ServeConfig {
             return Err(invalid("heartbeat", "must be at least 1s"));
         }
         let http = HttpLimits::from_file(&file.http, heartbeat)?;
+        let store = store_url(flags.store.as_deref(), file.store.as_deref())?;
         let max_age = duration(
             "retention.max_age",
             &file.retention.max_age,
@@ -463,6 +493,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             listen,
             data_dir,
+            store,
             max_queued,
             max_running,
             compile_slots,
@@ -478,6 +509,21 @@ impl ServeConfig {
             projects,
         })
     }
+}
+
+/// The store: `GALLEY_STORE` over the file's `store`; only PostgreSQL URLs.
+fn store_url(env: Option<&str>, file: Option<&str>) -> Result<Option<StoreUrl>, ServeConfigError> {
+    let Some(url) = env.filter(|s| !s.is_empty()).or(file) else {
+        return Ok(None);
+    };
+    let shown = crate::store::pg::redact_url(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid(
+            "store",
+            format!("{shown:?} is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB); leave store unset for SQLite in data_dir"),
+        ));
+    }
+    Ok(Some(StoreUrl(url.to_string())))
 }
 
 /// One `[projects.NAME]` table, checked: a directory with a Cargo.toml or a git repository,

@@ -122,7 +122,14 @@ impl Runner {
             .map_err(|e| RunnerError::Start(format!("{}: {e}", config.data_dir.display())))?;
         // Before anything is read: a second instance must not run restart recovery.
         let data_lock = lock::lock_data_dir(&config.data_dir)?;
-        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = match &config.store {
+            Some(url) => {
+                let store = crate::store::PgStore::open(url.expose())?;
+                tracing::info!(store = %url.shown(), "the build history is on PostgreSQL");
+                Arc::new(store)
+            }
+            None => Arc::new(crate::store::SqliteStore::open(&config.data_dir)?),
+        };
         let instance = store.meta("instance", &|| random_hex(6))?;
         let inner = Arc::new(Inner {
             slots: CompileSlots::new(config.compile_slots),

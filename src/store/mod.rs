@@ -7,12 +7,16 @@
 //! its cap keeps its head and its tail; the dropped middle is remembered as a range and replayed
 //! as one `dropped` marker event.
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod pg;
 pub mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A build's status.
@@ -78,6 +82,12 @@ impl std::fmt::Display for BuildStatus {
 pub enum StoreError {
     #[error("the build database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("the build database: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("cannot reach the store {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("another galley serve uses the store {url}: one instance per store for now (several workers sharing a store are not built yet); give each instance its own database")]
+    InUse { url: String },
     #[error("cannot create {path}: {source}")]
     Dir {
         path: String,

@@ -627,34 +627,15 @@ fn insert_events(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_store_contract_holds_on_sqlite() {
+        crate::store::conformance::run(&|name| Box::new(store(name)));
+    }
+
     fn store(name: &str) -> SqliteStore {
         let dir = std::env::temp_dir().join(format!("galley-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         SqliteStore::open(&dir).unwrap()
-    }
-
-    fn input(version: &str) -> BuildInput {
-        BuildInput {
-            project: "tiny".into(),
-            variants: vec!["sqlite".into()],
-            version: version.into(),
-            push: false,
-            git_ref: None,
-            repro_of: None,
-        }
-    }
-
-    fn new_build<'a>(req: &'a BuildInput, key: Option<(&'a str, &'a str)>) -> NewBuild<'a> {
-        NewBuild {
-            project: "tiny",
-            request: req,
-            request_hash: "h1",
-            started_by: "ci",
-            idempotency: key,
-            max_queued: 2,
-            tag_prefix: "galley-test",
-            queued_event: "{\"status\":\"queued\"}",
-        }
     }
 
     #[test]
@@ -673,14 +654,6 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION + 1);
-    }
-
-    fn log(n: usize) -> NewEvent {
-        NewEvent {
-            kind: "log",
-            data: format!("{{\"line\":{n}}}"),
-            log_bytes: 10,
-        }
     }
 
     #[test]
@@ -741,160 +714,5 @@ mod tests {
             ),
             "{err}"
         );
-    }
-
-    #[test]
-    fn status_only_moves_forward() {
-        let s = store("forward");
-        let req = input("1.0.0");
-        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
-            panic!()
-        };
-        let started = Started::default();
-        let finished = Finished::default();
-        s.append(
-            id,
-            &[],
-            Some((BuildStatus::Running, StatusFacts::Started(&started))),
-        )
-        .unwrap();
-        s.append(
-            id,
-            &[],
-            Some((BuildStatus::Succeeded, StatusFacts::Finished(&finished))),
-        )
-        .unwrap();
-        for back in [
-            BuildStatus::Running,
-            BuildStatus::Cancelled,
-            BuildStatus::Failed,
-        ] {
-            let facts = Finished::default();
-            let err = s
-                .append(id, &[log(1)], Some((back, StatusFacts::Finished(&facts))))
-                .unwrap_err();
-            assert!(matches!(err, StoreError::Transition { .. }), "{err}");
-        }
-        // Nothing of the refused transactions was written.
-        assert_eq!(s.events_after(id, 0, 100).unwrap().len(), 1);
-        assert_eq!(
-            s.get_build(id).unwrap().unwrap().process_tag,
-            format!("galley-test-{id}")
-        );
-    }
-
-    #[test]
-    fn idempotency_and_queue_limit() {
-        let s = store("idem");
-        let req = input("1.0.0");
-        let first = s
-            .create_build(&new_build(&req, Some(("ci", "k1"))))
-            .unwrap();
-        let Created::New(id) = first else { panic!() };
-        assert_eq!(
-            s.create_build(&new_build(&req, Some(("ci", "k1"))))
-                .unwrap(),
-            Created::Replayed(id)
-        );
-        let mut other = new_build(&req, Some(("ci", "k1")));
-        other.request_hash = "h2";
-        assert_eq!(s.create_build(&other).unwrap(), Created::KeyConflict);
-        // Another principal's key space is its own.
-        assert!(matches!(
-            s.create_build(&new_build(&req, Some(("ops", "k1"))))
-                .unwrap(),
-            Created::New(_)
-        ));
-        assert_eq!(
-            s.create_build(&new_build(&req, None)).unwrap(),
-            Created::QueueFull
-        );
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_finished_builds_and_never_a_running_one() {
-        let s = store("retention");
-        let req = input("1.0.0");
-        let mut nb = new_build(&req, None);
-        nb.max_queued = 100;
-        let ids: Vec<i64> = (0..5)
-            .map(|_| match s.create_build(&nb).unwrap() {
-                Created::New(id) => id,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let finished = Finished::default();
-        for id in &ids[..4] {
-            s.append(
-                *id,
-                &[],
-                Some((BuildStatus::Failed, StatusFacts::Finished(&finished))),
-            )
-            .unwrap();
-        }
-        // Keep 2: the 3 oldest finished go; the queued one (the newest) is never a candidate.
-        let day = Duration::from_secs(86_400);
-        assert_eq!(s.expired(2, day).unwrap(), ids[..3].to_vec());
-        // By age: everything finished is older than 0 s (a few ms later).
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(s.expired(100, Duration::ZERO).unwrap(), ids[..4].to_vec());
-        s.delete_build(ids[0]).unwrap();
-        assert!(s.get_build(ids[0]).unwrap().is_none());
-        assert!(s.events_after(ids[0], 0, 10).unwrap().is_empty());
-        assert!(matches!(
-            s.delete_build(ids[0]),
-            Err(StoreError::NoBuild(_))
-        ));
-    }
-
-    #[test]
-    fn sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker() {
-        let s = store("seq");
-        let req = input("1.0.0");
-        let Created::New(id) = s.create_build(&new_build(&req, None)).unwrap() else {
-            panic!()
-        };
-        let stored = s
-            .append(id, &(0..10).map(log).collect::<Vec<_>>(), None)
-            .unwrap();
-        assert_eq!(
-            stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            (2..12).collect::<Vec<_>>()
-        );
-        s.drop_events(id, &[4, 5, 6], 30).unwrap();
-        let all = s.events_after(id, 0, 100).unwrap();
-        let kinds: Vec<(i64, &str)> = all.iter().map(|e| (e.seq, e.kind.as_str())).collect();
-        assert_eq!(
-            kinds,
-            [
-                (1, "status"),
-                (2, "log"),
-                (3, "log"),
-                (6, "dropped"),
-                (7, "log"),
-                (8, "log"),
-                (9, "log"),
-                (10, "log"),
-                (11, "log")
-            ]
-        );
-        let m: serde_json::Value = serde_json::from_str(&all[3].data).unwrap();
-        assert_eq!((&m["from"], &m["to"]), (&4.into(), &6.into()));
-        assert!(all[3].data.contains("3 log lines (30 bytes)"));
-        // Resuming before or inside the gap: the marker says ids jump; after it: no repeat.
-        for after in [3, 4, 5] {
-            let first = &s.events_after(id, after, 100).unwrap()[0];
-            assert_eq!(
-                (first.seq, first.kind.as_str()),
-                (6, "dropped"),
-                "after {after}"
-            );
-        }
-        assert_eq!(s.events_after(id, 6, 100).unwrap()[0].seq, 7);
-        // The tail trimmed further: the gap grows and its marker moves to its new end.
-        s.drop_events(id, &[7, 8], 20).unwrap();
-        let again = s.events_after(id, 6, 100).unwrap();
-        assert_eq!((again[0].seq, again[0].kind.as_str()), (8, "dropped"));
-        assert_eq!(again[1].seq, 9);
     }
 }

@@ -1,0 +1,660 @@
+//! The store on PostgreSQL (`store = "postgres://..."`): the same tables as SQLite, a numbered
+//! schema kept in `galley_meta`, migrations run at start under an advisory lock, every status move
+//! read with `SELECT ... FOR UPDATE` in the transaction that writes it.
+//!
+//! For now one `galley serve` uses one store: a second instance is refused (a session advisory
+//! lock held for the life of the store), because restart recovery marks every unfinished build
+//! interrupted. Several workers sharing a store (claims, leases) build on this.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Row, Transaction};
+
+use super::*;
+
+/// The schema version this code writes (`galley_meta.schema_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Each migration takes the schema from its index to the next version (index 0 creates it).
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE builds (
+    id BIGSERIAL PRIMARY KEY,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    process_tag TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    commit_sha TEXT,
+    dirty BOOLEAN,
+    tools TEXT,
+    report TEXT,
+    error TEXT,
+    cancelled_by TEXT,
+    forced_kill BOOLEAN,
+    output_dir TEXT,
+    next_seq BIGINT NOT NULL DEFAULT 1,
+    dropped_from BIGINT,
+    dropped_to BIGINT,
+    dropped_lines BIGINT NOT NULL DEFAULT 0,
+    dropped_bytes BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX builds_by_project ON builds(project, id);
+CREATE INDEX builds_by_status ON builds(status, id);
+CREATE TABLE events (
+    build_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (build_id, seq)
+);
+CREATE TABLE idempotency (
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    build_id BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+"];
+
+/// galley's advisory lock keys (arbitrary, fixed): one for migrations and creations, one held by
+/// the instance that uses the store.
+const LOCK_SCHEMA: i64 = 0x6761_6c6c_6579_0001;
+const LOCK_INSTANCE: i64 = 0x6761_6c6c_6579_0002;
+
+const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
+
+/// A store URL with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            let tail = redact_query(tail);
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => format!("{scheme}://{authority}{}", redact_query(tail)),
+    }
+}
+
+/// `?password=...` in a query string, redacted too.
+fn redact_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
+/// The store on PostgreSQL: one connection for writes (which also holds the instance lock) and
+/// a few for reads.
+pub struct PgStore {
+    writer: Mutex<Client>,
+    readers: Vec<Mutex<Client>>,
+}
+
+fn build_row(r: &Row) -> Result<BuildRow, postgres::Error> {
+    let status: String = r.try_get(2)?;
+    let json = |i: usize| -> Result<Option<serde_json::Value>, postgres::Error> {
+        Ok(r.try_get::<_, Option<String>>(i)?
+            .and_then(|s| serde_json::from_str(&s).ok()))
+    };
+    Ok(BuildRow {
+        id: r.try_get(0)?,
+        project: r.try_get(1)?,
+        status: BuildStatus::parse(&status).unwrap_or(BuildStatus::Interrupted),
+        request: json(3)?.unwrap_or_default(),
+        started_by: r.try_get(4)?,
+        process_tag: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        started_at: r.try_get(7)?,
+        finished_at: r.try_get(8)?,
+        commit: r.try_get(9)?,
+        dirty: r.try_get(10)?,
+        tools: json(11)?,
+        report: json(12)?,
+        error: r.try_get(13)?,
+        cancelled_by: r.try_get(14)?,
+        forced_kill: r.try_get(15)?,
+        output_dir: r.try_get(16)?,
+        dropped_lines: r.try_get(17)?,
+        dropped_bytes: r.try_get(18)?,
+    })
+}
+
+fn event_row(r: &Row) -> Result<StoredEvent, postgres::Error> {
+    Ok(StoredEvent {
+        seq: r.try_get(0)?,
+        kind: r.try_get(1)?,
+        data: r.try_get(2)?,
+    })
+}
+
+impl PgStore {
+    /// Connects to `url`, migrates the schema (refusing one newer than this galley), and takes
+    /// the instance lock.
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let shown = redact_url(url);
+        let connect = || {
+            let mut config: postgres::Config =
+                url.parse()
+                    .map_err(|e: postgres::Error| StoreError::Connect {
+                        url: shown.clone(),
+                        detail: e.to_string(),
+                    })?;
+            config.connect_timeout(Duration::from_secs(10));
+            config.connect(NoTls).map_err(|e| StoreError::Connect {
+                url: shown.clone(),
+                detail: e.to_string(),
+            })
+        };
+        let mut writer = connect()?;
+        let held: bool = writer
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_INSTANCE])?
+            .try_get(0)?;
+        if !held {
+            return Err(StoreError::InUse { url: shown });
+        }
+        migrate(&mut writer)?;
+        let readers = (0..2)
+            .map(|_| connect().map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(PgStore {
+            writer: Mutex::new(writer),
+            readers,
+        })
+    }
+
+    fn write(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, Client> {
+        for r in &self.readers {
+            if let Ok(c) = r.try_lock() {
+                return c;
+            }
+        }
+        self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Brings the schema to `SCHEMA_VERSION` in one transaction, under the schema lock (two
+/// instances starting together migrate once).
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS galley_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )?;
+    let version: i64 = tx
+        .query_opt(
+            "SELECT value FROM galley_meta WHERE key = 'schema_version'",
+            &[],
+        )?
+        .and_then(|r| r.try_get::<_, String>(0).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for m in &MIGRATIONS[version as usize..] {
+        tx.batch_execute(m)?;
+    }
+    tx.execute(
+        "INSERT INTO galley_meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&SCHEMA_VERSION.to_string()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn insert_events(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    events: &[NewEvent],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first: i64 = tx
+        .query_opt(
+            "SELECT next_seq FROM builds WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?
+        .ok_or(StoreError::NoBuild(id))?
+        .try_get(0)?;
+    let ins =
+        tx.prepare("INSERT INTO events (build_id, seq, kind, data) VALUES ($1, $2, $3, $4)")?;
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let seq = first + i as i64;
+        tx.execute(&ins, &[&id, &seq, &e.kind, &e.data])?;
+        out.push(StoredEvent {
+            seq,
+            kind: e.kind.to_string(),
+            data: e.data.clone(),
+        });
+    }
+    tx.execute(
+        "UPDATE builds SET next_seq = $1 WHERE id = $2",
+        &[&(first + events.len() as i64), &id],
+    )?;
+    Ok(out)
+}
+
+impl Store for PgStore {
+    fn meta(&self, key: &str, init: &dyn Fn() -> String) -> Result<String, StoreError> {
+        let mut c = self.write();
+        if let Some(r) = c.query_opt("SELECT value FROM galley_meta WHERE key = $1", &[&key])? {
+            return Ok(r.try_get(0)?);
+        }
+        let v = init();
+        c.execute(
+            "INSERT INTO galley_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &v],
+        )?;
+        Ok(
+            c.query_one("SELECT value FROM galley_meta WHERE key = $1", &[&key])?
+                .try_get(0)?,
+        )
+    }
+
+    fn create_build(&self, b: &NewBuild<'_>) -> Result<Created, StoreError> {
+        let mut c = self.write();
+        let mut tx = c.transaction()?;
+        // Creations take turns, so the queue limit and an idempotency key hold across clients.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
+        if let Some((principal, key)) = b.idempotency {
+            if let Some(r) = tx.query_opt(
+                "SELECT request_hash, build_id FROM idempotency WHERE principal = $1 AND key = $2",
+                &[&principal, &key],
+            )? {
+                let (hash, id): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+                return Ok(if hash == b.request_hash {
+                    Created::Replayed(id)
+                } else {
+                    Created::KeyConflict
+                });
+            }
+        }
+        let queued: i64 = tx
+            .query_one("SELECT COUNT(*) FROM builds WHERE status = 'queued'", &[])?
+            .try_get(0)?;
+        if queued as usize >= b.max_queued {
+            return Ok(Created::QueueFull);
+        }
+        let now = now_ms();
+        let request = serde_json::to_value(b.request)
+            .expect("a build input serializes")
+            .to_string();
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO builds (project, status, request, request_hash, started_by, created_at, next_seq) VALUES ($1, 'queued', $2, $3, $4, $5, 2) RETURNING id",
+                &[&b.project, &request, &b.request_hash, &b.started_by, &now],
+            )?
+            .try_get(0)?;
+        tx.execute(
+            "UPDATE builds SET process_tag = $1 WHERE id = $2",
+            &[&format!("{}-{id}", b.tag_prefix), &id],
+        )?;
+        tx.execute(
+            "INSERT INTO events (build_id, seq, kind, data) VALUES ($1, 1, 'status', $2)",
+            &[&id, &b.queued_event],
+        )?;
+        if let Some((principal, key)) = b.idempotency {
+            tx.execute(
+                "INSERT INTO idempotency (principal, key, request_hash, build_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&principal, &key, &b.request_hash, &id, &now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Created::New(id))
+    }
+
+    fn append(
+        &self,
+        id: i64,
+        events: &[NewEvent],
+        status: Option<(BuildStatus, StatusFacts<'_>)>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut c = self.write();
+        let mut tx = c.transaction()?;
+        if let Some((to, facts)) = &status {
+            let current: String = tx
+                .query_opt("SELECT status FROM builds WHERE id = $1 FOR UPDATE", &[&id])?
+                .ok_or(StoreError::NoBuild(id))?
+                .try_get(0)?;
+            if !to.predecessors().contains(&current.as_str()) {
+                return Err(StoreError::Transition {
+                    id,
+                    from: current,
+                    to: to.as_str().into(),
+                });
+            }
+            let now = now_ms();
+            match facts {
+                StatusFacts::Started(s) => tx.execute(
+                    "UPDATE builds SET status = $1, started_at = $2, commit_sha = $3, dirty = $4, output_dir = $5 WHERE id = $6",
+                    &[&to.as_str(), &now, &s.commit, &s.dirty, &s.output_dir, &id],
+                )?,
+                StatusFacts::Finished(f) => tx.execute(
+                    "UPDATE builds SET status = $1, finished_at = $2, tools = COALESCE($3, tools), report = $4, error = $5, cancelled_by = $6, forced_kill = $7 WHERE id = $8",
+                    &[
+                        &to.as_str(),
+                        &now,
+                        &f.tools.as_ref().map(|v| v.to_string()),
+                        &f.report.as_ref().map(|v| v.to_string()),
+                        &f.error,
+                        &f.cancelled_by,
+                        &f.forced_kill,
+                        &id,
+                    ],
+                )?,
+            };
+        }
+        let stored = insert_events(&mut tx, id, events)?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn set_source(
+        &self,
+        id: i64,
+        commit: Option<&str>,
+        dirty: Option<bool>,
+    ) -> Result<(), StoreError> {
+        self.write().execute(
+            "UPDATE builds SET commit_sha = $1, dirty = $2 WHERE id = $3",
+            &[&commit, &dirty, &id],
+        )?;
+        Ok(())
+    }
+
+    fn drop_events(&self, id: i64, seqs: &[i64], bytes: u64) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let (min, max) = (
+            seqs.iter().min().copied().unwrap_or_default(),
+            seqs.iter().max().copied().unwrap_or_default(),
+        );
+        let mut c = self.write();
+        let mut tx = c.transaction()?;
+        tx.execute(
+            "DELETE FROM events WHERE build_id = $1 AND seq = ANY($2)",
+            &[&id, &seqs],
+        )?;
+        tx.execute(
+            "UPDATE builds SET dropped_from = COALESCE(dropped_from, $1), dropped_to = GREATEST(COALESCE(dropped_to, 0), $5), dropped_lines = dropped_lines + $2, dropped_bytes = dropped_bytes + $3 WHERE id = $4",
+            &[&min, &(seqs.len() as i64), &(bytes as i64), &id, &max],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn events_after(
+        &self,
+        id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut c = self.read();
+        // One snapshot for the gap and the rows: a trim between them cannot hide ids.
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let gap = tx.query_opt(
+            "SELECT dropped_from, dropped_to, dropped_lines, dropped_bytes FROM builds WHERE id = $1",
+            &[&id],
+        )?;
+        let rows = tx
+            .query(
+                "SELECT seq, kind, data FROM events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&id, &after, &(limit as i64)],
+            )?
+            .iter()
+            .map(event_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        let marker = match gap {
+            Some(g) => dropped_marker(
+                after,
+                g.try_get(0)?,
+                g.try_get(1)?,
+                g.try_get(2)?,
+                g.try_get(3)?,
+            ),
+            None => None,
+        };
+        Ok(with_marker(rows, marker, limit))
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        self.write().execute(
+            "INSERT INTO galley_meta (key, value) VALUES ('ready_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&now_ms().to_string()],
+        )?;
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        // PostgreSQL checkpoints and vacuums on its own.
+        Ok(())
+    }
+
+    fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(self
+            .read()
+            .query(
+                "SELECT seq, kind, data FROM events WHERE build_id = $1 AND kind = 'stage' ORDER BY seq",
+                &[&id],
+            )?
+            .iter()
+            .map(event_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .read()
+            .query_opt(
+                "SELECT data FROM events WHERE build_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
+                &[&id, &kind],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
+        Ok(self
+            .read()
+            .query_opt(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE (request::jsonb ->> 'repro_of')::bigint = $1 ORDER BY id DESC LIMIT 1"),
+                &[&of],
+            )?
+            .map(|r| build_row(&r))
+            .transpose()?)
+    }
+
+    fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
+        Ok(self
+            .read()
+            .query_opt(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
+                &[&id],
+            )?
+            .map(|r| build_row(&r))
+            .transpose()?)
+    }
+
+    fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
+        let status = f.status.map(|s| s.as_str());
+        Ok(self
+            .read()
+            .query(
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id < $1 AND ($2::text IS NULL OR project = $2) AND ($3::text IS NULL OR status = $3) ORDER BY id DESC LIMIT $4"),
+                &[&f.before.unwrap_or(i64::MAX), &f.project, &status, &(f.limit as i64)],
+            )?
+            .iter()
+            .map(build_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn queued(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self
+            .read()
+            .query(
+                "SELECT id FROM builds WHERE status = 'queued' ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .read()
+            .query(
+                "SELECT request::jsonb ->> 'version' FROM builds WHERE project = $1 AND status = 'succeeded'",
+                &[&project],
+            )?
+            .iter()
+            .filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
+            .collect())
+    }
+
+    fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let mut c = self.write();
+        let mut tx = c.transaction()?;
+        let Some(row) = tx.query_opt(
+            "SELECT output_dir FROM builds WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?
+        else {
+            return Err(StoreError::NoBuild(id));
+        };
+        let out: Option<String> = row.try_get(0)?;
+        tx.execute("DELETE FROM events WHERE build_id = $1", &[&id])?;
+        tx.execute("DELETE FROM idempotency WHERE build_id = $1", &[&id])?;
+        tx.execute("DELETE FROM builds WHERE id = $1", &[&id])?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn interrupt_unfinished(
+        &self,
+        reason: &str,
+        make_events: &dyn Fn(i64) -> Vec<NewEvent>,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let ids: Vec<(i64, String)> = self
+            .read()
+            .query(
+                "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, postgres::Error>>()?;
+        for (id, _) in &ids {
+            let facts = Finished {
+                error: Some(reason.to_string()),
+                ..Default::default()
+            };
+            self.append(
+                *id,
+                &make_events(*id),
+                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
+            )?;
+        }
+        Ok(ids)
+    }
+
+    fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
+        let cutoff = now_ms() - max_age.as_millis() as i64;
+        Ok(self
+            .read()
+            .query(
+                "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < $1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT $2)) ORDER BY id",
+                &[&cutoff, &(max_builds as i64)],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - age.as_millis() as i64;
+        Ok(self
+            .write()
+            .execute("DELETE FROM idempotency WHERE created_at < $1", &[&cutoff])?
+            as usize)
+    }
+
+    fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError> {
+        Ok(self
+            .read()
+            .query("SELECT status, COUNT(*) FROM builds GROUP BY status", &[])?
+            .iter()
+            .filter_map(|r| {
+                let s: String = r.try_get(0).ok()?;
+                Some((BuildStatus::parse(&s)?, r.try_get(1).ok()?))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        for (url, shown) in [
+            (
+                "postgres://galley:s3cret@db:5432/galley",
+                "postgres://galley:***@db:5432/galley",
+            ),
+            (
+                "postgresql://galley@db/galley",
+                "postgresql://galley@db/galley",
+            ),
+            (
+                "postgres://db/galley?user=g&password=s3cret",
+                "postgres://db/galley?user=g&password=***",
+            ),
+            ("postgres://u:p%40ss@db", "postgres://u:***@db"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+            assert!(!redact_url(url).contains("s3cret"));
+        }
+    }
+}
