@@ -75,7 +75,7 @@ pub struct HttpFile {
     pub max_connections: Option<usize>,
     /// Event streams open at once (default 256).
     pub max_streams: Option<usize>,
-    /// Event streams open at once per token (default 32).
+    /// Event streams open at once per token (default 128: a dashboard and a fleet of followers).
     pub max_streams_per_token: Option<usize>,
 }
 
@@ -124,7 +124,7 @@ impl HttpLimits {
         };
         let max_connections = count("max_connections", f.max_connections, 512)?;
         let max_streams = count("max_streams", f.max_streams, 256)?;
-        let max_streams_per_token = count("max_streams_per_token", f.max_streams_per_token, 32)?;
+        let max_streams_per_token = count("max_streams_per_token", f.max_streams_per_token, 128)?;
         if max_streams >= max_connections {
             return Err(invalid(
                 "http.max_streams",

@@ -82,7 +82,7 @@ impl std::fmt::Display for BuildStatus {
 pub enum StoreError {
     #[error("the build database: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("the build database: {0}")]
+    #[error("the build database: {}", pg::detail(.0))]
     Postgres(#[from] postgres::Error),
     #[error("cannot reach the store {url}: {detail}")]
     Connect { url: String, detail: String },

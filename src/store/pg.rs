@@ -108,6 +108,19 @@ fn redact_query(tail: &str) -> String {
     format!("{path}?{}", parts.join("&"))
 }
 
+/// What went wrong, in PostgreSQL's words: the server's message (`password authentication
+/// failed for user "galley"`), or the client's error and its cause (postgres' own `Display`
+/// says only "db error").
+pub fn detail(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// The store on PostgreSQL: one connection for writes (which also holds the instance lock) and
 /// a few for reads.
 pub struct PgStore {
@@ -167,7 +180,7 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(10));
             config.connect(NoTls).map_err(|e| StoreError::Connect {
                 url: shown.clone(),
-                detail: e.to_string(),
+                detail: detail(&e),
             })
         };
         let mut writer = connect()?;

@@ -29,6 +29,10 @@
 //! - `hardening`: `galley serve` against hostile clients (half-sent requests, too many streams,
 //!   cross-site posts, rebinding hosts), a second instance, a full disk, a silent registry, a
 //!   runaway log and detached processes: one regression test per defect of the probe.
+//! - `pg_cluster`: a real PostgreSQL (Debian's binaries, `initdb` in a scratch directory, a
+//!   loopback port, password auth), started once, stopped by a watchdog when the tests end.
+//! - `store_pg`: the store's contract on PostgreSQL, what that store refuses, a real
+//!   `galley serve` whose history lives there.
 //! - `service`: the harness for a real `galley serve` process and an SSE client.
 //! - `serve`: the service end to end: builds, pushes, SSE resume, history, git refs, cancel,
 //!   restart after SIGKILL, SIGTERM, bad input, tokens, secrets, OpenAPI.
@@ -46,6 +50,7 @@ mod golden;
 mod hardening;
 mod layers;
 mod multi_platform;
+mod pg_cluster;
 mod projects;
 mod real_registry;
 mod registry_e2e;
@@ -55,6 +60,7 @@ mod repro;
 mod reproducible;
 mod serve;
 mod service;
+mod store_pg;
 mod strip;
 mod support;
 mod upx;

@@ -1,0 +1,134 @@
+//! The store on a real PostgreSQL (`pg_cluster`): the contract both backends keep, what the
+//! PostgreSQL store refuses (a second instance, a newer schema, a URL it cannot use, without ever
+//! showing the password), and a real `galley serve` whose history lives there.
+
+use std::time::{Duration, Instant};
+
+use galley::store::{conformance, PgStore, StoreError};
+use serde_json::json;
+
+use crate::pg_cluster::{cluster, PASSWORD};
+use crate::service::Service;
+use crate::support::{base_arg, copy_fixture, heavy, require, scratch};
+
+#[test]
+fn store_contract_holds_on_postgres() {
+    let pg = cluster();
+    conformance::run(&|name| {
+        let url = pg.database(&format!("contract_{name}"));
+        Box::new(PgStore::open(&url).unwrap())
+    });
+}
+
+#[test]
+fn postgres_store_refuses_a_second_instance_a_newer_schema_and_urls_it_cannot_use() {
+    let pg = cluster();
+    let url = pg.database("refusals");
+    let first = PgStore::open(&url).unwrap();
+    let err = PgStore::open(&url)
+        .err()
+        .expect("a second instance is refused");
+    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+    assert!(!err.to_string().contains(PASSWORD), "{err}");
+    drop(first);
+    // The lock goes with the connection: the next instance may start.
+    let again = PgStore::open(&url).unwrap();
+    drop(again);
+
+    pg.sql(
+        "refusals",
+        "UPDATE galley_meta SET value = '99' WHERE key = 'schema_version'",
+    );
+    let err = PgStore::open(&url)
+        .err()
+        .expect("a newer schema is refused");
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer galley"), "{err}");
+
+    let wrong = url.replace(PASSWORD, "not-the-password");
+    let t = Instant::now();
+    let err = PgStore::open(&wrong)
+        .err()
+        .expect("a wrong password is refused");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Connect { .. }), "{text}");
+    assert!(text.contains("galley:***@127.0.0.1"), "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+    let closed = format!("postgres://galley:{PASSWORD}@127.0.0.1:1/x");
+    let err = PgStore::open(&closed).err().expect("nobody listens there");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot reach the store postgres://galley:***@127.0.0.1:1/x"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn serve_on_postgres_keeps_its_history_there_and_never_shows_the_password() {
+    require("cargo-zigbuild");
+    let _heavy = heavy();
+    let pg = cluster();
+    let url = pg.database("serve");
+    let dir = scratch("serve-postgres");
+    let project = dir.join("tiny");
+    copy_fixture("tiny", &project);
+    let config = format!(
+        "[projects.tiny]\npath = \"{}\"\nbase = \"{}\"\n",
+        project.display(),
+        base_arg()
+    );
+    let mut svc = Service::start(&dir.join("a"), &config, None, &[("GALLEY_STORE", &url)]);
+    let id = svc.submit(json!({"variants": ["sqlite"], "version": "1.0.0"}));
+    let rec = svc.wait_final(id, Duration::from_secs(600));
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    let events = svc.all_events(id, None);
+    assert_eq!(events.last().unwrap().kind, "end");
+    assert!(
+        !svc.dir.join("data/galley.db").exists(),
+        "nothing went to SQLite"
+    );
+
+    // A second service on the same store is refused, naming the store without its password.
+    let out = crate::support::galley()
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("a/serve.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("other-data"))
+        .env("GALLEY_STORE", &url)
+        .env_remove("GALLEY_API_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("another galley serve uses the store postgres://galley:***@"),
+        "{stderr}"
+    );
+
+    // Another service (another data directory) on the same store answers from it.
+    svc.terminate();
+    let other = Service::start(&dir.join("b"), &config, None, &[("GALLEY_STORE", &url)]);
+    let (status, again) = other.get(&format!("/api/v1/builds/{id}"));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (&again["status"], &again["variants"]),
+        (&rec["status"], &rec["variants"])
+    );
+    assert_eq!(other.all_events(id, None), events);
+    // The password is nowhere: not in either service's log, not in the records.
+    for text in [svc.stderr(), other.stderr(), again.to_string()] {
+        assert!(!text.contains(PASSWORD));
+    }
+    assert!(
+        other.stderr().contains("postgres://galley:***@127.0.0.1"),
+        "{}",
+        other.stderr()
+    );
+}
