@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl)
+apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl postgresql)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,6 +19,14 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 need_upx=0
 command -v upx >/dev/null 2>&1 || need_upx=1
+# PostgreSQL for the store's tests: the tests run their own cluster (initdb in a scratch
+# directory, a loopback port); the package must not create or start a system one.
+if [ ! -f /etc/postgresql-common/createcluster.conf ] || ! grep -qs '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf; then
+  if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q 'install ok installed'; then
+    $SUDO mkdir -p /etc/postgresql-common
+    echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+fi
 if [ ${#missing[@]} -gt 0 ] || [ $need_upx = 1 ]; then
   if [ $need_upx = 1 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     log "adding the bookworm-backports suite (UPX 4 lives there)"
@@ -28,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_upx = 1 ]; then
   log "apt-get install ${missing[*]} ${need_upx:+upx-ucl}"
   $SUDO apt-get update -qq
   if [ ${#missing[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
   fi
   if [ $need_upx = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports upx-ucl >/dev/null

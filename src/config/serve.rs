@@ -225,6 +225,45 @@ pub struct Project {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// A store URL with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            let tail = redact_query(tail);
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => format!("{scheme}://{authority}{}", redact_query(tail)),
+    }
+}
+
+/// `?password=...` in a query string, redacted too.
+fn redact_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
 /// A store URL: its password is never shown (`Debug` and `shown()` redact it).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreUrl(String);
@@ -237,7 +276,7 @@ impl StoreUrl {
 
     /// The URL with its password replaced by `***`.
     pub fn shown(&self) -> String {
-        crate::store::pg::redact_url(&self.0)
+        redact_url(&self.0)
     }
 }
 
@@ -516,7 +555,7 @@ fn store_url(env: Option<&str>, file: Option<&str>) -> Result<Option<StoreUrl>, 
     let Some(url) = env.filter(|s| !s.is_empty()).or(file) else {
         return Ok(None);
     };
-    let shown = crate::store::pg::redact_url(url);
+    let shown = redact_url(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(invalid(
             "store",

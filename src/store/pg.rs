@@ -12,6 +12,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls, Row, Transaction};
 
 use super::*;
+pub use crate::config::serve::redact_url;
 
 /// The schema version this code writes (`galley_meta.schema_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -68,45 +69,6 @@ const LOCK_SCHEMA: i64 = 0x6761_6c6c_6579_0001;
 const LOCK_INSTANCE: i64 = 0x6761_6c6c_6579_0002;
 
 const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
-
-/// A store URL with its password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            let tail = redact_query(tail);
-            format!("{scheme}://{shown}@{host}{tail}")
-        }
-        None => format!("{scheme}://{authority}{}", redact_query(tail)),
-    }
-}
-
-/// `?password=...` in a query string, redacted too.
-fn redact_query(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_string();
-    };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_string(),
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
-}
 
 /// What went wrong, in PostgreSQL's words: the server's message (`password authentication
 /// failed for user "galley"`), or the client's error and its cause (postgres' own `Display`

@@ -1,5 +1,5 @@
 //! A real PostgreSQL for the tests: Debian's `postgresql` binaries, a cluster made by `initdb` in
-//! a scratch directory, one `postgres` listening on a free loopback port, password
+//! a temporary directory, one `postgres` listening on a free loopback port, password
 //! (scram-sha-256) authentication. Started once per test process; a watchdog stops it when the
 //! test process ends, however it ends (it waits for the end of a pipe only this process holds).
 //! Each test takes a database of its own (`database`).
@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use crate::support::scratch;
 
 pub const USER: &str = "galley";
 pub const PASSWORD: &str = "sentinel-pg-password-77";
@@ -40,6 +38,8 @@ fn bin_dir() -> PathBuf {
 
 /// PostgreSQL refuses to run as root: as root, its processes run as the `postgres` user.
 fn as_owner(cmd: &mut Command, dir: &Path) {
+    // Not the checkout's directory either: a clone may live where only root can enter.
+    cmd.current_dir(dir);
     if rustix::process::geteuid().is_root() {
         let out = Command::new("id")
             .args(["-u", "postgres"])
@@ -75,7 +75,11 @@ pub fn cluster() -> &'static Pg {
 
 fn start() -> Pg {
     let bin = bin_dir();
-    let root = scratch("postgres");
+    // Outside the checkout: the `postgres` user must reach it, and a clone may live in a
+    // directory only root can enter (mktemp -d).
+    let root = std::env::temp_dir().join(format!("galley-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
     let dir = root.join("cluster");
     let pwfile = root.join("pw");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
@@ -113,8 +117,9 @@ fn start() -> Pg {
     let mut watchdog = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "read _; kill -INT {pid} 2>/dev/null; sleep 3; kill -KILL {pid} 2>/dev/null",
-            pid = server.id()
+            "read _; kill -INT {pid} 2>/dev/null; sleep 3; kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
+            pid = server.id(),
+            dir = root.display()
         ))
         .stdin(Stdio::piped())
         .process_group(0)
