@@ -86,6 +86,8 @@ pub fn detail(e: &postgres::Error) -> String {
 /// The store on PostgreSQL: one connection for writes (which also holds the instance lock) and
 /// a few for reads.
 pub struct PgStore {
+    /// Kept to connect again after a server restart; never shown (see `redact_url`).
+    url: String,
     writer: Mutex<Client>,
     readers: Vec<Mutex<Client>>,
 }
@@ -131,48 +133,73 @@ impl PgStore {
     /// Connects to `url`, migrates the schema (refusing one newer than this galley), and takes
     /// the instance lock.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let shown = redact_url(url);
-        let connect = || {
-            let mut config: postgres::Config =
-                url.parse()
-                    .map_err(|e: postgres::Error| StoreError::Connect {
-                        url: shown.clone(),
-                        detail: e.to_string(),
-                    })?;
-            config.connect_timeout(Duration::from_secs(10));
-            config.connect(NoTls).map_err(|e| StoreError::Connect {
-                url: shown.clone(),
-                detail: detail(&e),
-            })
-        };
-        let mut writer = connect()?;
-        let held: bool = writer
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_INSTANCE])?
-            .try_get(0)?;
-        if !held {
-            return Err(StoreError::InUse { url: shown });
-        }
+        let mut writer = connect(url)?;
+        take_instance_lock(&mut writer, url)?;
         migrate(&mut writer)?;
         let readers = (0..2)
-            .map(|_| connect().map(Mutex::new))
+            .map(|_| connect(url).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(PgStore {
+            url: url.to_string(),
             writer: Mutex::new(writer),
             readers,
         })
     }
 
-    fn write(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    /// The writer, connected again if the server closed it (a restart): the instance lock is
+    /// taken again with it, so a store another instance took meanwhile is refused, not shared.
+    fn write(&self) -> Result<std::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut c = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_closed() {
+            tracing::warn!(store = %redact_url(&self.url), "the store's connection was closed: connecting again");
+            let mut fresh = connect(&self.url)?;
+            take_instance_lock(&mut fresh, &self.url)?;
+            *c = fresh;
+        }
+        Ok(c)
     }
 
-    fn read(&self) -> std::sync::MutexGuard<'_, Client> {
-        for r in &self.readers {
-            if let Ok(c) = r.try_lock() {
-                return c;
-            }
+    /// A reader, connected again if the server closed it.
+    fn read(&self) -> Result<std::sync::MutexGuard<'_, Client>, StoreError> {
+        let mut c = self
+            .readers
+            .iter()
+            .find_map(|r| r.try_lock().ok())
+            .unwrap_or_else(|| self.readers[0].lock().unwrap_or_else(|e| e.into_inner()));
+        if c.is_closed() {
+            *c = connect(&self.url)?;
         }
-        self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
+        Ok(c)
+    }
+}
+
+/// One connection to `url` (10 s to connect); errors name the URL without its password.
+fn connect(url: &str) -> Result<Client, StoreError> {
+    let shown = || redact_url(url);
+    let mut config: postgres::Config =
+        url.parse()
+            .map_err(|e: postgres::Error| StoreError::Connect {
+                url: shown(),
+                detail: e.to_string(),
+            })?;
+    config.connect_timeout(Duration::from_secs(10));
+    config.connect(NoTls).map_err(|e| StoreError::Connect {
+        url: shown(),
+        detail: detail(&e),
+    })
+}
+
+/// Takes the session lock that says one instance uses this store.
+fn take_instance_lock(client: &mut Client, url: &str) -> Result<(), StoreError> {
+    let held: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_INSTANCE])?
+        .try_get(0)?;
+    if held {
+        Ok(())
+    } else {
+        Err(StoreError::InUse {
+            url: redact_url(url),
+        })
     }
 }
 
@@ -245,7 +272,7 @@ fn insert_events(
 
 impl Store for PgStore {
     fn meta(&self, key: &str, init: &dyn Fn() -> String) -> Result<String, StoreError> {
-        let mut c = self.write();
+        let mut c = self.write()?;
         if let Some(r) = c.query_opt("SELECT value FROM galley_meta WHERE key = $1", &[&key])? {
             return Ok(r.try_get(0)?);
         }
@@ -261,7 +288,7 @@ impl Store for PgStore {
     }
 
     fn create_build(&self, b: &NewBuild<'_>) -> Result<Created, StoreError> {
-        let mut c = self.write();
+        let mut c = self.write()?;
         let mut tx = c.transaction()?;
         // Creations take turns, so the queue limit and an idempotency key hold across clients.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_SCHEMA])?;
@@ -318,7 +345,7 @@ impl Store for PgStore {
         events: &[NewEvent],
         status: Option<(BuildStatus, StatusFacts<'_>)>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut c = self.write();
+        let mut c = self.write()?;
         let mut tx = c.transaction()?;
         if let Some((to, facts)) = &status {
             let current: String = tx
@@ -364,7 +391,7 @@ impl Store for PgStore {
         commit: Option<&str>,
         dirty: Option<bool>,
     ) -> Result<(), StoreError> {
-        self.write().execute(
+        self.write()?.execute(
             "UPDATE builds SET commit_sha = $1, dirty = $2 WHERE id = $3",
             &[&commit, &dirty, &id],
         )?;
@@ -379,7 +406,7 @@ impl Store for PgStore {
             seqs.iter().min().copied().unwrap_or_default(),
             seqs.iter().max().copied().unwrap_or_default(),
         );
-        let mut c = self.write();
+        let mut c = self.write()?;
         let mut tx = c.transaction()?;
         tx.execute(
             "DELETE FROM events WHERE build_id = $1 AND seq = ANY($2)",
@@ -399,7 +426,7 @@ impl Store for PgStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut c = self.read();
+        let mut c = self.read()?;
         // One snapshot for the gap and the rows: a trim between them cannot hide ids.
         let mut tx = c
             .build_transaction()
@@ -433,7 +460,7 @@ impl Store for PgStore {
     }
 
     fn probe_write(&self) -> Result<(), StoreError> {
-        self.write().execute(
+        self.write()?.execute(
             "INSERT INTO galley_meta (key, value) VALUES ('ready_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             &[&now_ms().to_string()],
         )?;
@@ -447,7 +474,7 @@ impl Store for PgStore {
 
     fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query(
                 "SELECT seq, kind, data FROM events WHERE build_id = $1 AND kind = 'stage' ORDER BY seq",
                 &[&id],
@@ -459,7 +486,7 @@ impl Store for PgStore {
 
     fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query_opt(
                 "SELECT data FROM events WHERE build_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
                 &[&id, &kind],
@@ -470,7 +497,7 @@ impl Store for PgStore {
 
     fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE (request::jsonb ->> 'repro_of')::bigint = $1 ORDER BY id DESC LIMIT 1"),
                 &[&of],
@@ -481,7 +508,7 @@ impl Store for PgStore {
 
     fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
                 &[&id],
@@ -493,7 +520,7 @@ impl Store for PgStore {
     fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
         let status = f.status.map(|s| s.as_str());
         Ok(self
-            .read()
+            .read()?
             .query(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id < $1 AND ($2::text IS NULL OR project = $2) AND ($3::text IS NULL OR status = $3) ORDER BY id DESC LIMIT $4"),
                 &[&f.before.unwrap_or(i64::MAX), &f.project, &status, &(f.limit as i64)],
@@ -505,7 +532,7 @@ impl Store for PgStore {
 
     fn queued(&self) -> Result<Vec<i64>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query(
                 "SELECT id FROM builds WHERE status = 'queued' ORDER BY id",
                 &[],
@@ -517,7 +544,7 @@ impl Store for PgStore {
 
     fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query(
                 "SELECT request::jsonb ->> 'version' FROM builds WHERE project = $1 AND status = 'succeeded'",
                 &[&project],
@@ -528,7 +555,7 @@ impl Store for PgStore {
     }
 
     fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError> {
-        let mut c = self.write();
+        let mut c = self.write()?;
         let mut tx = c.transaction()?;
         let Some(row) = tx.query_opt(
             "SELECT output_dir FROM builds WHERE id = $1 FOR UPDATE",
@@ -551,7 +578,7 @@ impl Store for PgStore {
         make_events: &dyn Fn(i64) -> Vec<NewEvent>,
     ) -> Result<Vec<(i64, String)>, StoreError> {
         let ids: Vec<(i64, String)> = self
-            .read()
+            .read()?
             .query(
                 "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
                 &[],
@@ -576,7 +603,7 @@ impl Store for PgStore {
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
         let cutoff = now_ms() - max_age.as_millis() as i64;
         Ok(self
-            .read()
+            .read()?
             .query(
                 "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < $1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT $2)) ORDER BY id",
                 &[&cutoff, &(max_builds as i64)],
@@ -589,14 +616,14 @@ impl Store for PgStore {
     fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
         let cutoff = now_ms() - age.as_millis() as i64;
         Ok(self
-            .write()
+            .write()?
             .execute("DELETE FROM idempotency WHERE created_at < $1", &[&cutoff])?
             as usize)
     }
 
     fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError> {
         Ok(self
-            .read()
+            .read()?
             .query("SELECT status, COUNT(*) FROM builds GROUP BY status", &[])?
             .iter()
             .filter_map(|r| {

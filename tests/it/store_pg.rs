@@ -132,3 +132,68 @@ fn serve_on_postgres_keeps_its_history_there_and_never_shows_the_password() {
         other.stderr()
     );
 }
+
+#[test]
+fn postgres_store_connects_again_after_the_server_closed_its_connections() {
+    use galley::store::{BuildInput, Created, NewBuild, Store};
+    let pg = cluster();
+    let url = pg.database("reconnect");
+    let store = PgStore::open(&url).unwrap();
+    let input = BuildInput {
+        project: "tiny".into(),
+        variants: vec!["sqlite".into()],
+        version: "1.0.0".into(),
+        push: false,
+        git_ref: None,
+        repro_of: None,
+    };
+    let build = |hash: &'static str| NewBuild {
+        project: "tiny",
+        request: &input,
+        request_hash: hash,
+        started_by: "ci",
+        idempotency: None,
+        max_queued: 10,
+        tag_prefix: "galley-test",
+        queued_event: "{}",
+    };
+    let Created::New(id) = store.create_build(&build("a")).unwrap() else {
+        panic!()
+    };
+    // What a server restart does to every session: terminated.
+    pg.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'reconnect'",
+    );
+    let t = Instant::now();
+    let answer = loop {
+        // The client learns of the close when it next reads; then it connects again.
+        match store.get_build(id) {
+            Ok(row) => break row,
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "never reconnected: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(answer.unwrap().id, id);
+    let t = Instant::now();
+    loop {
+        match store.create_build(&build("b")) {
+            Ok(Created::New(_)) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "never reconnected: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    // The instance lock came back with the writer: the store is still not shared.
+    assert!(matches!(PgStore::open(&url), Err(StoreError::InUse { .. })));
+}
