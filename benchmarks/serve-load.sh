@@ -27,7 +27,7 @@ mkdir -p "$BENCH_DIR"
 work=$BENCH_DIR/serve-load
 rm -rf "$work"; mkdir -p "$work"
 cp -r fixtures/tiny "$work/tiny"; rm -rf "$work/tiny/target"
-token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+token=$(bench_token)
 printf 'bench %s\n' "$token" >"$work/tokens"
 cat >"$work/serve.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -41,12 +41,8 @@ path = "$work/tiny"
 base = "oci:$BENCH_DIR/base:$RUNTIME_TAG"
 TOML
 export ZIG_GLOBAL_CACHE_DIR=${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}
-./target/release/galley serve --config "$work/serve.toml" >"$work/serve.out" 2>"$work/serve.err" &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^galley serve: listening on //p' "$work/serve.out")
-[ -n "$url" ] || { cat "$work/serve.err" >&2; exit 1; }
+serve_start "$work/serve.toml" "$work"
+pid=$serve_pid url=$serve_url
 
 stamp=$(date -u +%Y-%m-%d)
 mkdir -p "$results"

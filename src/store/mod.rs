@@ -295,13 +295,29 @@ pub trait Store: Send + Sync {
     fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError>;
     /// Removes a finished build and its events; returns its output directory, if any.
     fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError>;
-    /// Marks every build left queued or running interrupted (with `make_events`); returns
-    /// (id, process tag) of each.
+    /// (id, process tag) of every build queued or running, oldest first.
+    fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Marks every build left queued or running interrupted (with `make_events`), each in its
+    /// own transaction through `append`; returns (id, process tag) of each.
     fn interrupt_unfinished(
         &self,
         reason: &str,
         make_events: &dyn Fn(i64) -> Vec<NewEvent>,
-    ) -> Result<Vec<(i64, String)>, StoreError>;
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let ids = self.unfinished()?;
+        for (id, _) in &ids {
+            let facts = Finished {
+                error: Some(reason.to_string()),
+                ..Default::default()
+            };
+            self.append(
+                *id,
+                &make_events(*id),
+                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
+            )?;
+        }
+        Ok(ids)
+    }
     /// Finished builds past the retention limits, oldest first.
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError>;
     /// Forgets idempotency keys older than `age`.

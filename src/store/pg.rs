@@ -572,12 +572,8 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    fn interrupt_unfinished(
-        &self,
-        reason: &str,
-        make_events: &dyn Fn(i64) -> Vec<NewEvent>,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let ids: Vec<(i64, String)> = self
+    fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(self
             .read()?
             .query(
                 "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
@@ -585,19 +581,7 @@ impl Store for PgStore {
             )?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?;
-        for (id, _) in &ids {
-            let facts = Finished {
-                error: Some(reason.to_string()),
-                ..Default::default()
-            };
-            self.append(
-                *id,
-                &make_events(*id),
-                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
-            )?;
-        }
-        Ok(ids)
+            .collect::<Result<_, postgres::Error>>()?)
     }
 
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {

@@ -525,33 +525,13 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    /// On start: every build left queued or running is marked interrupted, with a `status` and an
-    /// `end` event (so its stream ends), `make_events` giving them. Returns (id, process tag).
-    fn interrupt_unfinished(
-        &self,
-        reason: &str,
-        make_events: &dyn Fn(i64) -> Vec<NewEvent>,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let ids: Vec<(i64, String)> = {
-            let conn = self.read();
-            let mut stmt = conn.prepare(
-                "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for (id, _) in &ids {
-            let facts = Finished {
-                error: Some(reason.to_string()),
-                ..Default::default()
-            };
-            self.append(
-                *id,
-                &make_events(*id),
-                Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
-            )?;
-        }
-        Ok(ids)
+    fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Finished builds past the retention limits (older than `max_age`, or beyond the newest
