@@ -70,6 +70,20 @@ impl BuildStatus {
             _ => &["queued", "running"],
         }
     }
+
+    /// Whether build `id` may move to this status from `current` (its stored status, read in
+    /// the transaction that would write the move); the refusal every backend answers.
+    fn may_follow(self, id: i64, current: String) -> Result<(), StoreError> {
+        if self.predecessors().contains(&current.as_str()) {
+            Ok(())
+        } else {
+            Err(StoreError::Transition {
+                id,
+                from: current,
+                to: self.as_str().into(),
+            })
+        }
+    }
 }
 
 impl std::fmt::Display for BuildStatus {

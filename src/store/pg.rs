@@ -352,13 +352,7 @@ impl Store for PgStore {
                 .query_opt("SELECT status FROM builds WHERE id = $1 FOR UPDATE", &[&id])?
                 .ok_or(StoreError::NoBuild(id))?
                 .try_get(0)?;
-            if !to.predecessors().contains(&current.as_str()) {
-                return Err(StoreError::Transition {
-                    id,
-                    from: current,
-                    to: to.as_str().into(),
-                });
-            }
+            to.may_follow(id, current)?;
             let now = now_ms();
             match facts {
                 StatusFacts::Started(s) => tx.execute(

@@ -286,13 +286,7 @@ impl Store for SqliteStore {
                 })
                 .optional()?
                 .ok_or(StoreError::NoBuild(id))?;
-            if !to.predecessors().contains(&current.as_str()) {
-                return Err(StoreError::Transition {
-                    id,
-                    from: current,
-                    to: to.as_str().into(),
-                });
-            }
+            to.may_follow(id, current)?;
             let now = now_ms();
             match facts {
                 StatusFacts::Started(s) => tx.execute(
