@@ -334,6 +334,30 @@ pub fn group_alive(pgid: i32) -> bool {
         .any(|p| p.pgid == pgid && p.state != 'Z' && p.state != 'X')
 }
 
+/// Every live process (not a zombie, not this process) that carries a `GALLEY_BUILD_TAG`, by
+/// tag: one scan of /proc for a worker that starts again and must find what its builds left.
+pub fn live_tags() -> std::collections::BTreeMap<String, Vec<i32>> {
+    let me = std::process::id() as i32;
+    let prefix = format!("{TAG_ENV}=");
+    let mut out: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for p in processes() {
+        if p.pid == me || p.state == 'Z' || p.state == 'X' {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) else {
+            continue;
+        };
+        let tag = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+            .and_then(|t| std::str::from_utf8(t).ok());
+        if let Some(tag) = tag {
+            out.entry(tag.to_string()).or_default().push(p.pid);
+        }
+    }
+    out
+}
+
 /// The pids (not zombies, not this process) whose environment carries `GALLEY_BUILD_TAG=tag`.
 pub fn tagged(tag: &str) -> Vec<i32> {
     let needle = format!("{TAG_ENV}={tag}");

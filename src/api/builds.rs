@@ -158,6 +158,13 @@ pub struct BuildRecord {
     pub log_dropped: Option<LogDropped>,
     /// The `GALLEY_BUILD_TAG` every process of this build carries in its environment.
     pub process_tag: String,
+    /// The worker that ran (or runs) it; absent while queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Where its OCI layout is: on the worker that built it (`worker: path`). Pushed images are
+    /// in the registry for everyone; a layout is only on that worker's disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     pub variants: Vec<VariantRecord>,
     /// The full report once the build ended with one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -363,6 +370,12 @@ pub fn record(
             bytes: row.dropped_bytes,
         }),
         process_tag: row.process_tag,
+        output: row
+            .output_dir
+            .as_ref()
+            .zip(row.worker.as_ref())
+            .map(|(dir, w)| format!("{w}: {dir}")),
+        worker: row.worker,
         variants,
         report: row.report,
         verdict,
@@ -528,6 +541,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         push,
         git_ref: req.git_ref,
         repro_of: None,
+        retry_of: None,
     })
 }
 

@@ -341,3 +341,61 @@ pub async fn registry(
     })
     .await
 }
+
+/// A worker of the fleet (every `galley serve` on the same store).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    /// `worker_name` (the host name by default).
+    pub name: String,
+    /// The galley version it runs.
+    pub version: String,
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub last_seen: String,
+    /// Whether it was seen within one lease (a worker not seen for longer is gone: its
+    /// builds are marked interrupted).
+    pub alive: bool,
+    /// Whether it is the instance that answers this request.
+    pub this: bool,
+    /// Ids of the builds it runs now.
+    pub running: Vec<i64>,
+    /// Projects it built successfully, most recent first (its target directories are warm:
+    /// queued builds of these prefer it).
+    pub warm_projects: Vec<String>,
+}
+
+/// The fleet's workers, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workers",
+    tag = "fleet",
+    responses((status = 200, description = "Every worker the store knows", body = Vec<WorkerInfo>))
+)]
+pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerInfo>>, ApiError> {
+    let runner = state.runner.clone();
+    blocking(move || {
+        let me = runner.worker_name().to_string();
+        let time = |ms: i64| {
+            crate::oci::time::rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+            )
+        };
+        let workers = runner.workers().map_err(ApiError::internal)?;
+        Ok(Json(
+            workers
+                .into_iter()
+                .map(|(w, alive)| WorkerInfo {
+                    this: w.name == me,
+                    started_at: time(w.started_at),
+                    last_seen: time(w.last_seen),
+                    alive,
+                    running: w.running,
+                    warm_projects: w.warm,
+                    version: w.version,
+                    name: w.name,
+                })
+                .collect(),
+        ))
+    })
+    .await
+}

@@ -53,6 +53,7 @@ pub struct Principal(pub String);
     tags(
         (name = "builds", description = "Builds: submit, follow, cancel, history"),
         (name = "projects", description = "What the service can build"),
+        (name = "fleet", description = "The workers that share this service's store"),
         (name = "service", description = "Health and metrics"),
     )
 )]
@@ -176,6 +177,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(info::projects))
         .routes(routes!(info::next_version))
         .routes(routes!(info::registry))
+        .routes(routes!(info::workers))
         .routes(routes!(metrics));
     let public = OpenApiRouter::new()
         .routes(routes!(healthz))

@@ -1,6 +1,8 @@
 //! `GET /api/v1/builds/{id}/events`: Server-Sent Events. What a client missed comes from the
 //! store (after `Last-Event-ID`), then the live stream follows; ids only grow, so nothing is
 //! sent twice. A finished build replays everything and the stream ends with its `end` event.
+//! A build that runs on another worker of the fleet (or is still queued) is followed from the
+//! store: each wake-up (a notice, or a second without one) replays what is new.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -142,11 +144,41 @@ async fn replay(
     }
 }
 
+/// Follows a build that does not run here: the store, read again at every wake-up for this
+/// build and at least every second, until its `end` event.
+async fn follow_store(
+    store: &Arc<dyn Store>,
+    id: i64,
+    last: &mut i64,
+    mut wakes: broadcast::Receiver<i64>,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) -> Result<(), ()> {
+    loop {
+        if replay(store, id, last, tx).await? {
+            return Ok(());
+        }
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                w = wakes.recv() => match w {
+                    Ok(w) if w != id => continue,
+                    // Ours, or missed some: read the store.
+                    _ => break,
+                },
+                _ = &mut deadline => break,
+                _ = tx.closed() => return Err(()),
+            }
+        }
+    }
+}
+
 async fn follow(
     store: Arc<dyn Store>,
     id: i64,
     mut last: i64,
     live: Option<broadcast::Receiver<Arc<StoredEvent>>>,
+    wakes: broadcast::Receiver<i64>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) -> Result<(), ()> {
     // Subscribed before the replay: whatever is written meanwhile arrives live too, and the
@@ -155,7 +187,7 @@ async fn follow(
         return Ok(());
     }
     let Some(mut live) = live else {
-        return Ok(());
+        return follow_store(&store, id, &mut last, wakes, &tx).await;
     };
     loop {
         // A client that went away ends the task now, not at the build's next event.
@@ -233,11 +265,12 @@ pub async fn events(
     })
     .await?;
     let slot = state.streams.acquire(&who.0)?;
+    let wakes = state.runner.hub().wakes();
     let live = state.runner.hub().subscribe(id);
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         // An error means the client went away or the store failed (logged): the stream ends.
-        let _ = follow(store, id, last, live, tx).await;
+        let _ = follow(store, id, last, live, wakes, tx).await;
     });
     // The slot lives as long as the response body: hyper drops it when the client is gone.
     let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |e| {

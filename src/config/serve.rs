@@ -36,6 +36,14 @@ pub struct ServeFile {
     pub log_cap_bytes: Option<u64>,
     /// Seconds between heartbeat comments on idle event streams (default 15s).
     pub heartbeat: Option<String>,
+    /// This instance's name in the fleet (default: the host name).
+    pub worker_name: Option<String>,
+    /// How long a claim holds without a heartbeat before another worker takes over (default 15s).
+    pub lease: Option<String>,
+    /// How long a queued build waits for the worker that built its project last (default 10s).
+    pub sticky_delay: Option<String>,
+    /// Queue a build again, once, when its worker died (default false: marked interrupted).
+    pub retry_interrupted: Option<bool>,
     /// Where base images and stage outputs are cached (default: galley's cache directory,
     /// shared with the CLI).
     pub cache_dir: Option<PathBuf>,
@@ -299,6 +307,32 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
+/// How this instance takes part in a fleet (every instance on one store is a worker).
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub worker_name: String,
+    pub lease: Duration,
+    pub sticky_delay: Duration,
+    pub retry_interrupted: bool,
+}
+
+/// A worker name: letters, digits, `.`, `_` and `-`, at most 64 (a host name fits).
+pub fn is_worker_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// The machine's host name, as the default worker name.
+pub fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| is_worker_name(s))
+        .unwrap_or_else(|| "galley".to_string())
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -313,6 +347,9 @@ pub struct ServeConfig {
     pub cancel_grace: Duration,
     pub log_cap_bytes: u64,
     pub heartbeat: Duration,
+    /// The fleet: this worker's name, its lease, the sticky delay, whether a dead worker's
+    /// builds are queued again.
+    pub fleet: Fleet,
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: Option<u64>,
     pub max_builds: usize,
@@ -464,6 +501,30 @@ impl ServeConfig {
             return Err(invalid("heartbeat", "must be at least 1s"));
         }
         let http = HttpLimits::from_file(&file.http, heartbeat)?;
+        let lease = duration("lease", &file.lease, Duration::from_secs(15))?;
+        if lease < Duration::from_secs(3) {
+            return Err(invalid(
+                "lease",
+                "must be at least 3s (a worker renews it every second)",
+            ));
+        }
+        let fleet = Fleet {
+            worker_name: match &file.worker_name {
+                Some(n) if is_worker_name(n) => n.clone(),
+                Some(n) => {
+                    return Err(invalid(
+                        "worker_name",
+                        format!(
+                        "{n:?} is not a worker name: letters, digits, '.', '_' and '-', at most 64"
+                    ),
+                    ))
+                }
+                None => machine_name(),
+            },
+            lease,
+            sticky_delay: duration("sticky_delay", &file.sticky_delay, Duration::from_secs(10))?,
+            retry_interrupted: file.retry_interrupted.unwrap_or(false),
+        };
         let store = store_url(flags.store.as_deref(), file.store.as_deref())?;
         let max_age = duration(
             "retention.max_age",
@@ -540,6 +601,7 @@ impl ServeConfig {
             cancel_grace,
             log_cap_bytes,
             heartbeat,
+            fleet,
             cache_dir: file.cache_dir.as_deref().map(rel),
             cache_max_bytes: file.cache_max_bytes,
             max_builds,

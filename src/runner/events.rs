@@ -1,6 +1,7 @@
-//! A build's events on their way out: batched into SQLite, then announced to live subscribers
-//! (written before announced, in sequence order), with the stored log capped to its head and
-//! tail.
+//! A build's events on their way out: batched into the store, then announced to live
+//! subscribers (written before announced, in sequence order), with the stored log capped to its
+//! head and tail. A batch the store refuses (a restart of PostgreSQL) is kept and written with the
+//! next one, in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,16 +21,39 @@ use super::metrics::Metrics;
 pub const MAX_LINE: usize = 8 << 10;
 /// Log events gathered before they are written (a state change writes at once).
 const BATCH: usize = 64;
+/// Events kept while the store refuses them; past this the oldest are given up (and the record
+/// says the log is incomplete).
+const MAX_PENDING: usize = 50_000;
 /// The longest a log line waits in a batch.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Live subscribers of the builds that have not ended.
-#[derive(Default)]
+/// Live subscribers of the builds that run here, and wake-ups for followers of builds that run
+/// elsewhere (or are still queued): those read the store when woken.
 pub struct Hub {
     senders: Mutex<HashMap<i64, broadcast::Sender<Arc<StoredEvent>>>>,
+    wakes: broadcast::Sender<i64>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            senders: Mutex::default(),
+            wakes: broadcast::channel(4096).0,
+        }
+    }
 }
 
 impl Hub {
+    /// Says that build `id` has new events in the store.
+    pub fn wake(&self, id: i64) {
+        let _ = self.wakes.send(id);
+    }
+
+    /// Wake-ups of every build (filtered by the follower).
+    pub fn wakes(&self) -> broadcast::Receiver<i64> {
+        self.wakes.subscribe()
+    }
+
     /// Opens a build's channel (when it is queued).
     pub fn open(&self, id: i64) {
         let (tx, _) = broadcast::channel(1024);
@@ -51,6 +75,9 @@ impl Hub {
                 // No receiver is fine: nobody is watching.
                 let _ = tx.send(Arc::new(e.clone()));
             }
+        }
+        if !events.is_empty() {
+            self.wake(id);
         }
     }
 
@@ -161,42 +188,77 @@ impl BuildLog {
                 .oldest_pending
                 .is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
         {
-            self.flush_locked(&mut st);
+            let _ = self.flush_locked(&mut st);
         }
     }
 
     /// Writes what is pending (and a state change with it), then announces it.
     pub fn flush(&self) {
         let mut st = self.lock();
-        self.flush_locked(&mut st);
+        let _ = self.flush_locked(&mut st);
     }
 
-    /// Writes pending lines, then `events` with an optional status change, in order.
+    /// Writes pending lines, then `events` with an optional status change, in order. Events
+    /// without a status change that the store refuses wait with the pending lines for the next
+    /// write; a status change is the caller's to retry (the pending lines go first then too).
     pub fn state_change(
         &self,
         events: &[BuildEvent],
         status: Option<(BuildStatus, StatusFacts<'_>)>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut st = self.lock();
-        self.flush_locked(&mut st);
         let events: Vec<NewEvent> = events.iter().map(BuildEvent::to_new).collect();
-        let stored = record(self.store.as_ref(), &self.hub, self.id, &events, status)?;
-        Ok(stored)
+        if let Err(e) = self.flush_locked(&mut st) {
+            if status.is_none() {
+                st.pending.extend(events);
+                return Ok(Vec::new());
+            }
+            return Err(e);
+        }
+        match record(
+            self.store.as_ref(),
+            &self.hub,
+            self.id,
+            &events,
+            status.clone(),
+        ) {
+            Ok(stored) => Ok(stored),
+            Err(e @ StoreError::Transition { .. }) => Err(e),
+            Err(e) if status.is_none() => {
+                tracing::warn!(
+                    build = self.id,
+                    "cannot store events yet (kept for the next write): {e}"
+                );
+                st.pending.extend(events);
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    fn flush_locked(&self, st: &mut LogState) {
+    /// Writes the pending events. On a refusal they stay pending, in order, for the next try.
+    fn flush_locked(&self, st: &mut LogState) -> Result<(), StoreError> {
         st.oldest_pending = None;
         if st.pending.is_empty() {
-            return;
+            return Ok(());
         }
         let pending = std::mem::take(&mut st.pending);
         let stored = match record(self.store.as_ref(), &self.hub, self.id, &pending, None) {
             Ok(s) => s,
             Err(e) => {
-                // The build goes on; the record says the log is incomplete.
-                tracing::error!(build = self.id, "cannot store log lines: {e}");
-                st.failed.get_or_insert_with(|| e.to_string());
-                return;
+                tracing::warn!(
+                    build = self.id,
+                    "cannot store log lines yet (kept for the next write): {e}"
+                );
+                st.pending = pending;
+                if st.pending.len() > MAX_PENDING {
+                    let over = st.pending.len() - MAX_PENDING;
+                    st.pending.drain(..over);
+                    st.failed.get_or_insert_with(|| {
+                        format!("{over} events were given up while the store refused writes: {e}")
+                    });
+                }
+                return Err(e);
             }
         };
         let mut drop = Vec::new();
@@ -223,6 +285,7 @@ impl BuildLog {
         if let Err(e) = self.store.drop_events(self.id, &drop, dropped_bytes) {
             tracing::error!(build = self.id, "cannot trim the log: {e}");
         }
+        Ok(())
     }
 
     /// Why storing the log failed, if it did.
@@ -304,6 +367,7 @@ mod tests {
             push: false,
             git_ref: None,
             repro_of: None,
+            retry_of: None,
         };
         let crate::store::Created::New(id) = store
             .create_build(&crate::store::NewBuild {

@@ -12,7 +12,7 @@ pub mod lock;
 pub mod metrics;
 pub mod source;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,8 +28,8 @@ use crate::pipeline::{self, Context};
 use crate::repro;
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::store::{
-    now_ms, BuildRow, BuildStatus, Created, Finished, NewBuild, Started, StatusFacts, Store,
-    StoreError,
+    now_ms, BuildRow, BuildStatus, ClaimTerms, Created, Finished, Lapsed, NewBuild, Notice,
+    Started, StatusFacts, Store, StoreError, WorkerRow,
 };
 use crate::toolchain::{CargoZigbuild, CompileSlots, Limited};
 use event::{BuildEvent, End, SourceFacts, StatusChange};
@@ -84,8 +84,10 @@ struct Inner {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    queue: Mutex<VecDeque<i64>>,
-    queue_cv: Condvar,
+    /// Wakes idle workers (a build was queued here or elsewhere, or the service stops); the
+    /// queue itself is the store's.
+    wake: Mutex<u64>,
+    wake_cv: Condvar,
     running: Mutex<HashMap<i64, Cancel>>,
     /// Who asked each running build to stop.
     cancelled_by: Mutex<HashMap<i64, String>>,
@@ -97,6 +99,8 @@ struct Inner {
     unrecorded: Mutex<HashMap<i64, String>>,
     /// Held for the life of the runner: no second service recovers (kills) our builds.
     _data_lock: lock::DataDirLock,
+    /// The fleet thread (heartbeat, leases, notices) runs while this is false.
+    fleet_done: AtomicBool,
 }
 
 /// The runner: cheap to clone, shared by the API's handlers.
@@ -124,7 +128,7 @@ impl Runner {
         let data_lock = lock::lock_data_dir(&config.data_dir)?;
         let store: Arc<dyn Store> = match &config.store {
             Some(url) => {
-                let store = crate::store::PgStore::open(url.expose())?;
+                let store = crate::store::PgStore::open(url.expose(), &config.fleet.worker_name)?;
                 tracing::info!(store = %url.shown(), "the build history is on PostgreSQL");
                 Arc::new(store)
             }
@@ -137,8 +141,8 @@ impl Runner {
             store,
             hub: Arc::new(Hub::default()),
             metrics: Arc::new(Metrics::new()),
-            queue: Mutex::new(VecDeque::new()),
-            queue_cv: Condvar::new(),
+            wake: Mutex::new(0),
+            wake_cv: Condvar::new(),
             running: Mutex::new(HashMap::new()),
             cancelled_by: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
@@ -146,10 +150,26 @@ impl Runner {
             tag_prefix: format!("galley-{instance}"),
             unrecorded: Mutex::new(HashMap::new()),
             _data_lock: data_lock,
+            fleet_done: AtomicBool::new(false),
         });
+        inner.store.heartbeat(
+            &inner.config.fleet.worker_name,
+            env!("CARGO_PKG_VERSION"),
+            inner.config.fleet.lease,
+            true,
+        )?;
         inner.recover()?;
         inner.apply_retention();
         let mut workers = Vec::new();
+        {
+            let inner = inner.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name("galley-fleet".into())
+                    .spawn(move || inner.fleet())
+                    .map_err(|e| RunnerError::Start(e.to_string()))?,
+            );
+        }
         for n in 0..inner.config.max_running {
             let inner = inner.clone();
             workers.push(
@@ -181,13 +201,26 @@ impl Runner {
         &self.inner.config
     }
 
-    /// How many builds wait in the queue.
-    pub fn queued(&self) -> usize {
-        self.inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+    /// This instance's worker name.
+    pub fn worker_name(&self) -> &str {
+        &self.inner.config.fleet.worker_name
+    }
+
+    /// The fleet's workers as the store knows them, and whether each is alive (seen within a
+    /// lease).
+    pub fn workers(&self) -> Result<Vec<(WorkerRow, bool)>, RunnerError> {
+        let now = now_ms();
+        let lease = self.inner.config.fleet.lease.as_millis() as i64;
+        Ok(self
+            .inner
+            .store
+            .workers()?
+            .into_iter()
+            .map(|w| {
+                let alive = now - w.last_seen <= lease;
+                (w, alive)
+            })
+            .collect())
     }
 
     /// Queues a build (validated by the caller). An Idempotency-Key seen before with the same
@@ -198,44 +231,7 @@ impl Runner {
         principal: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Submitted, RunnerError> {
-        if !self.inner.accepting.load(Ordering::SeqCst) {
-            return Err(RunnerError::ShuttingDown);
-        }
-        let request = serde_json::to_value(input).expect("a build input serializes");
-        // The hash of the JSON as stored (keys sorted): what an Idempotency-Key is held to.
-        let hash = hex::encode(crate::config::serve::sha256(request.to_string().as_bytes()));
-        let queued_event = BuildEvent::Status(StatusChange {
-            ts: ts(),
-            status: BuildStatus::Queued,
-            started_by: Some(principal.to_string()),
-            cancelled_by: None,
-        })
-        .data();
-        // Opened before the build exists, so no event of it can be missed.
-        let created = self.inner.store.create_build(&NewBuild {
-            project: &input.project,
-            request: input,
-            request_hash: &hash,
-            started_by: principal,
-            idempotency: idempotency_key.map(|k| (principal, k)),
-            max_queued: self.inner.config.max_queued,
-            tag_prefix: &self.inner.tag_prefix,
-            queued_event: &queued_event,
-        })?;
-        match created {
-            Created::New(id) => {
-                self.inner.hub.open(id);
-                let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.push_back(id);
-                self.inner.metrics.queue_depth.set(q.len() as i64);
-                drop(q);
-                self.inner.queue_cv.notify_one();
-                Ok(Submitted::New(id))
-            }
-            Created::Replayed(id) => Ok(Submitted::Replayed(id)),
-            Created::KeyConflict => Err(RunnerError::KeyConflict),
-            Created::QueueFull => Err(RunnerError::QueueFull(self.inner.config.max_queued)),
-        }
+        self.inner.submit(input, principal, idempotency_key)
     }
 
     /// Cancels a build: a queued one ends at once; a running one gets SIGTERM on every process
@@ -248,11 +244,6 @@ impl Runner {
             _ => {}
         }
         if row.status == BuildStatus::Queued {
-            self.inner
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|q| *q != id);
             let finished = Finished {
                 error: Some(format!("cancelled by {by} before it started")),
                 cancelled_by: Some(by.to_string()),
@@ -283,8 +274,13 @@ impl Runner {
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
             .cloned();
-        if let Some(c) = handle {
-            c.cancel(&format!("cancelled by {by}"));
+        match handle {
+            Some(c) => {
+                c.cancel(&format!("cancelled by {by}"));
+            }
+            // Another worker runs it: the store tells it (a column and a notice); it acts, the
+            // caller waits for the record to say so.
+            None => self.inner.store.request_cancel(id, by)?,
         }
         let row = self.inner.row(id)?;
         Ok(match row.status {
@@ -328,6 +324,11 @@ impl Runner {
                 "no variant of it succeeded: there is no image to compare with",
             ));
         }
+        if let Some(w) = row.worker.as_deref().filter(|w| *w != self.worker_name()) {
+            return Err(not(&format!(
+                "its output layout is on worker {w}: ask that worker's API for the repro"
+            )));
+        }
         if !self.inner.build_dir(id).join("out/report.json").is_file() {
             return Err(not("its output layout is gone (deleted or past retention)"));
         }
@@ -361,17 +362,23 @@ impl Runner {
         Ok(())
     }
 
-    /// Stops taking builds, cancels the queued and running ones, and waits (at most `deadline`)
-    /// for the workers to finish.
+    /// Stops taking builds, cancels the running ones, and waits (at most `deadline`) for the
+    /// workers to finish. The queued builds are the fleet's: they stay queued while another
+    /// worker is alive to run them, and are cancelled when this was the last one.
     pub fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         inner.accepting.store(false, Ordering::SeqCst);
-        let queued: Vec<i64> = inner
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.wake_workers();
+        let others_alive = self.workers().is_ok_and(|ws| {
+            ws.iter()
+                .any(|(w, alive)| *alive && w.name != inner.config.fleet.worker_name)
+        });
+        let queued = if others_alive {
+            Vec::new()
+        } else {
+            inner.store.queued().unwrap_or_default()
+        };
         for id in queued {
             let finished = Finished {
                 error: Some("the service shut down before this build started".into()),
@@ -397,8 +404,6 @@ impl Runner {
                 .or_insert_with(|| "service shutdown".to_string());
             c.cancel("the service is shutting down");
         }
-        inner.stopping.store(true, Ordering::SeqCst);
-        inner.queue_cv.notify_all();
         let started = Instant::now();
         let workers: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
@@ -410,6 +415,7 @@ impl Runner {
                 let _ = w.join();
             }
         }
+        inner.fleet_done.store(true, Ordering::SeqCst);
     }
 
     /// Why the service is not ready to take builds, if it is not: shutting down, a store that
@@ -445,13 +451,68 @@ impl Inner {
         self.store.get_build(id)?.ok_or(RunnerError::NotFound(id))
     }
 
+    /// Queues a build (validated by the caller). An Idempotency-Key seen before with the same
+    /// request gives that build back; with another request it is refused.
+    fn submit(
+        &self,
+        input: &BuildInput,
+        principal: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Submitted, RunnerError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(RunnerError::ShuttingDown);
+        }
+        let request = serde_json::to_value(input).expect("a build input serializes");
+        // The hash of the JSON as stored (keys sorted): what an Idempotency-Key is held to.
+        let hash = hex::encode(crate::config::serve::sha256(request.to_string().as_bytes()));
+        let queued_event = BuildEvent::Status(StatusChange {
+            ts: ts(),
+            status: BuildStatus::Queued,
+            started_by: Some(principal.to_string()),
+            cancelled_by: None,
+        })
+        .data();
+        // Opened before the build exists, so no event of it can be missed.
+        let created = self.store.create_build(&NewBuild {
+            project: &input.project,
+            request: input,
+            request_hash: &hash,
+            started_by: principal,
+            idempotency: idempotency_key.map(|k| (principal, k)),
+            max_queued: self.config.max_queued,
+            tag_prefix: &self.tag_prefix,
+            queued_event: &queued_event,
+        })?;
+        match created {
+            Created::New(id) => {
+                self.metrics.queue_depth.inc();
+                self.wake_workers();
+                Ok(Submitted::New(id))
+            }
+            Created::Replayed(id) => Ok(Submitted::Replayed(id)),
+            Created::KeyConflict => Err(RunnerError::KeyConflict),
+            Created::QueueFull => Err(RunnerError::QueueFull(self.config.max_queued)),
+        }
+    }
+
     fn build_dir(&self, id: i64) -> PathBuf {
         self.config.data_dir.join("builds").join(id.to_string())
     }
 
     fn update_queue_gauge(&self) {
-        let n = self.queue.lock().unwrap_or_else(|e| e.into_inner()).len();
-        self.metrics.queue_depth.set(n as i64);
+        if let Ok(counts) = self.store.count_by_status() {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == BuildStatus::Queued)
+                .map_or(0, |(_, n)| *n);
+            self.metrics.queue_depth.set(n);
+        }
+    }
+
+    /// Wakes every idle worker thread: one of them claims what is queued.
+    fn wake_workers(&self) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.wake_cv.notify_all();
     }
 
     /// Ends a build that never ran (cancelled in the queue, or at shutdown).
@@ -478,12 +539,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Builds left queued or running by a crash: interrupted, their processes stopped.
+    /// What this worker left behind when it stopped (a crash, a kill): the builds it was
+    /// running are interrupted, and every process still carrying the tag of a build it claimed
+    /// is killed. Queued builds stay queued: they are the fleet's.
     fn recover(&self) -> Result<(), RunnerError> {
-        let reason = "the service stopped while this build was queued or running (a crash or a kill); its log up to then is kept";
-        let left = self.store.interrupt_unfinished(reason, &|_| {
+        let me = &self.config.fleet.worker_name;
+        let reason = format!("worker {me} stopped while this build was running (a crash or a kill); its log up to then is kept");
+        let left = self.store.interrupt_held(me, &reason, &|_| {
             let finished = Finished {
-                error: Some(reason.to_string()),
+                error: Some(reason.clone()),
                 ..Default::default()
             };
             vec![
@@ -491,12 +555,191 @@ impl Inner {
                 end_event(BuildStatus::Interrupted, &finished, 0).to_new(),
             ]
         })?;
-        for (id, tag) in left {
-            let killed = crate::cancel::sweep(&tag, rustix::process::Signal::KILL);
-            tracing::warn!(build = id, killed, "marked interrupted after a restart");
-            let _ = std::fs::remove_dir_all(self.build_dir(id).join("src"));
+        for (id, _) in &left {
+            tracing::warn!(build = id, "marked interrupted after a restart");
+            let _ = std::fs::remove_dir_all(self.build_dir(*id).join("src"));
+        }
+        // One scan of /proc: the processes of any build this worker claimed (also those another
+        // worker marked interrupted while this one was gone), none of another worker's.
+        let prefix = format!("{}-", self.tag_prefix);
+        for (tag, pids) in crate::cancel::live_tags() {
+            let Some(id) = tag
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let mine = match self.store.get_build(id)? {
+                Some(row) => match &row.worker {
+                    Some(w) => w == me,
+                    None => left.iter().any(|(l, _)| *l == id),
+                },
+                None => false,
+            };
+            if mine {
+                let killed = crate::cancel::sweep(&tag, rustix::process::Signal::KILL);
+                tracing::warn!(
+                    build = id,
+                    killed,
+                    pids = pids.len(),
+                    "stopped what a build of this worker left running"
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The fleet's bookkeeping, on its own thread: notices from other instances (a queued build
+    /// wakes the workers, new events wake followers, a cancel reaches the build), and every
+    /// second the heartbeat (renewing the leases of this worker's builds, picking up cancels
+    /// asked elsewhere) and the reaping of builds whose worker's lease ran out.
+    fn fleet(self: Arc<Self>) {
+        let mut last_tick: Option<Instant> = None;
+        let mut failing = false;
+        while !self.fleet_done.load(Ordering::SeqCst) {
+            for notice in self.store.wait_notices(Duration::from_millis(250)) {
+                match notice {
+                    Notice::Queued => self.wake_workers(),
+                    Notice::Events(id) => self.hub.wake(id),
+                    Notice::Cancel(id) => self.cancel_requested(id),
+                }
+            }
+            if last_tick.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                continue;
+            }
+            last_tick = Some(Instant::now());
+            match self.tick() {
+                Ok(()) if failing => {
+                    tracing::info!("the fleet's heartbeat reaches the store again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::error!("the fleet's heartbeat: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One heartbeat: leases renewed, cancels asked elsewhere acted on, builds this worker runs
+    /// but no longer holds (another worker marked them interrupted while this one could not
+    /// reach the store) stopped, lapsed builds of dead workers interrupted (or queued again).
+    fn tick(&self) -> Result<(), RunnerError> {
+        let fleet = &self.config.fleet;
+        let held = self.store.heartbeat(
+            &fleet.worker_name,
+            env!("CARGO_PKG_VERSION"),
+            fleet.lease,
+            false,
+        )?;
+        let running: Vec<(i64, Cancel)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, cancel) in &running {
+            match held.iter().find(|h| h.id == *id) {
+                Some(h) => {
+                    if let Some(by) = &h.cancel_requested {
+                        self.cancel_local(*id, cancel, by);
+                    }
+                }
+                None => {
+                    if let Ok(row) = self.row(*id) {
+                        if row.status == BuildStatus::Interrupted {
+                            cancel.cancel("another worker marked this build interrupted: this worker's lease ran out while it could not reach the store");
+                        }
+                    }
+                }
+            }
+        }
+        let lease = fleet.lease;
+        let lapsed = self.store.reap(&|l: &Lapsed| {
+            let seen = l
+                .last_seen
+                .map(|ms| {
+                    crate::oci::time::rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+                    )
+                })
+                .unwrap_or_else(|| "never".into());
+            let finished = Finished {
+                error: Some(format!(
+                    "worker {} was last seen at {seen}: its lease ({}s) ran out (it crashed, was killed or lost the store); marked interrupted by worker {}",
+                    l.worker,
+                    lease.as_secs(),
+                    fleet.worker_name
+                )),
+                ..Default::default()
+            };
+            let events = vec![
+                status_event(BuildStatus::Interrupted, &finished).to_new(),
+                end_event(BuildStatus::Interrupted, &finished, 0).to_new(),
+            ];
+            (events, finished)
+        })?;
+        for l in lapsed {
+            tracing::warn!(build = l.id, worker = %l.worker, "the build's worker is gone: marked interrupted");
+            self.hub.wake(l.id);
+            self.metrics
+                .build_finished(BuildStatus::Interrupted.as_str(), 0.0);
+            if fleet.retry_interrupted {
+                self.retry(l.id);
+            }
+        }
+        self.update_queue_gauge();
+        Ok(())
+    }
+
+    /// Queues an interrupted build again, once (a retry is not retried).
+    fn retry(&self, id: i64) {
+        let Ok(row) = self.row(id) else { return };
+        let Ok(input) = row.input() else { return };
+        if input.retry_of.is_some() {
+            return;
+        }
+        let retry = BuildInput {
+            retry_of: Some(id),
+            ..input
+        };
+        match self.submit(&retry, &format!("retry of build {id}"), None) {
+            Ok(Submitted::New(n)) => {
+                tracing::info!(build = id, retry = n, "queued again (retry_interrupted)")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(build = id, "cannot queue the build again: {e}"),
+        }
+    }
+
+    /// A cancel asked on another instance for build `id`: acted on if it runs here.
+    fn cancel_requested(&self, id: i64) {
+        let handle = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        let Some(cancel) = handle else { return };
+        if let Ok(Some(by)) = self.row(id).map(|r| r.cancel_requested) {
+            self.cancel_local(id, &cancel, &by);
+        }
+    }
+
+    /// Cancels a build that runs here, on behalf of `by`.
+    fn cancel_local(&self, id: i64, cancel: &Cancel, by: &str) {
+        if cancel.is_cancelled() {
+            return;
+        }
+        self.cancelled_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_insert_with(|| by.to_string());
+        cancel.cancel(&format!("cancelled by {by}"));
     }
 
     /// Removes finished builds past the retention limits, and old idempotency keys.
@@ -519,35 +762,79 @@ impl Inner {
         }
     }
 
+    /// One worker thread: claims the oldest build it may take from the store, runs it, and
+    /// waits for a wake-up (or a second: a sticky build may have become claimable, a notice may
+    /// have been missed) when there is none.
     fn work(self: Arc<Self>) {
+        let mut failing = false;
         loop {
-            let id = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    if self.stopping.load(Ordering::SeqCst) {
-                        return;
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let seen = *self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            match self.claim() {
+                Ok(Some((row, stored))) => {
+                    failing = false;
+                    let id = row.id;
+                    self.update_queue_gauge();
+                    if let Err(e) = self.execute(row, &stored) {
+                        tracing::error!(build = id, "the runner failed: {e}");
                     }
-                    if let Some(id) = q.pop_front() {
-                        break id;
-                    }
-                    q = self.queue_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                    continue;
                 }
-            };
-            self.update_queue_gauge();
-            if let Err(e) = self.execute(id) {
-                tracing::error!(build = id, "the runner failed: {e}");
+                Ok(None) => failing = false,
+                Err(e) if !failing => {
+                    tracing::error!("cannot claim a build: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            if *wake == seen && !self.stopping.load(Ordering::SeqCst) {
+                let _ = self
+                    .wake_cv
+                    .wait_timeout(wake, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner());
             }
         }
     }
 
-    /// Runs one build from its queued record to its final record.
-    fn execute(&self, id: i64) -> Result<(), RunnerError> {
-        let row = self.row(id)?;
+    /// Claims a build for this worker: its status moves to running with its output directory
+    /// and its `running` event, in the claim's transaction.
+    fn claim(&self) -> Result<Option<(BuildRow, Vec<crate::store::StoredEvent>)>, StoreError> {
+        let fleet = &self.config.fleet;
+        let terms = ClaimTerms {
+            worker: &fleet.worker_name,
+            lease: fleet.lease,
+            sticky_delay: fleet.sticky_delay,
+        };
+        self.store.claim(&terms, &|id| {
+            let started = Started {
+                output_dir: Some(self.build_dir(id).join("out").display().to_string()),
+                ..Default::default()
+            };
+            (
+                vec![status_event(BuildStatus::Running, &Finished::default()).to_new()],
+                started,
+            )
+        })
+    }
+
+    /// Runs one claimed build from its running record to its final record.
+    fn execute(
+        &self,
+        row: BuildRow,
+        claimed: &[crate::store::StoredEvent],
+    ) -> Result<(), RunnerError> {
+        let id = row.id;
         let cancel = Cancel::new(&row.process_tag, self.config.cancel_grace);
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, cancel.clone());
+        // Followers here get the rest live; those elsewhere read the store when woken.
+        self.hub.open(id);
+        self.hub.publish(id, claimed);
         let log = Arc::new(BuildLog::new(
             self.store.clone(),
             self.hub.clone(),
@@ -555,25 +842,8 @@ impl Inner {
             id,
             self.config.log_cap_bytes,
         ));
-        let out_dir = self.build_dir(id).join("out");
-        let started = Started {
-            output_dir: Some(out_dir.display().to_string()),
-            ..Default::default()
-        };
-        let running = log.state_change(
-            &[status_event(BuildStatus::Running, &Finished::default())],
-            Some((BuildStatus::Running, StatusFacts::Started(&started))),
-        );
-        if let Err(e) = running {
-            // Cancelled while it waited: nothing to run.
-            self.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return match e {
-                StoreError::Transition { .. } => Ok(()),
-                other => Err(other.into()),
-            };
+        if let Some(by) = &row.cancel_requested {
+            self.cancel_local(id, &cancel, by);
         }
         self.metrics
             .queue_wait((now_ms() - row.created_at).max(0) as f64 / 1000.0);
@@ -879,7 +1149,18 @@ impl Inner {
             )
         };
         let report = self.build_dir(of).join("out/report.json");
-        let recorded_commit = self.row(of).ok().and_then(|r| r.commit);
+        let of_row = self.row(of).ok();
+        if let Some(w) = of_row
+            .as_ref()
+            .and_then(|r| r.worker.as_deref())
+            .filter(|w| *w != self.config.fleet.worker_name)
+        {
+            return failed(format!(
+                "build {of}'s output layout is on worker {w}, and this repro was claimed by worker {}: ask {w}'s API for the repro",
+                self.config.fleet.worker_name
+            ));
+        }
+        let recorded_commit = of_row.and_then(|r| r.commit);
         log.say("repro", &format!("reproducing build {of} from its report"));
         // A git project's sources: a worktree of the mirror at the recorded commit. A path
         // project: repro clones or copies the directory itself.

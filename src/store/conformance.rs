@@ -13,6 +13,7 @@ pub fn run(make: &dyn Fn(&str) -> Box<dyn Store>) {
     retention_keeps_the_newest_finished_builds_and_never_a_running_one(make("retention").as_ref());
     sequences_are_contiguous_and_a_dropped_middle_replays_as_one_marker(make("seq").as_ref());
     history_queries_and_interruption(make("history").as_ref());
+    claims_leases_and_workers(make("fleet").as_ref());
 }
 
 fn input(version: &str) -> BuildInput {
@@ -23,6 +24,7 @@ fn input(version: &str) -> BuildInput {
         push: false,
         git_ref: None,
         repro_of: None,
+        retry_of: None,
     }
 }
 
@@ -261,9 +263,21 @@ pub fn history_queries_and_interruption(s: &dyn Store) {
         counts,
         [(BuildStatus::Queued, 1), (BuildStatus::Succeeded, 1)]
     );
-    // A crash left b queued: it is interrupted with its events, and its stream can end.
+    // A worker claimed b and crashed: when it starts again, b is interrupted with its events,
+    // and its stream can end.
+    let terms = ClaimTerms {
+        worker: "w",
+        lease: Duration::from_secs(60),
+        sticky_delay: Duration::ZERO,
+    };
+    let (claimed, _) = s
+        .claim(&terms, &|_| (Vec::new(), Started::default()))
+        .unwrap()
+        .expect("b is queued");
+    assert_eq!(claimed.id, b);
+    assert!(s.held_by("other").unwrap().is_empty());
     let left = s
-        .interrupt_unfinished("the service stopped", &|_| vec![log(9)])
+        .interrupt_held("w", "the service stopped", &|_| vec![log(9)])
         .unwrap();
     assert_eq!(left, [(b, format!("galley-test-{b}"))]);
     let row = s.get_build(b).unwrap().unwrap();
@@ -281,4 +295,110 @@ pub fn history_queries_and_interruption(s: &dyn Store) {
     assert_eq!(s.delete_build(a).unwrap(), None);
     assert!(s.get_build(a).unwrap().is_none());
     assert_eq!(s.expire_keys(Duration::ZERO).unwrap(), 0);
+}
+
+/// The fleet's queue: claims in order and never twice, sticky claims that wait for the worker
+/// that built the project last, leases renewed by heartbeats and reaped when they run out,
+/// cancels asked for another worker's build, the workers' view.
+pub fn claims_leases_and_workers(s: &dyn Store) {
+    let lease = Duration::from_secs(60);
+    let terms = |worker| ClaimTerms {
+        worker,
+        lease,
+        sticky_delay: Duration::from_secs(3600),
+    };
+    let start = |_: i64| (vec![log(1)], Started::default());
+    assert!(s.heartbeat("a", "1.0", lease, true).unwrap().is_empty());
+    assert!(s.heartbeat("b", "1.0", lease, true).unwrap().is_empty());
+    assert!(
+        s.claim(&terms("a"), &start).unwrap().is_none(),
+        "nothing is queued"
+    );
+    let v = input("1.0.0");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let b = NewBuild {
+            max_queued: 10,
+            ..new_build(&v, None)
+        };
+        let Created::New(id) = s.create_build(&b).unwrap() else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let (x, ev) = s.claim(&terms("a"), &start).unwrap().expect("the oldest");
+    assert_eq!(
+        (x.id, x.status, x.worker.as_deref(), ev[0].seq),
+        (ids[0], BuildStatus::Running, Some("a"), 2)
+    );
+    // The project was built last by a, which is alive: b leaves it to a for the sticky delay,
+    // then takes it.
+    assert!(s.claim(&terms("b"), &start).unwrap().is_none());
+    let quick = ClaimTerms {
+        sticky_delay: Duration::ZERO,
+        lease: Duration::from_millis(1),
+        ..terms("b")
+    };
+    let (y, _) = s.claim(&quick, &start).unwrap().expect("past the delay");
+    assert_eq!((y.id, y.worker.as_deref()), (ids[1], Some("b")));
+    // A cancel asked elsewhere reaches a's next heartbeat; a queued build is not marked.
+    s.request_cancel(x.id, "ops").unwrap();
+    s.request_cancel(ids[2], "ops").unwrap();
+    assert_eq!(
+        s.heartbeat("a", "1.0", lease, false).unwrap(),
+        [Held {
+            id: x.id,
+            cancel_requested: Some("ops".into())
+        }]
+    );
+    assert_eq!(s.get_build(ids[2]).unwrap().unwrap().cancel_requested, None);
+    let workers = s.workers().unwrap();
+    assert_eq!(
+        workers
+            .iter()
+            .map(|w| (w.name.as_str(), w.running.clone()))
+            .collect::<Vec<_>>(),
+        [("a", vec![x.id]), ("b", vec![y.id])]
+    );
+    // b's lease (1 ms) ran out and b never renewed it: reaped once, with the reason given.
+    std::thread::sleep(Duration::from_millis(20));
+    let reaped = s
+        .reap(&|l| {
+            let f = Finished {
+                error: Some(format!("{} is gone", l.worker)),
+                ..Default::default()
+            };
+            (vec![log(7)], f)
+        })
+        .unwrap();
+    assert_eq!(
+        reaped
+            .iter()
+            .map(|l| (l.id, l.worker.as_str(), l.last_seen.is_some()))
+            .collect::<Vec<_>>(),
+        [(y.id, "b", true)]
+    );
+    let row = s.get_build(y.id).unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (BuildStatus::Interrupted, Some("b is gone"))
+    );
+    assert!(s
+        .reap(&|_| unreachable!("nothing lapsed"))
+        .unwrap()
+        .is_empty());
+    // a finishes x: its project is warm on a.
+    let done = Finished::default();
+    s.append(
+        x.id,
+        &[],
+        Some((BuildStatus::Succeeded, StatusFacts::Finished(&done))),
+    )
+    .unwrap();
+    let a = s.workers().unwrap().remove(0);
+    assert_eq!(
+        (a.running.len(), a.warm.clone()),
+        (0, vec!["tiny".to_string()])
+    );
+    assert!(a.last_seen >= a.started_at);
 }

@@ -100,8 +100,8 @@ pub enum StoreError {
     Postgres(#[from] postgres::Error),
     #[error("cannot reach the store {url}: {detail}")]
     Connect { url: String, detail: String },
-    #[error("another galley serve uses the store {url}: one instance per store for now (several workers sharing a store are not built yet); give each instance its own database")]
-    InUse { url: String },
+    #[error("another galley serve is worker {worker} on the store {url}: give each instance its own worker_name")]
+    WorkerInUse { url: String, worker: String },
     #[error("cannot create {path}: {source}")]
     Dir {
         path: String,
@@ -167,6 +167,10 @@ pub struct BuildRow {
     pub output_dir: Option<String>,
     pub dropped_lines: i64,
     pub dropped_bytes: i64,
+    /// The worker that claimed it (absent while queued, and for builds before the fleet).
+    pub worker: Option<String>,
+    /// Who asked for a cancel that the build's worker has not acted on yet.
+    pub cancel_requested: Option<String>,
 }
 
 /// What creating a build did.
@@ -195,6 +199,9 @@ pub struct BuildInput {
     /// A repro: the build whose recorded inputs this one builds again and compares with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repro_of: Option<i64>,
+    /// A retry: the build that was interrupted when its worker died (`retry_interrupted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<i64>,
 }
 
 impl BuildRow {
@@ -248,6 +255,78 @@ pub struct Finished {
     pub error: Option<String>,
     pub cancelled_by: Option<String>,
     pub forced_kill: Option<bool>,
+}
+
+/// A worker as the store knows it: its heartbeat, its running builds, the projects it built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub version: String,
+    pub started_at: i64,
+    pub last_seen: i64,
+    /// Ids of the builds it runs now.
+    pub running: Vec<i64>,
+    /// Projects it built successfully (its target directories are warm), most recent first.
+    pub warm: Vec<String>,
+}
+
+/// A claim's terms: who claims, for how long, and how long a build waits for the worker that
+/// built its project last (a worker counts as alive when seen within `lease`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTerms<'a> {
+    pub worker: &'a str,
+    pub lease: Duration,
+    pub sticky_delay: Duration,
+}
+
+/// A running build held by a worker, as its heartbeat renews it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub id: i64,
+    /// A cancel asked for on another instance, not acted on yet.
+    pub cancel_requested: Option<String>,
+}
+
+/// A running build whose worker's lease ran out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapsed {
+    pub id: i64,
+    pub worker: String,
+    pub process_tag: String,
+    /// When the worker last renewed its lease (ms since the epoch), if it ever registered.
+    pub last_seen: Option<i64>,
+}
+
+/// A wake-up from another instance (PostgreSQL's LISTEN/NOTIFY): what to look at again in the
+/// store. Payloads stay small; the store holds the facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A build was queued.
+    Queued,
+    /// A build has new events.
+    Events(i64),
+    /// A cancel was asked for a build.
+    Cancel(i64),
+}
+
+impl Notice {
+    /// The payload (`q`, `e:ID`, `c:ID`).
+    pub fn payload(self) -> String {
+        match self {
+            Notice::Queued => "q".into(),
+            Notice::Events(id) => format!("e:{id}"),
+            Notice::Cancel(id) => format!("c:{id}"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Notice> {
+        match s.split_once(':') {
+            None if s == "q" => Some(Notice::Queued),
+            Some(("e", id)) => id.parse().ok().map(Notice::Events),
+            Some(("c", id)) => id.parse().ok().map(Notice::Cancel),
+            _ => None,
+        }
+    }
 }
 
 /// Milliseconds since the epoch, now.
@@ -311,26 +390,70 @@ pub trait Store: Send + Sync {
     fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError>;
     /// (id, process tag) of every build queued or running, oldest first.
     fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError>;
-    /// Marks every build left queued or running interrupted (with `make_events`), each in its
-    /// own transaction through `append`; returns (id, process tag) of each.
-    fn interrupt_unfinished(
+    /// (id, process tag) of the running builds `worker` claimed, and of those running from
+    /// before the fleet (no worker): what a worker that starts again must stop.
+    fn held_by(&self, worker: &str) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Marks the builds `worker` held interrupted (with `make_events`), each in its own
+    /// transaction through `append`; returns (id, process tag) of each it marked. A build another
+    /// worker marked first is skipped.
+    fn interrupt_held(
         &self,
+        worker: &str,
         reason: &str,
         make_events: &dyn Fn(i64) -> Vec<NewEvent>,
     ) -> Result<Vec<(i64, String)>, StoreError> {
-        let ids = self.unfinished()?;
-        for (id, _) in &ids {
+        let mut marked = Vec::new();
+        for (id, tag) in self.held_by(worker)? {
             let facts = Finished {
                 error: Some(reason.to_string()),
                 ..Default::default()
             };
-            self.append(
-                *id,
-                &make_events(*id),
+            match self.append(
+                id,
+                &make_events(id),
                 Some((BuildStatus::Interrupted, StatusFacts::Finished(&facts))),
-            )?;
+            ) {
+                Ok(_) => marked.push((id, tag)),
+                Err(StoreError::Transition { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(ids)
+        Ok(marked)
+    }
+    /// Claims the oldest queued build this worker may take, moving it to running with
+    /// `start(id)`'s events and facts in the same transaction: a build whose project another
+    /// live worker built last waits `sticky_delay` for it. No build is claimed twice (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED`; SQLite: one writer).
+    fn claim(
+        &self,
+        terms: &ClaimTerms<'_>,
+        start: &dyn Fn(i64) -> (Vec<NewEvent>, Started),
+    ) -> Result<Option<(BuildRow, Vec<StoredEvent>)>, StoreError>;
+    /// Registers `worker` (first) or renews its heartbeat and the leases of its running builds;
+    /// returns those builds with any cancel asked for them.
+    fn heartbeat(
+        &self,
+        worker: &str,
+        version: &str,
+        lease: Duration,
+        first: bool,
+    ) -> Result<Vec<Held>, StoreError>;
+    /// Marks interrupted every running build whose lease ran out (its worker stopped renewing
+    /// it), with `make`'s events and facts, each in its own transaction; returns them.
+    fn reap(
+        &self,
+        make: &dyn Fn(&Lapsed) -> (Vec<NewEvent>, Finished),
+    ) -> Result<Vec<Lapsed>, StoreError>;
+    /// Asks the worker running build `id` to cancel it (it acts on its next heartbeat or
+    /// notice); a build that is not running is left alone.
+    fn request_cancel(&self, id: i64, by: &str) -> Result<(), StoreError>;
+    /// The workers the store knows, by name.
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
+    /// Waits at most `timeout` for notices from other instances (SQLite has no other instance:
+    /// it only waits).
+    fn wait_notices(&self, timeout: Duration) -> Vec<Notice> {
+        std::thread::sleep(timeout);
+        Vec::new()
     }
     /// Finished builds past the retention limits, oldest first.
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError>;

@@ -2,23 +2,27 @@
 //! schema kept in `galley_meta`, migrations run at start under an advisory lock, every status move
 //! read with `SELECT ... FOR UPDATE` in the transaction that writes it.
 //!
-//! For now one `galley serve` uses one store: a second instance is refused (a session advisory
-//! lock held for the life of the store), because restart recovery marks every unfinished build
-//! interrupted. Several workers sharing a store (claims, leases) build on this.
+//! Every `galley serve` on one store is a worker of one fleet: builds are claimed with
+//! `FOR UPDATE SKIP LOCKED`, a claim is a lease its worker renews, and leases and heartbeats run
+//! on the server's clock (one clock for the fleet, whatever the hosts' say). A worker name is
+//! held by a session advisory lock, so two live instances cannot share one. Instances wake each
+//! other with `NOTIFY galley` (`Notice`): small payloads, the facts stay in the tables.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row, Transaction};
 
 use super::*;
 pub use crate::config::serve::redact_url;
 
 /// The schema version this code writes (`galley_meta.schema_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Each migration takes the schema from its index to the next version (index 0 creates it).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE builds (
     id BIGSERIAL PRIMARY KEY,
     project TEXT NOT NULL,
@@ -61,14 +65,33 @@ CREATE TABLE idempotency (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (principal, key)
 );
-"];
+",
+    "
+ALTER TABLE builds ADD COLUMN worker TEXT;
+ALTER TABLE builds ADD COLUMN lease_until BIGINT;
+ALTER TABLE builds ADD COLUMN cancel_requested TEXT;
+CREATE INDEX builds_by_worker ON builds(worker, status);
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL
+);
+",
+];
 
-/// galley's advisory lock keys (arbitrary, fixed): one for migrations and creations, one held by
-/// the instance that uses the store.
+/// galley's advisory lock keys (arbitrary, fixed): one for migrations and creations; worker
+/// names are held in their own key space (this one, and the hash of the name).
 const LOCK_SCHEMA: i64 = 0x6761_6c6c_6579_0001;
-const LOCK_INSTANCE: i64 = 0x6761_6c6c_6579_0002;
+const LOCK_WORKERS: i32 = 0x6761_6c6c;
 
-const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
+/// The channel instances wake each other on.
+const CHANNEL: &str = "galley";
+
+/// The server's clock, in ms since the epoch: leases and heartbeats are compared on it.
+const SERVER_NOW: &str = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes, worker, cancel_requested";
 
 /// What went wrong, in PostgreSQL's words: the server's message (`password authentication
 /// failed for user "galley"`), or the client's error and its cause (postgres' own `Display`
@@ -83,13 +106,15 @@ pub fn detail(e: &postgres::Error) -> String {
     }
 }
 
-/// The store on PostgreSQL: one connection for writes (which also holds the instance lock) and
-/// a few for reads.
+/// The store on PostgreSQL: one connection for writes (which also holds the worker's name), a
+/// few for reads, one that listens for notices.
 pub struct PgStore {
     /// Kept to connect again after a server restart; never shown (see `redact_url`).
     url: String,
+    worker: String,
     writer: Mutex<Client>,
     readers: Vec<Mutex<Client>>,
+    listener: Mutex<Option<Client>>,
 }
 
 fn build_row(r: &Row) -> Result<BuildRow, postgres::Error> {
@@ -118,6 +143,8 @@ fn build_row(r: &Row) -> Result<BuildRow, postgres::Error> {
         output_dir: r.try_get(16)?,
         dropped_lines: r.try_get(17)?,
         dropped_bytes: r.try_get(18)?,
+        worker: r.try_get(19)?,
+        cancel_requested: r.try_get(20)?,
     })
 }
 
@@ -130,33 +157,51 @@ fn event_row(r: &Row) -> Result<StoredEvent, postgres::Error> {
 }
 
 impl PgStore {
-    /// Connects to `url`, migrates the schema (refusing one newer than this galley), and takes
-    /// the instance lock.
-    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+    /// Connects to `url` as worker `worker` (refused while another live instance holds that
+    /// name), and migrates the schema (refusing one newer than this galley).
+    pub fn open(url: &str, worker: &str) -> Result<PgStore, StoreError> {
         let mut writer = connect(url)?;
-        take_instance_lock(&mut writer, url)?;
+        take_worker_lock(&mut writer, url, worker)?;
         migrate(&mut writer)?;
         let readers = (0..2)
             .map(|_| connect(url).map(Mutex::new))
             .collect::<Result<_, _>>()?;
         Ok(PgStore {
             url: url.to_string(),
+            worker: worker.to_string(),
             writer: Mutex::new(writer),
             readers,
+            listener: Mutex::new(None),
         })
     }
 
-    /// The writer, connected again if the server closed it (a restart): the instance lock is
-    /// taken again with it, so a store another instance took meanwhile is refused, not shared.
+    /// The writer, connected again if the server closed it (a restart): the worker's name is
+    /// taken again with it, so a name another instance took meanwhile is refused, not shared.
     fn write(&self) -> Result<std::sync::MutexGuard<'_, Client>, StoreError> {
         let mut c = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if c.is_closed() {
             tracing::warn!(store = %redact_url(&self.url), "the store's connection was closed: connecting again");
             let mut fresh = connect(&self.url)?;
-            take_instance_lock(&mut fresh, &self.url)?;
+            take_worker_lock(&mut fresh, &self.url, &self.worker)?;
             *c = fresh;
         }
         Ok(c)
+    }
+
+    /// Runs `f` on a reader; when it fails because the server closed the connection (a
+    /// restart), once more on a new one: a read is safe to repeat.
+    fn reading<T>(
+        &self,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.read()?;
+        match f(&mut c) {
+            Err(_) if c.is_closed() => {
+                *c = connect(&self.url)?;
+                Ok(f(&mut c)?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// A reader, connected again if the server closed it.
@@ -189,18 +234,74 @@ fn connect(url: &str) -> Result<Client, StoreError> {
     })
 }
 
-/// Takes the session lock that says one instance uses this store.
-fn take_instance_lock(client: &mut Client, url: &str) -> Result<(), StoreError> {
+/// Takes the session lock that says one live instance is worker `worker` (it goes with the
+/// session: a killed worker's name is free at once).
+fn take_worker_lock(client: &mut Client, url: &str, worker: &str) -> Result<(), StoreError> {
     let held: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_INSTANCE])?
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_WORKERS, &worker],
+        )?
         .try_get(0)?;
     if held {
         Ok(())
     } else {
-        Err(StoreError::InUse {
+        Err(StoreError::WorkerInUse {
             url: redact_url(url),
+            worker: worker.to_string(),
         })
     }
+}
+
+/// The server's time (ms since the epoch).
+fn server_now(c: &mut impl postgres::GenericClient) -> Result<i64, StoreError> {
+    Ok(c.query_one(SERVER_NOW, &[])?.try_get(0)?)
+}
+
+/// Wakes the other instances (sent when the transaction commits).
+fn notify(tx: &mut Transaction<'_>, notice: Notice) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.payload()])?;
+    Ok(())
+}
+
+/// SQLite's query text with PostgreSQL's placeholders (`?1` -> `$1`).
+fn pg_sql(sqlite: &str) -> String {
+    sqlite.replace('?', "$")
+}
+
+/// Moves build `id` to `to` with its facts, after reading its status `FOR UPDATE`.
+fn move_status(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    to: BuildStatus,
+    facts: &StatusFacts<'_>,
+) -> Result<(), StoreError> {
+    let current: String = tx
+        .query_opt("SELECT status FROM builds WHERE id = $1 FOR UPDATE", &[&id])?
+        .ok_or(StoreError::NoBuild(id))?
+        .try_get(0)?;
+    to.may_follow(id, current)?;
+    let now = now_ms();
+    match facts {
+        StatusFacts::Started(s) => tx.execute(
+            "UPDATE builds SET status = $1, started_at = $2, commit_sha = $3, dirty = $4, output_dir = $5 WHERE id = $6",
+            &[&to.as_str(), &now, &s.commit, &s.dirty, &s.output_dir, &id],
+        )?,
+        StatusFacts::Finished(f) => tx.execute(
+            "UPDATE builds SET status = $1, finished_at = $2, tools = COALESCE($3, tools), report = $4, error = $5, cancelled_by = $6, forced_kill = $7 WHERE id = $8",
+            &[
+                &to.as_str(),
+                &now,
+                &f.tools.as_ref().map(|v| v.to_string()),
+                &f.report.as_ref().map(|v| v.to_string()),
+                &f.error,
+                &f.cancelled_by,
+                &f.forced_kill,
+                &id,
+            ],
+        )?,
+    };
+    Ok(())
 }
 
 /// Brings the schema to `SCHEMA_VERSION` in one transaction, under the schema lock (two
@@ -267,6 +368,7 @@ fn insert_events(
         "UPDATE builds SET next_seq = $1 WHERE id = $2",
         &[&(first + events.len() as i64), &id],
     )?;
+    notify(tx, Notice::Events(id))?;
     Ok(out)
 }
 
@@ -335,6 +437,7 @@ impl Store for PgStore {
                 &[&principal, &key, &b.request_hash, &id, &now],
             )?;
         }
+        notify(&mut tx, Notice::Queued)?;
         tx.commit()?;
         Ok(Created::New(id))
     }
@@ -348,31 +451,7 @@ impl Store for PgStore {
         let mut c = self.write()?;
         let mut tx = c.transaction()?;
         if let Some((to, facts)) = &status {
-            let current: String = tx
-                .query_opt("SELECT status FROM builds WHERE id = $1 FOR UPDATE", &[&id])?
-                .ok_or(StoreError::NoBuild(id))?
-                .try_get(0)?;
-            to.may_follow(id, current)?;
-            let now = now_ms();
-            match facts {
-                StatusFacts::Started(s) => tx.execute(
-                    "UPDATE builds SET status = $1, started_at = $2, commit_sha = $3, dirty = $4, output_dir = $5 WHERE id = $6",
-                    &[&to.as_str(), &now, &s.commit, &s.dirty, &s.output_dir, &id],
-                )?,
-                StatusFacts::Finished(f) => tx.execute(
-                    "UPDATE builds SET status = $1, finished_at = $2, tools = COALESCE($3, tools), report = $4, error = $5, cancelled_by = $6, forced_kill = $7 WHERE id = $8",
-                    &[
-                        &to.as_str(),
-                        &now,
-                        &f.tools.as_ref().map(|v| v.to_string()),
-                        &f.report.as_ref().map(|v| v.to_string()),
-                        &f.error,
-                        &f.cancelled_by,
-                        &f.forced_kill,
-                        &id,
-                    ],
-                )?,
-            };
+            move_status(&mut tx, id, *to, facts)?;
         }
         let stored = insert_events(&mut tx, id, events)?;
         tx.commit()?;
@@ -420,26 +499,28 @@ impl Store for PgStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut c = self.read()?;
-        // One snapshot for the gap and the rows: a trim between them cannot hide ids.
-        let mut tx = c
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let gap = tx.query_opt(
-            "SELECT dropped_from, dropped_to, dropped_lines, dropped_bytes FROM builds WHERE id = $1",
-            &[&id],
-        )?;
-        let rows = tx
-            .query(
-                "SELECT seq, kind, data FROM events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&id, &after, &(limit as i64)],
-            )?
-            .iter()
-            .map(event_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit()?;
+        let (gap, rows) = self.reading(|c| {
+            // One snapshot for the gap and the rows: a trim between them cannot hide ids.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let gap = tx.query_opt(
+                "SELECT dropped_from, dropped_to, dropped_lines, dropped_bytes FROM builds WHERE id = $1",
+                &[&id],
+            )?;
+            let rows = tx
+                .query(
+                    "SELECT seq, kind, data FROM events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&id, &after, &(limit as i64)],
+                )?
+                .iter()
+                .map(event_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            Ok((gap, rows))
+        })?;
         let marker = match gap {
             Some(g) => dropped_marker(
                 after,
@@ -467,85 +548,80 @@ impl Store for PgStore {
     }
 
     fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query(
                 "SELECT seq, kind, data FROM events WHERE build_id = $1 AND kind = 'stage' ORDER BY seq",
                 &[&id],
             )?
             .iter()
             .map(event_row)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?))
     }
 
     fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query_opt(
                 "SELECT data FROM events WHERE build_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
                 &[&id, &kind],
             )?
             .map(|r| r.try_get(0))
-            .transpose()?)
+            .transpose()?))
     }
 
     fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE (request::jsonb ->> 'repro_of')::bigint = $1 ORDER BY id DESC LIMIT 1"),
                 &[&of],
             )?
             .map(|r| build_row(&r))
-            .transpose()?)
+            .transpose()?))
     }
 
     fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
-        Ok(self
-            .read()?
-            .query_opt(
+        self.reading(|c| {
+            Ok(c.query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
                 &[&id],
             )?
             .map(|r| build_row(&r))
             .transpose()?)
+        })
     }
 
     fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
         let status = f.status.map(|s| s.as_str());
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id < $1 AND ($2::text IS NULL OR project = $2) AND ($3::text IS NULL OR status = $3) ORDER BY id DESC LIMIT $4"),
                 &[&f.before.unwrap_or(i64::MAX), &f.project, &status, &(f.limit as i64)],
             )?
             .iter()
             .map(build_row)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?))
     }
 
     fn queued(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(self
-            .read()?
-            .query(
+        self.reading(|c| {
+            Ok(c.query(
                 "SELECT id FROM builds WHERE status = 'queued' ORDER BY id",
                 &[],
             )?
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?)
+        })
     }
 
     fn released_versions(&self, project: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query(
                 "SELECT request::jsonb ->> 'version' FROM builds WHERE project = $1 AND status = 'succeeded'",
                 &[&project],
             )?
             .iter()
             .filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
-            .collect())
+            .collect()))
     }
 
     fn delete_build(&self, id: i64) -> Result<Option<String>, StoreError> {
@@ -567,28 +643,26 @@ impl Store for PgStore {
     }
 
     fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError> {
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query(
                 "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
                 &[],
             )?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?)
+            .collect::<Result<_, postgres::Error>>()?))
     }
 
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
         let cutoff = now_ms() - max_age.as_millis() as i64;
-        Ok(self
-            .read()?
+        self.reading(|c| Ok(c
             .query(
                 "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < $1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT $2)) ORDER BY id",
                 &[&cutoff, &(max_builds as i64)],
             )?
             .iter()
             .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?))
     }
 
     fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
@@ -600,15 +674,239 @@ impl Store for PgStore {
     }
 
     fn count_by_status(&self) -> Result<Vec<(BuildStatus, i64)>, StoreError> {
-        Ok(self
-            .read()?
-            .query("SELECT status, COUNT(*) FROM builds GROUP BY status", &[])?
+        self.reading(|c| {
+            Ok(
+                c.query("SELECT status, COUNT(*) FROM builds GROUP BY status", &[])?
+                    .iter()
+                    .filter_map(|r| {
+                        let s: String = r.try_get(0).ok()?;
+                        Some((BuildStatus::parse(&s)?, r.try_get(1).ok()?))
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn held_by(&self, worker: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        self.reading(|c| Ok(c
+            .query(
+                "SELECT id, process_tag FROM builds WHERE status = 'running' AND (worker = $1 OR worker IS NULL) ORDER BY id",
+                &[&worker],
+            )?
             .iter()
-            .filter_map(|r| {
-                let s: String = r.try_get(0).ok()?;
-                Some((BuildStatus::parse(&s)?, r.try_get(1).ok()?))
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, postgres::Error>>()?))
+    }
+
+    fn claim(
+        &self,
+        terms: &ClaimTerms<'_>,
+        start: &dyn Fn(i64) -> (Vec<NewEvent>, Started),
+    ) -> Result<Option<(BuildRow, Vec<StoredEvent>)>, StoreError> {
+        let mut c = self.write()?;
+        let mut tx = c.transaction()?;
+        let now = server_now(&mut tx)?;
+        let claimable = format!(
+            "{} FOR UPDATE OF b SKIP LOCKED",
+            pg_sql(super::sqlite::CLAIMABLE)
+        );
+        let Some(row) = tx.query_opt(
+            &claimable,
+            &[
+                &terms.worker,
+                &now,
+                &(terms.sticky_delay.as_millis() as i64),
+                &(now - terms.lease.as_millis() as i64),
+            ],
+        )?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get(0)?;
+        let (events, started) = start(id);
+        move_status(
+            &mut tx,
+            id,
+            BuildStatus::Running,
+            &StatusFacts::Started(&started),
+        )?;
+        tx.execute(
+            "UPDATE builds SET worker = $1, lease_until = $2 WHERE id = $3",
+            &[&terms.worker, &(now + terms.lease.as_millis() as i64), &id],
+        )?;
+        let stored = insert_events(&mut tx, id, &events)?;
+        let row = tx.query_one(
+            &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
+            &[&id],
+        )?;
+        let row = build_row(&row)?;
+        tx.commit()?;
+        Ok(Some((row, stored)))
+    }
+
+    fn heartbeat(
+        &self,
+        worker: &str,
+        version: &str,
+        lease: Duration,
+        first: bool,
+    ) -> Result<Vec<Held>, StoreError> {
+        let mut c = self.write()?;
+        let mut tx = c.transaction()?;
+        let now = server_now(&mut tx)?;
+        tx.execute(
+            "INSERT INTO workers (name, version, started_at, last_seen) VALUES ($1, $2, $3, $3) ON CONFLICT (name) DO UPDATE SET version = excluded.version, last_seen = excluded.last_seen, started_at = CASE WHEN $4 THEN excluded.started_at ELSE workers.started_at END",
+            &[&worker, &version, &now, &first],
+        )?;
+        let held = tx
+            .query(
+                "UPDATE builds SET lease_until = $1 WHERE worker = $2 AND status = 'running' RETURNING id, cancel_requested",
+                &[&(now + lease.as_millis() as i64), &worker],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Held {
+                    id: r.try_get(0)?,
+                    cancel_requested: r.try_get(1)?,
+                })
             })
-            .collect())
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        tx.commit()?;
+        let mut held = held;
+        held.sort_by_key(|h| h.id);
+        Ok(held)
+    }
+
+    fn reap(
+        &self,
+        make: &dyn Fn(&Lapsed) -> (Vec<NewEvent>, Finished),
+    ) -> Result<Vec<Lapsed>, StoreError> {
+        let mut c = self.write()?;
+        let mut tx = c.transaction()?;
+        let now = server_now(&mut tx)?;
+        // Locked and skipped: two workers reaping at once mark each build once.
+        let lapsed = tx
+            .query(
+                &format!(
+                    "{} FOR UPDATE OF b SKIP LOCKED",
+                    pg_sql(super::sqlite::LAPSED)
+                ),
+                &[&now],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Lapsed {
+                    id: r.try_get(0)?,
+                    worker: r.try_get(1)?,
+                    process_tag: r.try_get(2)?,
+                    last_seen: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()?;
+        for l in &lapsed {
+            let (events, finished) = make(l);
+            move_status(
+                &mut tx,
+                l.id,
+                BuildStatus::Interrupted,
+                &StatusFacts::Finished(&finished),
+            )?;
+            insert_events(&mut tx, l.id, &events)?;
+        }
+        tx.commit()?;
+        Ok(lapsed)
+    }
+
+    fn request_cancel(&self, id: i64, by: &str) -> Result<(), StoreError> {
+        let mut c = self.write()?;
+        let mut tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE builds SET cancel_requested = COALESCE(cancel_requested, $2) WHERE id = $1 AND status = 'running'",
+            &[&id, &by],
+        )?;
+        if n > 0 {
+            notify(&mut tx, Notice::Cancel(id))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        self.reading(|c| {
+            let mut workers = c
+                .query(
+                    "SELECT name, version, started_at, last_seen FROM workers ORDER BY name",
+                    &[],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(WorkerRow {
+                        name: r.try_get(0)?,
+                        version: r.try_get(1)?,
+                        started_at: r.try_get(2)?,
+                        last_seen: r.try_get(3)?,
+                        running: Vec::new(),
+                        warm: Vec::new(),
+                    })
+                })
+                .collect::<Result<Vec<_>, postgres::Error>>()?;
+            let warm = pg_sql(super::sqlite::WARM);
+            for w in &mut workers {
+                w.running = c
+                .query(
+                    "SELECT id FROM builds WHERE worker = $1 AND status = 'running' ORDER BY id",
+                    &[&w.name],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+                w.warm = c
+                    .query(&warm, &[&w.name])?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+            }
+            Ok(workers)
+        })
+    }
+
+    fn wait_notices(&self, timeout: Duration) -> Vec<Notice> {
+        let mut guard = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect(&self.url).and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+                Ok(c)
+            }) {
+                Ok(c) => *guard = Some(c),
+                Err(e) => {
+                    *guard = None;
+                    drop(guard);
+                    tracing::warn!("cannot listen for the fleet's notices: {e}");
+                    std::thread::sleep(timeout);
+                    return Vec::new();
+                }
+            }
+        }
+        let client = guard.as_mut().expect("connected above");
+        let mut out = Vec::new();
+        let mut notes = client.notifications();
+        let first = notes.timeout_iter(timeout).next();
+        match first {
+            Ok(Some(n)) => out.extend(Notice::parse(n.payload())),
+            Ok(None) => return out,
+            Err(e) => {
+                tracing::warn!("the fleet's notices: {}", detail(&e));
+                drop(notes);
+                *guard = None;
+                return out;
+            }
+        }
+        // Whatever else has arrived, without waiting.
+        let mut more = notes.iter();
+        while let Ok(Some(n)) = more.next() {
+            out.extend(Notice::parse(n.payload()));
+        }
+        out
     }
 }
 

@@ -65,13 +65,26 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// The schema version this code writes (`PRAGMA user_version`). 2 added `dropped_to`.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema version this code writes (`PRAGMA user_version`). 2 added `dropped_to`; 3 the
+/// fleet's columns (a build's worker, lease and cancel request) and the `workers` table.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations from each older version to the next, in order (index 0 takes version 1 to 2).
 /// `SCHEMA` is version 1 (`CREATE ... IF NOT EXISTS`: a database of version 0, written before
 /// versions were kept, has the same tables); the migrations take it from there.
-const MIGRATIONS: &[&str] = &["ALTER TABLE builds ADD COLUMN dropped_to INTEGER;"];
+const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE builds ADD COLUMN dropped_to INTEGER;",
+    "ALTER TABLE builds ADD COLUMN worker TEXT;
+     ALTER TABLE builds ADD COLUMN lease_until INTEGER;
+     ALTER TABLE builds ADD COLUMN cancel_requested TEXT;
+     CREATE INDEX builds_by_worker ON builds(worker, status);
+     CREATE TABLE workers (
+         name TEXT PRIMARY KEY,
+         version TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         last_seen INTEGER NOT NULL
+     );",
+];
 
 /// The WAL is truncated to this after a checkpoint, so one big build does not leave a big file.
 const WAL_LIMIT_BYTES: i64 = 4 << 20;
@@ -110,7 +123,7 @@ fn open_conn(path: &Path, writer: bool) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes";
+const BUILD_COLUMNS: &str = "id, project, status, request, started_by, process_tag, created_at, started_at, finished_at, commit_sha, dirty, tools, report, error, cancelled_by, forced_kill, output_dir, dropped_lines, dropped_bytes, worker, cancel_requested";
 
 fn json_col(v: Option<String>) -> Option<serde_json::Value> {
     v.and_then(|s| serde_json::from_str(&s).ok())
@@ -138,6 +151,8 @@ fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
         output_dir: r.get(16)?,
         dropped_lines: r.get(17)?,
         dropped_bytes: r.get(18)?,
+        worker: r.get(19)?,
+        cancel_requested: r.get(20)?,
     })
 }
 
@@ -280,33 +295,7 @@ impl Store for SqliteStore {
         let mut conn = self.write();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some((to, facts)) = &status {
-            let current: String = tx
-                .query_row("SELECT status FROM builds WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .ok_or(StoreError::NoBuild(id))?;
-            to.may_follow(id, current)?;
-            let now = now_ms();
-            match facts {
-                StatusFacts::Started(s) => tx.execute(
-                    "UPDATE builds SET status = ?1, started_at = ?2, commit_sha = ?3, dirty = ?4, output_dir = ?5 WHERE id = ?6",
-                    params![to.as_str(), now, s.commit, s.dirty.map(i64::from), s.output_dir, id],
-                )?,
-                StatusFacts::Finished(f) => tx.execute(
-                    "UPDATE builds SET status = ?1, finished_at = ?2, tools = COALESCE(?3, tools), report = ?4, error = ?5, cancelled_by = ?6, forced_kill = ?7 WHERE id = ?8",
-                    params![
-                        to.as_str(),
-                        now,
-                        f.tools.as_ref().map(|v| v.to_string()),
-                        f.report.as_ref().map(|v| v.to_string()),
-                        f.error,
-                        f.cancelled_by,
-                        f.forced_kill.map(i64::from),
-                        id
-                    ],
-                )?,
-            };
+            move_status(&tx, id, *to, facts)?;
         }
         let stored = insert_events(&tx, id, events)?;
         tx.commit()?;
@@ -559,6 +548,213 @@ impl Store for SqliteStore {
             .filter_map(|(s, n)| Some((BuildStatus::parse(&s)?, n)))
             .collect())
     }
+
+    fn held_by(&self, worker: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, process_tag FROM builds WHERE status = 'running' AND (worker = ?1 OR worker IS NULL) ORDER BY id",
+        )?;
+        let rows = stmt.query_map([worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn claim(
+        &self,
+        terms: &ClaimTerms<'_>,
+        start: &dyn Fn(i64) -> (Vec<NewEvent>, Started),
+    ) -> Result<Option<(BuildRow, Vec<StoredEvent>)>, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let id: Option<i64> = tx
+            .query_row(
+                CLAIMABLE,
+                params![
+                    terms.worker,
+                    now,
+                    terms.sticky_delay.as_millis() as i64,
+                    now - terms.lease.as_millis() as i64
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let (events, started) = start(id);
+        move_status(
+            &tx,
+            id,
+            BuildStatus::Running,
+            &StatusFacts::Started(&started),
+        )?;
+        tx.execute(
+            "UPDATE builds SET worker = ?1, lease_until = ?2 WHERE id = ?3",
+            params![terms.worker, now + terms.lease.as_millis() as i64, id],
+        )?;
+        let stored = insert_events(&tx, id, &events)?;
+        let row = tx.query_row(
+            &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
+            [id],
+            build_row,
+        )?;
+        tx.commit()?;
+        Ok(Some((row, stored)))
+    }
+
+    fn heartbeat(
+        &self,
+        worker: &str,
+        version: &str,
+        lease: Duration,
+        first: bool,
+    ) -> Result<Vec<Held>, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO workers (name, version, started_at, last_seen) VALUES (?1, ?2, ?3, ?3) ON CONFLICT(name) DO UPDATE SET version = excluded.version, last_seen = excluded.last_seen, started_at = CASE WHEN ?4 THEN excluded.started_at ELSE workers.started_at END",
+            params![worker, version, now, first],
+        )?;
+        tx.execute(
+            "UPDATE builds SET lease_until = ?1 WHERE worker = ?2 AND status = 'running'",
+            params![now + lease.as_millis() as i64, worker],
+        )?;
+        let held = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, cancel_requested FROM builds WHERE worker = ?1 AND status = 'running' ORDER BY id",
+            )?;
+            let rows = stmt.query_map([worker], |r| {
+                Ok(Held {
+                    id: r.get(0)?,
+                    cancel_requested: r.get(1)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(held)
+    }
+
+    fn reap(
+        &self,
+        make: &dyn Fn(&Lapsed) -> (Vec<NewEvent>, Finished),
+    ) -> Result<Vec<Lapsed>, StoreError> {
+        let mut conn = self.write();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let lapsed = {
+            let mut stmt = tx.prepare_cached(LAPSED)?;
+            let rows = stmt.query_map([now_ms()], |r| {
+                Ok(Lapsed {
+                    id: r.get(0)?,
+                    worker: r.get(1)?,
+                    process_tag: r.get(2)?,
+                    last_seen: r.get(3)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        for l in &lapsed {
+            let (events, finished) = make(l);
+            move_status(
+                &tx,
+                l.id,
+                BuildStatus::Interrupted,
+                &StatusFacts::Finished(&finished),
+            )?;
+            insert_events(&tx, l.id, &events)?;
+        }
+        tx.commit()?;
+        Ok(lapsed)
+    }
+
+    fn request_cancel(&self, id: i64, by: &str) -> Result<(), StoreError> {
+        self.write().execute(
+            "UPDATE builds SET cancel_requested = COALESCE(cancel_requested, ?2) WHERE id = ?1 AND status = 'running'",
+            params![id, by],
+        )?;
+        Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, version, started_at, last_seen FROM workers ORDER BY name",
+        )?;
+        let mut workers = stmt
+            .query_map([], |r| {
+                Ok(WorkerRow {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    started_at: r.get(2)?,
+                    last_seen: r.get(3)?,
+                    running: Vec::new(),
+                    warm: Vec::new(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut running = conn.prepare_cached(
+            "SELECT id FROM builds WHERE worker = ?1 AND status = 'running' ORDER BY id",
+        )?;
+        let mut warm = conn.prepare_cached(WARM)?;
+        for w in &mut workers {
+            w.running = running
+                .query_map([&w.name], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            w.warm = warm
+                .query_map([&w.name], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(workers)
+    }
+}
+
+/// The oldest queued build worker ?1 may claim at ?2 (ms): one whose project was last built by
+/// another worker that is still alive (seen since ?4) waits ?3 ms for it.
+pub(super) const CLAIMABLE: &str = "SELECT b.id FROM builds b WHERE b.status = 'queued' AND (b.created_at <= CAST(?2 AS BIGINT) - CAST(?3 AS BIGINT) OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.name <> ?1 AND w.last_seen >= ?4 AND w.name = (SELECT p.worker FROM builds p WHERE p.project = b.project AND p.worker IS NOT NULL ORDER BY p.id DESC LIMIT 1))) ORDER BY b.id LIMIT 1";
+
+/// Running builds whose lease ended before ?1 (ms), with their worker's last heartbeat.
+pub(super) const LAPSED: &str = "SELECT b.id, b.worker, b.process_tag, w.last_seen FROM builds b LEFT JOIN workers w ON w.name = b.worker WHERE b.status = 'running' AND b.lease_until IS NOT NULL AND b.lease_until < ?1 AND b.worker IS NOT NULL ORDER BY b.id";
+
+/// The projects worker ?1 built successfully, most recent first.
+pub(super) const WARM: &str = "SELECT project FROM builds WHERE worker = ?1 AND status = 'succeeded' GROUP BY project ORDER BY MAX(id) DESC LIMIT 20";
+
+/// Moves build `id` to `to` with its facts, after checking the move is forward (read in the
+/// same transaction).
+fn move_status(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    to: BuildStatus,
+    facts: &StatusFacts<'_>,
+) -> Result<(), StoreError> {
+    let current: String = tx
+        .query_row("SELECT status FROM builds WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(StoreError::NoBuild(id))?;
+    to.may_follow(id, current)?;
+    let now = now_ms();
+    match facts {
+        StatusFacts::Started(s) => tx.execute(
+            "UPDATE builds SET status = ?1, started_at = ?2, commit_sha = ?3, dirty = ?4, output_dir = ?5 WHERE id = ?6",
+            params![to.as_str(), now, s.commit, s.dirty.map(i64::from), s.output_dir, id],
+        )?,
+        StatusFacts::Finished(f) => tx.execute(
+            "UPDATE builds SET status = ?1, finished_at = ?2, tools = COALESCE(?3, tools), report = ?4, error = ?5, cancelled_by = ?6, forced_kill = ?7 WHERE id = ?8",
+            params![
+                to.as_str(),
+                now,
+                f.tools.as_ref().map(|v| v.to_string()),
+                f.report.as_ref().map(|v| v.to_string()),
+                f.error,
+                f.cancelled_by,
+                f.forced_kill.map(i64::from),
+                id
+            ],
+        )?,
+    };
+    Ok(())
 }
 
 fn insert_events(

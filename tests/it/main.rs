@@ -33,6 +33,9 @@
 //!   loopback port, password auth), started once, stopped by a watchdog when the tests end.
 //! - `store_pg`: the store's contract on PostgreSQL, what that store refuses, a real
 //!   `galley serve` whose history lives there.
+//! - `fleet`: two `galley serve` workers on one PostgreSQL: builds spread and built once, records
+//!   and streams from either instance, cancel across instances, a worker killed mid-compile, a
+//!   PostgreSQL restart mid-build, `/api/v1/workers`.
 //! - `service`: the harness for a real `galley serve` process and an SSE client.
 //! - `serve`: the service end to end: builds, pushes, SSE resume, history, git refs, cancel,
 //!   restart after SIGKILL, SIGTERM, bad input, tokens, secrets, OpenAPI.
@@ -46,6 +49,7 @@ mod dockerfile;
 mod elf_verdicts;
 #[allow(dead_code)]
 mod fake_registry;
+mod fleet;
 mod golden;
 mod hardening;
 mod layers;

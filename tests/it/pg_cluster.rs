@@ -19,9 +19,34 @@ pub struct Pg {
     pub dir: PathBuf,
     /// Held open for the life of the process: its end is the watchdog's signal.
     _watchdog: Mutex<ChildStdin>,
-    /// The server and the watchdog: never waited for here, the watchdog ends the server when
-    /// this process ends, and init reaps both.
-    _children: Mutex<(Child, Child)>,
+    /// The server and the watchdog: the watchdog ends the server (whichever runs then: it reads
+    /// the pid from `postmaster.pid`) when this process ends, and init reaps both.
+    children: Mutex<(Child, Child)>,
+}
+
+/// Starts `postgres` on the cluster in `root` (its own process group: a test's Ctrl-C does not
+/// reach it before the watchdog).
+fn spawn_server(root: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("postgres.log"))
+        .unwrap();
+    let mut postgres = Command::new(bin_dir().join("postgres"));
+    postgres
+        .arg("-D")
+        .arg(root.join("cluster"))
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", root.display()))
+        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    as_owner(&mut postgres, root);
+    postgres.process_group(0);
+    postgres.spawn().unwrap()
 }
 
 /// The directory of Debian's PostgreSQL binaries (`/usr/lib/postgresql/15/bin`).
@@ -97,28 +122,11 @@ fn start() -> Pg {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = free_port();
-    let log = std::fs::File::create(root.join("postgres.log")).unwrap();
-    let mut postgres = Command::new(bin.join("postgres"));
-    postgres
-        .arg("-D")
-        .arg(&dir)
-        .args(["-p", &port.to_string()])
-        .args(["-c", "listen_addresses=127.0.0.1"])
-        .arg("-c")
-        .arg(format!("unix_socket_directories={}", root.display()))
-        .args(["-c", "fsync=off", "-c", "max_connections=200"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    as_owner(&mut postgres, &root);
-    // Its own process group: a test's Ctrl-C does not reach it before the watchdog.
-    postgres.process_group(0);
-    let server = postgres.spawn().unwrap();
+    let server = spawn_server(&root, port);
     let mut watchdog = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "read _; kill -INT {pid} 2>/dev/null; sleep 3; kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
-            pid = server.id(),
+            "read _; pid=$(head -1 '{dir}/cluster/postmaster.pid' 2>/dev/null); [ -n \"$pid\" ] && kill -INT $pid 2>/dev/null; sleep 3; [ -n \"$pid\" ] && kill -KILL $pid 2>/dev/null; rm -rf '{dir}'",
             dir = root.display()
         ))
         .stdin(Stdio::piped())
@@ -130,26 +138,44 @@ fn start() -> Pg {
         port,
         dir: root,
         _watchdog: Mutex::new(stdin),
-        _children: Mutex::new((server, watchdog)),
+        children: Mutex::new((server, watchdog)),
     };
-    let started = Instant::now();
-    loop {
-        match postgres::Client::connect(&pg.url("postgres"), postgres::NoTls) {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "PostgreSQL did not start: {e}\n{}",
-                    std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    pg.wait_up();
     pg
 }
 
 impl Pg {
+    /// Waits (30 s at most) until the server takes connections.
+    fn wait_up(&self) {
+        let pg = self;
+        let started = Instant::now();
+        loop {
+            match postgres::Client::connect(&pg.url("postgres"), postgres::NoTls) {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "PostgreSQL did not start: {e}\n{}",
+                        std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Restarts the server as an operator would (a fast shutdown, then a start): every session
+    /// is closed, connections are refused meanwhile, committed data stays.
+    pub fn restart(&self) {
+        let mut children = self.children.lock().unwrap();
+        let pid = rustix::process::Pid::from_raw(children.0.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        children.0.wait().unwrap();
+        children.0 = spawn_server(&self.dir, self.port);
+        drop(children);
+        self.wait_up();
+    }
+
     /// The URL of database `db` (with the password).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)

@@ -1,6 +1,7 @@
 //! The store on a real PostgreSQL (`pg_cluster`): the contract both backends keep, what the
-//! PostgreSQL store refuses (a second instance, a newer schema, a URL it cannot use, without ever
-//! showing the password), and a real `galley serve` whose history lives there.
+//! PostgreSQL store refuses (a second live instance with the same worker name, a newer schema, a
+//! URL it cannot use, without ever showing the password), and a real `galley serve` whose history
+//! lives there.
 
 use std::time::{Duration, Instant};
 
@@ -16,30 +17,33 @@ fn store_contract_holds_on_postgres() {
     let pg = cluster();
     conformance::run(&|name| {
         let url = pg.database(&format!("contract_{name}"));
-        Box::new(PgStore::open(&url).unwrap())
+        Box::new(PgStore::open(&url, "contract").unwrap())
     });
 }
 
 #[test]
-fn postgres_store_refuses_a_second_instance_a_newer_schema_and_urls_it_cannot_use() {
+fn postgres_store_refuses_a_second_worker_of_one_name_a_newer_schema_and_urls_it_cannot_use() {
     let pg = cluster();
     let url = pg.database("refusals");
-    let first = PgStore::open(&url).unwrap();
-    let err = PgStore::open(&url)
+    let first = PgStore::open(&url, "w1").unwrap();
+    let err = PgStore::open(&url, "w1")
         .err()
-        .expect("a second instance is refused");
-    assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        .expect("a second live w1 is refused");
+    assert!(matches!(err, StoreError::WorkerInUse { .. }), "{err}");
+    assert!(err.to_string().contains("worker w1"), "{err}");
     assert!(!err.to_string().contains(PASSWORD), "{err}");
-    drop(first);
-    // The lock goes with the connection: the next instance may start.
-    let again = PgStore::open(&url).unwrap();
+    // Another name is another worker of the same fleet.
+    let second = PgStore::open(&url, "w2").unwrap();
+    drop((first, second));
+    // The name goes with the connection: a restarted w1 may start at once.
+    let again = PgStore::open(&url, "w1").unwrap();
     drop(again);
 
     pg.sql(
         "refusals",
         "UPDATE galley_meta SET value = '99' WHERE key = 'schema_version'",
     );
-    let err = PgStore::open(&url)
+    let err = PgStore::open(&url, "w1")
         .err()
         .expect("a newer schema is refused");
     assert!(
@@ -50,7 +54,7 @@ fn postgres_store_refuses_a_second_instance_a_newer_schema_and_urls_it_cannot_us
 
     let wrong = url.replace(PASSWORD, "not-the-password");
     let t = Instant::now();
-    let err = PgStore::open(&wrong)
+    let err = PgStore::open(&wrong, "w1")
         .err()
         .expect("a wrong password is refused");
     let text = err.to_string();
@@ -59,7 +63,9 @@ fn postgres_store_refuses_a_second_instance_a_newer_schema_and_urls_it_cannot_us
     assert!(text.contains("password authentication failed"), "{text}");
     assert!(!text.contains("not-the-password"), "{text}");
     let closed = format!("postgres://galley:{PASSWORD}@127.0.0.1:1/x");
-    let err = PgStore::open(&closed).err().expect("nobody listens there");
+    let err = PgStore::open(&closed, "w1")
+        .err()
+        .expect("nobody listens there");
     let text = err.to_string();
     assert!(
         text.contains("cannot reach the store postgres://galley:***@127.0.0.1:1/x"),
@@ -94,7 +100,8 @@ fn serve_on_postgres_keeps_its_history_there_and_never_shows_the_password() {
         "nothing went to SQLite"
     );
 
-    // A second service on the same store is refused, naming the store without its password.
+    // A second service with the same worker name (the host name, by default) is refused,
+    // naming the store without its password.
     let out = crate::support::galley()
         .arg("serve")
         .arg("--config")
@@ -108,7 +115,8 @@ fn serve_on_postgres_keeps_its_history_there_and_never_shows_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("another galley serve uses the store postgres://galley:***@"),
+        stderr.contains("another galley serve is worker")
+            && stderr.contains("on the store postgres://galley:***@"),
         "{stderr}"
     );
 
@@ -138,7 +146,7 @@ fn postgres_store_connects_again_after_the_server_closed_its_connections() {
     use galley::store::{BuildInput, Created, NewBuild, Store};
     let pg = cluster();
     let url = pg.database("reconnect");
-    let store = PgStore::open(&url).unwrap();
+    let store = PgStore::open(&url, "w1").unwrap();
     let input = BuildInput {
         project: "tiny".into(),
         variants: vec!["sqlite".into()],
@@ -146,6 +154,7 @@ fn postgres_store_connects_again_after_the_server_closed_its_connections() {
         push: false,
         git_ref: None,
         repro_of: None,
+        retry_of: None,
     };
     let build = |hash: &'static str| NewBuild {
         project: "tiny",
@@ -194,6 +203,9 @@ fn postgres_store_connects_again_after_the_server_closed_its_connections() {
             }
         }
     }
-    // The instance lock came back with the writer: the store is still not shared.
-    assert!(matches!(PgStore::open(&url), Err(StoreError::InUse { .. })));
+    // The worker's name came back with the writer: no other instance can take it.
+    assert!(matches!(
+        PgStore::open(&url, "w1"),
+        Err(StoreError::WorkerInUse { .. })
+    ));
 }

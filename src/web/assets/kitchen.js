@@ -355,6 +355,7 @@ function renderMeta() {
   if (r.inputs.ref) parts.push(`ref ${r.inputs.ref}`);
   if (view.meta.commit) parts.push(`commit ${view.meta.commit}`);
   parts.push(`started by ${r.started_by}`);
+  if (r.worker) parts.push(`on worker ${r.worker}`);
   if (r.inputs.push) parts.push("push");
   if (r.inputs.repro_of) parts.push(`repro of build ${r.inputs.repro_of}`);
   $("build-meta").textContent = parts.join(" · ");
@@ -658,6 +659,7 @@ async function loadHistory(fresh) {
       el("td", { text: b.inputs.variants.join(", ") }),
       el("td", { text: secs(b.duration_ms) }),
       el("td", { text: b.started_by }),
+      el("td", { text: b.worker || "" }),
       el("td", {}, el("time", { datetime: b.created_at, text: new Date(b.created_at).toLocaleString() })),
       el("td", {}, again));
   });
@@ -665,6 +667,20 @@ async function loadHistory(fresh) {
   nextBefore = page.next_before || null;
   $("older").hidden = !nextBefore;
   $("history-empty").hidden = $("history-rows").children.length > 0;
+  if (fresh) loadWorkers();
+}
+
+/** The fleet's workers (every `galley serve` on the same store): who is alive, what runs where. */
+async function loadWorkers() {
+  let workers;
+  try { workers = await api("GET", "/api/v1/workers"); } catch (e) { showAlert(e); return; }
+  $("worker-rows").replaceChildren(...workers.map((w) => el("tr", {},
+    el("td", { text: w.this ? `${w.name} (this one)` : w.name }),
+    el("td", { text: w.alive ? "alive" : "gone" }),
+    el("td", { text: w.version }),
+    el("td", {}, el("time", { datetime: w.last_seen, text: new Date(w.last_seen).toLocaleString() })),
+    el("td", {}, ...w.running.map((id) => el("a", { href: `#/builds/${id}`, text: `#${id} ` }))),
+    el("td", { text: w.warm_projects.join(", ") }))));
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
