@@ -108,6 +108,8 @@ struct Inner {
 pub struct Runner {
     inner: Arc<Inner>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The fleet thread: it renews leases until the workers are done, then stops.
+    fleet: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -160,16 +162,14 @@ impl Runner {
         )?;
         inner.recover()?;
         inner.apply_retention();
-        let mut workers = Vec::new();
-        {
+        let fleet = {
             let inner = inner.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name("galley-fleet".into())
-                    .spawn(move || inner.fleet())
-                    .map_err(|e| RunnerError::Start(e.to_string()))?,
-            );
-        }
+            std::thread::Builder::new()
+                .name("galley-fleet".into())
+                .spawn(move || inner.fleet())
+                .map_err(|e| RunnerError::Start(e.to_string()))?
+        };
+        let mut workers = Vec::new();
         for n in 0..inner.config.max_running {
             let inner = inner.clone();
             workers.push(
@@ -182,6 +182,7 @@ impl Runner {
         Ok(Runner {
             inner,
             workers: Arc::new(Mutex::new(workers)),
+            fleet: Arc::new(Mutex::new(Some(fleet))),
         })
     }
 
@@ -416,6 +417,10 @@ impl Runner {
             }
         }
         inner.fleet_done.store(true, Ordering::SeqCst);
+        if let Some(f) = self.fleet.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // It wakes at least every 250 ms.
+            let _ = f.join();
+        }
     }
 
     /// Why the service is not ready to take builds, if it is not: shutting down, a store that
