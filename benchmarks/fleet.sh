@@ -39,12 +39,16 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 as_pg "$pgbin/postgres" -D "$work/pg/cluster" -p "$port" -c listen_addresses=127.0.0.1 \
   -c unix_socket_directories="$work/pg" -c fsync=off -c max_connections=200 \
   >"$work/pg/postgres.log" 2>&1 &
-pg_pid=$!
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  kill -INT "$pg_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # The server itself (runuser is only its parent): a fast shutdown, then it is gone.
+  local pg
+  pg=$(head -1 "$work/pg/cluster/postmaster.pid" 2>/dev/null || true)
+  if [ -n "$pg" ]; then
+    kill -INT "$pg" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pg" 2>/dev/null || break; sleep 0.1; done
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -20,7 +20,7 @@ const LEASE_S: u64 = 3;
 /// The config both workers share but for their name.
 fn config(name: &str, dir: &Path) -> String {
     format!(
-        "worker_name = \"{name}\"\nlease = \"{LEASE_S}s\"\nsticky_delay = \"1s\"\nmax_running = 1\nmax_queued = 20\ncancel_grace = \"2s\"\nheartbeat = \"1s\"\n\
+        "worker_name = \"{name}\"\nlease = \"{LEASE_S}s\"\nsticky_delay = \"1s\"\nretry_interrupted = true\nmax_running = 1\nmax_queued = 20\ncancel_grace = \"2s\"\nheartbeat = \"1s\"\n\
          [projects.tiny]\npath = \"{}\"\nbase = \"{base}\"\n\
          [projects.slow]\npath = \"{}\"\nbase = \"{base}\"\n\
          [projects.pause]\npath = \"{}\"\nbase = \"{base}\"\n",
@@ -192,6 +192,13 @@ fn two_workers_on_postgres_share_builds_streams_cancels_and_survive_a_death_and_
         !survivors(&tree).is_empty(),
         "the dead worker's build processes outlive it until it starts again"
     );
+    // retry_interrupted: the build is queued again, once, as a new build the living worker runs.
+    let (_, list) = other.get("/api/v1/builds?limit=1");
+    let retry = &list["builds"][0];
+    assert_eq!(retry["inputs"]["retry_of"], doomed, "{retry}");
+    let retry_id = retry["id"].as_i64().unwrap();
+    let (status, _, c) = other.post(&format!("/api/v1/builds/{retry_id}/cancel"), None, &[]);
+    assert_eq!((status, &c["status"]), (200, &json!("cancelled")), "{c}");
     killed.restart();
     let t = Instant::now();
     while !survivors(&tree).is_empty() {
