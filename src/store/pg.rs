@@ -548,68 +548,68 @@ impl Store for PgStore {
     }
 
     fn stage_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query(
                 "SELECT seq, kind, data FROM events WHERE build_id = $1 AND kind = 'stage' ORDER BY seq",
                 &[&id],
             )?
             .iter()
             .map(event_row)
-            .collect::<Result<_, _>>()?))
+            .collect::<Result<_, _>>())
     }
 
     fn last_event(&self, id: i64, kind: &str) -> Result<Option<String>, StoreError> {
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query_opt(
                 "SELECT data FROM events WHERE build_id = $1 AND kind = $2 ORDER BY seq DESC LIMIT 1",
                 &[&id, &kind],
             )?
             .map(|r| r.try_get(0))
-            .transpose()?))
+            .transpose())
     }
 
     fn latest_repro(&self, of: i64) -> Result<Option<BuildRow>, StoreError> {
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE (request::jsonb ->> 'repro_of')::bigint = $1 ORDER BY id DESC LIMIT 1"),
                 &[&of],
             )?
             .map(|r| build_row(&r))
-            .transpose()?))
+            .transpose())
     }
 
     fn get_build(&self, id: i64) -> Result<Option<BuildRow>, StoreError> {
         self.reading(|c| {
-            Ok(c.query_opt(
+            c.query_opt(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1"),
                 &[&id],
             )?
             .map(|r| build_row(&r))
-            .transpose()?)
+            .transpose()
         })
     }
 
     fn list_builds(&self, f: &ListFilter) -> Result<Vec<BuildRow>, StoreError> {
         let status = f.status.map(|s| s.as_str());
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query(
                 &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id < $1 AND ($2::text IS NULL OR project = $2) AND ($3::text IS NULL OR status = $3) ORDER BY id DESC LIMIT $4"),
                 &[&f.before.unwrap_or(i64::MAX), &f.project, &status, &(f.limit as i64)],
             )?
             .iter()
             .map(build_row)
-            .collect::<Result<_, _>>()?))
+            .collect::<Result<_, _>>())
     }
 
     fn queued(&self) -> Result<Vec<i64>, StoreError> {
         self.reading(|c| {
-            Ok(c.query(
+            c.query(
                 "SELECT id FROM builds WHERE status = 'queued' ORDER BY id",
                 &[],
             )?
             .iter()
             .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
         })
     }
 
@@ -643,26 +643,26 @@ impl Store for PgStore {
     }
 
     fn unfinished(&self) -> Result<Vec<(i64, String)>, StoreError> {
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query(
                 "SELECT id, process_tag FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
                 &[],
             )?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?))
+            .collect::<Result<_, postgres::Error>>())
     }
 
     fn expired(&self, max_builds: usize, max_age: Duration) -> Result<Vec<i64>, StoreError> {
         let cutoff = now_ms() - max_age.as_millis() as i64;
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query(
                 "SELECT id FROM builds WHERE status NOT IN ('queued', 'running') AND (created_at < $1 OR id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT $2)) ORDER BY id",
                 &[&cutoff, &(max_builds as i64)],
             )?
             .iter()
             .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?))
+            .collect::<Result<_, _>>())
     }
 
     fn expire_keys(&self, age: Duration) -> Result<usize, StoreError> {
@@ -688,14 +688,14 @@ impl Store for PgStore {
     }
 
     fn held_by(&self, worker: &str) -> Result<Vec<(i64, String)>, StoreError> {
-        self.reading(|c| Ok(c
+        self.reading(|c| c
             .query(
                 "SELECT id, process_tag FROM builds WHERE status = 'running' AND (worker = $1 OR worker IS NULL) ORDER BY id",
                 &[&worker],
             )?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?))
+            .collect::<Result<_, postgres::Error>>())
     }
 
     fn claim(
