@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         fmt.init();
     }
     let result = match cli.command {
-        Command::Build(args) => match cli::build::run(args) {
+        Command::Build(args) => match cli::build::run(*args) {
             Ok(cli::build::Outcome::Finished(ok)) => Ok(ok),
             // The shell convention for "stopped by SIGINT".
             Ok(cli::build::Outcome::Interrupted) => return ExitCode::from(130),
@@ -34,6 +34,8 @@ fn main() -> ExitCode {
         Command::Push(args) => cli::push::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Sbom(args) => cli::attest::run(args),
+        Command::Completions(args) => cli::docs::completions(args),
+        Command::Man(args) => cli::docs::man(args),
         Command::Repro(args) => match cli::repro::run(args) {
             Ok(cli::repro::Outcome::Compared { identical }) => Ok(identical),
             Ok(cli::repro::Outcome::Interrupted) => return ExitCode::from(130),

@@ -19,13 +19,29 @@ pub enum Outcome {
     Interrupted,
 }
 
+/// How much goes to stderr while a build runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    /// Errors only (`-q`).
+    Quiet,
+    /// Log lines and the summary.
+    #[default]
+    Normal,
+    /// Also every stage as it starts and ends (`-v`).
+    Verbose,
+}
+
 /// Prints log lines on stderr as `[variant arch] stage: line`.
 pub(super) struct Printer {
     pub(super) stderr: Mutex<std::io::Stderr>,
+    pub(super) verbosity: Verbosity,
 }
 
 impl EventSink for Printer {
     fn log(&self, line: &LogLine<'_>) {
+        if self.verbosity == Verbosity::Quiet {
+            return;
+        }
         let mut err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             err,
@@ -37,8 +53,25 @@ impl EventSink for Printer {
         );
     }
 
-    fn stage(&self, _event: &StageEvent<'_>) {
-        // Stage timings are in the report; the log lines say what happens.
+    fn stage(&self, e: &StageEvent<'_>) {
+        // Stage timings are in the report; the log lines say what happens. `-v` shows them.
+        if self.verbosity != Verbosity::Verbose {
+            return;
+        }
+        let mut err = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let ms = e.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default();
+        let cache = e
+            .cache
+            .map(|c| if c.cached { " (cached)" } else { "" })
+            .unwrap_or_default();
+        let _ = writeln!(
+            err,
+            "[{} {}] {} {:?}{ms}{cache}",
+            e.variant,
+            e.target.platform().architecture,
+            e.stage,
+            e.status
+        );
     }
 }
 
@@ -63,21 +96,72 @@ pub(super) fn cancel_on_signals(cancel: &Cancel) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The targets of `--platform` values (`linux/amd64`, `linux/arm64`, `linux/arm64/v8`).
+fn platform_targets(platforms: &[String]) -> anyhow::Result<Vec<String>> {
+    platforms
+        .iter()
+        .map(|p| {
+            crate::target::Target::ALL
+                .into_iter()
+                .find(|t| {
+                    let pf = t.platform();
+                    let short = format!("{}/{}", pf.os, pf.architecture);
+                    p == &short || pf.variant.is_some_and(|v| p == &format!("{short}/{v}"))
+                })
+                .map(|t| t.triple().to_string())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--platform {p:?} is not one galley builds: use linux/amd64 or linux/arm64"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The repository of `--push`: its value, or GALLEY_REPO when it has none.
+fn push_repository(push: Option<String>) -> anyhow::Result<Option<String>> {
+    match push.as_deref() {
+        Some("") => match std::env::var("GALLEY_REPO") {
+            Ok(r) if !r.trim().is_empty() => Ok(Some(r.trim().to_string())),
+            _ => anyhow::bail!(
+                "--push has no repository and GALLEY_REPO is not set: give --push host/repo or export GALLEY_REPO=host/repo"
+            ),
+        },
+        _ => Ok(push),
+    }
+}
+
 /// Runs a build.
 pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
+    let mut targets = args.targets;
+    for t in platform_targets(&args.platforms)? {
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    let verbosity = if args.quiet {
+        Verbosity::Quiet
+    } else if args.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
     let req = BuildRequest {
-        project: args.project,
+        project: args
+            .project_dir
+            .or(args.project)
+            .unwrap_or_else(|| ".".into()),
         variants: args.variants,
         version: args.version,
         base: args.base,
         output: args.output,
-        targets: args.targets,
+        targets,
         tags: args.tags,
         no_compress: args.no_compress,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         upx: args.upx,
         credential: super::credential(&args.registry)?,
-        push: args.push,
+        push: push_repository(args.push)?,
         insecure_registries: args.registry.insecure_registries,
         ca_bundle: args.registry.ca_bundle,
         refresh_base: args.refresh_base,
@@ -100,6 +184,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
     cancel_on_signals(&cancel)?;
     let printer = Printer {
         stderr: Mutex::new(std::io::stderr()),
+        verbosity,
     };
     let toolchain = CargoZigbuild::default();
     let ctx = Context {
@@ -124,10 +209,24 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    eprint!("{}", report.human());
+    if verbosity != Verbosity::Quiet {
+        eprint!("{}", report.human());
+    }
+    let refs = report.image_refs();
+    if let Some(path) = &args.image_refs {
+        let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write --image-refs {}", path.display()))?;
+    }
     if args.json {
         let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
         println!("{json}");
+    } else {
+        // What a script captures (IMG=$(galley build ...)), as `ko build` prints it.
+        let mut out = std::io::stdout().lock();
+        for r in &refs {
+            writeln!(out, "{r}").context("writing the image references")?;
+        }
     }
     Ok(Outcome::Finished(report.succeeded))
 }

@@ -2,6 +2,7 @@
 
 pub mod attest;
 pub mod build;
+pub mod docs;
 pub mod http;
 pub mod push;
 pub mod repro;
@@ -23,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Compile each variant, verify, strip, compress and package it as an OCI image.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Print the ELF facts of a binary and whether galley would ship it for a target.
     Verify(VerifyArgs),
     /// Push the tagged images of an OCI layout (built earlier) to a repository.
@@ -36,6 +37,24 @@ pub enum Command {
     /// Build a recorded build again in a fresh directory and compare every digest: exit 0 when
     /// all match, 1 when something differs (where, down to the key or file), 2 on an error.
     Repro(ReproArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout, e.g.
+    /// `galley completions bash > /etc/bash_completion.d/galley`.
+    Completions(CompletionsArgs),
+    /// Write man pages (galley.1 and one per command) into a directory, e.g.
+    /// `galley man /usr/local/share/man/man1`.
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,10 +151,23 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  galley build                                  every variant of the project here, into ./out
+  galley build ../authd --variants sqlite,psql --version 1.4.2
+  IMG=$(galley build --push registry.example.com/team/authd)   # stdout: host/repo:tag@sha256:...
+  GALLEY_REPO=registry.example.com/team/authd galley build --push --platform linux/amd64,linux/arm64
+
+Put PROJECT before a bare --push (after it, it would be taken for the repository).
+
+stdout holds the image references, one per line (with --json: the report instead); the
+summary and the log go to stderr.")]
 pub struct BuildArgs {
-    /// The cargo project (holding Cargo.toml and optionally galley.toml).
-    #[arg(long, default_value = ".")]
-    pub project: PathBuf,
+    /// The cargo project (holding Cargo.toml and optionally galley.toml; default: here).
+    #[arg(value_name = "PROJECT", conflicts_with = "project")]
+    pub project_dir: Option<PathBuf>,
+    /// The cargo project, as a flag (the same as PROJECT).
+    #[arg(long)]
+    pub project: Option<PathBuf>,
     /// Variants to build, comma-separated (default: every [variants.*] in galley.toml).
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
@@ -151,6 +183,9 @@ pub struct BuildArgs {
     /// Target triple; repeat for an image index with several platforms (default: x86_64-unknown-linux-musl).
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// OCI platforms instead of (or besides) targets, comma-separated: linux/amd64, linux/arm64.
+    #[arg(long = "platform", value_delimiter = ',')]
+    pub platforms: Vec<String>,
     /// Tag template; repeat for several tags. Placeholders: {variant}, {version}.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -163,9 +198,19 @@ pub struct BuildArgs {
     /// Print the report as JSON on stdout (it is always written to OUTPUT/report.json).
     #[arg(long)]
     pub json: bool,
-    /// Push every image to this repository (host/repo), tags last.
-    #[arg(long)]
+    /// Push every image to this repository (host/repo), tags last. Without a value: the
+    /// repository in GALLEY_REPO (as ko's KO_DOCKER_REPO).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "REPOSITORY")]
     pub push: Option<String>,
+    /// Also write the image references (stdout's lines) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub image_refs: Option<PathBuf>,
+    /// Print only errors and the image references (no log lines, no summary).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print every stage as it starts and ends, besides the log lines.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Re-resolve the base image's tag instead of using the cached digest.
     #[arg(long)]
     pub refresh_base: bool,

@@ -1,4 +1,6 @@
-//! `galley push LAYOUT REPOSITORY`: pushes the tagged images of an OCI layout built earlier.
+//! `galley push LAYOUT REPOSITORY`: pushes the tagged images of an OCI layout built earlier:
+//! every image's blobs, manifests and referrers first, then, when all of them are there, the
+//! tags of all of them.
 
 use std::collections::BTreeMap;
 
@@ -67,36 +69,63 @@ pub fn run(args: PushArgs) -> anyhow::Result<bool> {
         ..Default::default()
     };
     let pusher = Pusher::new(&target, &options, None).context("setting up the push")?;
+    // Every image's content first; the tags only once all of it is there, together (as
+    // `build --push` does): a failed second image leaves the first one unreleased too.
     let mut results = Vec::new();
-    for (digest, (desc, tags)) in &images {
+    for (digest, (desc, _)) in &images {
         let mut stats = PushStats::default();
         let outcome = pusher
             .push_content(&layout, desc, &mut stats)
-            .and_then(|()| pusher.push_referrers_of(&layout, desc, &mut stats))
-            .and_then(|()| pusher.push_tags(&layout, desc, tags));
-        let (references, error) = match outcome {
-            Ok(r) => (r, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        };
-        match &error {
-            None => eprintln!(
-                "pushed {} ({} uploaded, {} skipped, {} mounted)",
-                references.join(", "),
-                stats.uploaded,
-                stats.skipped,
-                stats.mounted
-            ),
-            Some(e) => eprintln!("push of {digest} failed, no tag moved: {e}"),
+            .and_then(|()| pusher.push_referrers_of(&layout, desc, &mut stats));
+        if let Err(e) = &outcome {
+            eprintln!("push of {digest} failed: {e}");
         }
         results.push(PushedImage {
             digest: digest.clone(),
-            references,
+            references: Vec::new(),
             blobs: stats,
-            error,
+            error: outcome.err().map(|e| e.to_string()),
         });
+    }
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {} images could not be pushed: no tag moved",
+            results.len()
+        );
+        for r in &mut results {
+            r.error
+                .get_or_insert_with(|| "not tagged: another image of the push failed".into());
+        }
+    } else {
+        for (r, (_, (desc, tags))) in results.iter_mut().zip(&images) {
+            match pusher.push_tags(&layout, desc, tags) {
+                Ok(refs) => {
+                    eprintln!(
+                        "pushed {} ({} uploaded, {} skipped, {} mounted)",
+                        refs.join(", "),
+                        r.blobs.uploaded,
+                        r.blobs.skipped,
+                        r.blobs.mounted
+                    );
+                    r.references = refs;
+                }
+                Err(e) => {
+                    eprintln!("tagging {} failed: {e}", r.digest);
+                    r.error = Some(e.to_string());
+                }
+            }
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        // host/repo:tag@sha256:..., one per line, for scripts.
+        for r in &results {
+            for reference in &r.references {
+                println!("{reference}");
+            }
+        }
     }
     Ok(results.iter().all(|r| r.error.is_none()))
 }

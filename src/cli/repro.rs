@@ -46,6 +46,7 @@ pub fn run(args: ReproArgs) -> anyhow::Result<Outcome> {
         }
         let printer = Printer {
             stderr: Mutex::new(std::io::stderr()),
+            verbosity: Default::default(),
         };
         repro::rebuild(plan, &printer, &cancel, None)
     });

@@ -253,6 +253,21 @@ impl Report {
         Ok(report)
     }
 
+    /// The references of the images this build made, one per tag, as `galley build` prints
+    /// them on stdout: `host/repo:tag@sha256:...` for every tag pushed, else `oci:OUTPUT:TAG`
+    /// for every tag in the layout (a variant that failed or whose tags were withheld has none).
+    pub fn image_refs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in self.succeeded_variants() {
+            match &v.push {
+                Some(p) if p.withheld.is_none() => out.extend(p.references.iter().cloned()),
+                Some(_) => {}
+                None => out.extend(v.tags.iter().map(|t| format!("oci:{}:{t}", self.output))),
+            }
+        }
+        out
+    }
+
     /// The variants that succeeded.
     pub fn succeeded_variants(&self) -> impl Iterator<Item = &VariantReport> {
         self.variants.iter().filter(|v| v.status.succeeded())

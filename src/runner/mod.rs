@@ -477,7 +477,8 @@ impl Inner {
             cancelled_by: None,
         })
         .data();
-        // Opened before the build exists, so no event of it can be missed.
+        // The build and its first event in one transaction; a worker (here or elsewhere)
+        // claims it from the store.
         let created = self.store.create_build(&NewBuild {
             project: &input.project,
             request: input,

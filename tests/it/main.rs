@@ -23,6 +23,9 @@
 //! - `projects`: a workspace with one binary per backend, the project's rustflags, image files;
 //!   a base config with a tab and a newline; a published crate with C code (b3sum).
 //! - `cache`: the stage cache: hits, every kind of invalidation, corrupt entries, two processes.
+//! - `cli_contract`: the CLI as scripts use it: image references on stdout and in
+//!   `--image-refs`, a positional project, `--platform`, `GALLEY_REPO`, `-q`, `galley push` tags
+//!   last; completions and man pages.
 //! - `cancel`: Ctrl-C of `galley build` stops every child (checked in /proc), leaves nothing.
 //! - `release`: when tags move (all variants or --partial), report.json first, index.json
 //!   locked, the base tag's TTL.
@@ -45,6 +48,7 @@ mod bad_input;
 mod build_e2e;
 mod cache;
 mod cancel;
+mod cli_contract;
 mod dockerfile;
 mod elf_verdicts;
 #[allow(dead_code)]
