@@ -154,12 +154,12 @@ pub struct PushArgs {
 #[command(after_help = "Examples:
   galley build                                  every variant of the project here, into ./out
   galley build ../authd --variants sqlite,psql --version 1.4.2
-  IMG=$(galley build --push registry.example.com/team/authd)   # stdout: host/repo:tag@sha256:...
+  IMG=$(galley build --variants sqlite --push registry.example.com/team/authd)   # host/repo@sha256:...
   GALLEY_REPO=registry.example.com/team/authd galley build --push --platform linux/amd64,linux/arm64
 
 Put PROJECT before a bare --push (after it, it would be taken for the repository).
 
-stdout holds the image references, one per line (with --json: the report instead); the
+stdout holds the image references, one per variant (with --json: the report instead); the
 summary and the log go to stderr.")]
 pub struct BuildArgs {
     /// The cargo project (holding Cargo.toml and optionally galley.toml; default: here).
@@ -202,7 +202,7 @@ pub struct BuildArgs {
     /// repository in GALLEY_REPO (as ko's KO_DOCKER_REPO).
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "REPOSITORY")]
     pub push: Option<String>,
-    /// Also write the image references (stdout's lines) to this file.
+    /// Also write the image references (stdout's lines: one per variant) to this file.
     #[arg(long, value_name = "FILE")]
     pub image_refs: Option<PathBuf>,
     /// Print only errors and the image references (no log lines, no summary).

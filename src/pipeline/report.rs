@@ -253,16 +253,20 @@ impl Report {
         Ok(report)
     }
 
-    /// The references of the images this build made, one per tag, as `galley build` prints
-    /// them on stdout: `host/repo:tag@sha256:...` for every tag pushed, else `oci:OUTPUT:TAG`
-    /// for every tag in the layout (a variant that failed or whose tags were withheld has none).
+    /// The references of the images this build made, one per variant, as `galley build`
+    /// prints them on stdout (as `ko build` does): `host/repo@sha256:...` when it was pushed
+    /// (what `docker pull` and `skopeo inspect docker://` take: a reference with a tag and a
+    /// digest is refused by some tools), else `oci:OUTPUT:TAG` with its first tag. A variant that
+    /// failed, or whose registry tags were withheld, has none.
     pub fn image_refs(&self) -> Vec<String> {
         let mut out = Vec::new();
         for v in self.succeeded_variants() {
             match &v.push {
-                Some(p) if p.withheld.is_none() => out.extend(p.references.iter().cloned()),
+                Some(p) if p.withheld.is_none() && !p.references.is_empty() => {
+                    out.push(format!("{}@{}", p.repository, p.digest))
+                }
                 Some(_) => {}
-                None => out.extend(v.tags.iter().map(|t| format!("oci:{}:{t}", self.output))),
+                None => out.extend(v.tags.first().map(|t| format!("oci:{}:{t}", self.output))),
             }
         }
         out
