@@ -97,6 +97,57 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Puts an error the framework answered in plain text (a path segment that is not a number, a
+/// query that does not parse, a method a route does not take) into the JSON error envelope,
+/// so every rejection reads the same. Other responses pass untouched.
+pub async fn envelope(resp: Response) -> Response {
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, hint) = match status {
+        StatusCode::BAD_REQUEST => (
+            "invalid_request",
+            "a build id is a positive integer; see /api/v1/openapi.json for each parameter",
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "see /api/v1/openapi.json"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "see /api/v1/openapi.json for the methods of each route",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "see /api/v1/openapi.json"),
+        _ => ("error", "see /api/v1/openapi.json"),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code, message)
+        .hint(hint)
+        .into_response();
+    // Keep what the framework said besides the body (Allow on a 405).
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().entry(k).or_insert(v.clone());
+        }
+    }
+    out
+}
+
 /// A JSON body: size-limited, `application/json`, unknown fields refused, and every problem
 /// answered with the field it is about.
 pub struct ApiJson<T>(pub T);

@@ -212,6 +212,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             state.clone(),
             guard::guard,
         ))
+        .layer(axum::middleware::map_response(error::envelope))
         .with_state(state);
     (app, doc)
 }

@@ -762,6 +762,37 @@ fn serve_refuses_bad_input_with_a_4xx_and_spawns_nothing() {
     assert_eq!(svc.get("/api/v1/builds/12345").0, 404);
     assert_eq!(svc.get("/api/v1/builds?status=exploded").0, 422);
     assert_eq!(svc.get("/api/v1/builds?limit=0").0, 422);
+    // What the framework refuses (a path or query that does not parse, a method a route does
+    // not take) comes in the same JSON envelope as galley's own refusals.
+    for (path, status, code) in [
+        ("/api/v1/builds/abc", 400, "invalid_request"),
+        (
+            "/api/v1/builds/99999999999999999999",
+            400,
+            "invalid_request",
+        ),
+        ("/api/v1/builds?limit=lots", 400, "invalid_request"),
+        ("/api/v1/builds/1/events?after=x", 400, "invalid_request"),
+    ] {
+        let (got, body) = svc.get(path);
+        assert_eq!(
+            (got, &body["error"]["code"]),
+            (status, &json!(code)),
+            "{path}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    let (status, _, body) = svc.post("/api/v1/projects", None, &[]);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (405, &json!("method_not_allowed")),
+        "{body}"
+    );
 
     // Nothing was queued, nothing ran, no payload did anything.
     let (_, page) = svc.get("/api/v1/builds");
