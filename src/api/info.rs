@@ -97,22 +97,38 @@ pub struct NextQuery {
     pub bump: Option<Bump>,
 }
 
+/// A commit that decided the suggested bump.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DecidingCommit {
+    pub commit: String,
+    pub subject: String,
+    pub bump: Bump,
+}
+
 /// The next versions of a project.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NextVersion {
     pub project: String,
+    /// The bump `next` applies: the one asked for, else the suggested one.
     pub bump: Bump,
-    /// The highest version released so far, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub current: Option<String>,
-    /// The suggestion for `bump`.
+    /// The highest version published so far; with nothing published, the crate's version.
+    pub current: String,
+    /// The version to build now: `current` bumped by `bump` (with nothing published and no
+    /// bump asked for, the crate's version itself: its first release).
     pub next: String,
-    /// What each bump gives.
+    /// What each bump of `current` gives.
     pub patch: String,
     pub minor: String,
     pub major: String,
-    /// Where `current` came from: `registry` (its tags), `history` (succeeded builds) or `cargo`
-    /// (nothing released yet: the crate's version is suggested as it is).
+    /// The bump the commits since `current` ask for (Conventional Commits: fix → patch, feat →
+    /// minor, `!` or BREAKING CHANGE → major; patch when none says).
+    pub suggested: Bump,
+    /// The commits that decided `suggested` (those of its kind, newest first, at most 20).
+    pub decided_by: Vec<DecidingCommit>,
+    /// Where `current` came from: `registry tags`, `history` (succeeded builds), `git tags`
+    /// (`vX.Y.Z`) or `Cargo.toml` (nothing published yet).
+    pub from: String,
+    /// The same, as a code: `registry`, `history`, `git` or `cargo`.
     pub source: String,
     /// Why the registry was not used, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,8 +177,10 @@ fn registry_options(p: &Project) -> RegistryOptions {
     }
 }
 
-/// The next version: from the highest semver among the repository's tags (`sqlite-1.4.2` counts
-/// as 1.4.2), else from the history of succeeded builds, else the crate's own version.
+/// The next version: from the highest version published (the push repository's tags, where
+/// `sqlite-1.4.2` counts as 1.4.2; succeeded builds; git tags `v1.4.2`), else the crate's own,
+/// with the bump the commits since then ask for (Conventional Commits) and the commits that
+/// decided it.
 #[utoipa::path(
     get,
     path = "/api/v1/versions/next",
@@ -178,66 +196,110 @@ pub async fn next_version(
     Query(q): Query<NextQuery>,
 ) -> Result<Json<NextVersion>, ApiError> {
     let project = pick_project(&state, &q.project)?.clone();
-    let how = q.bump.unwrap_or(Bump::Patch);
     let runner = state.runner.clone();
     blocking(move || {
         let mut warning = None;
-        let mut found: Option<(semver::Version, &str)> = None;
+        // Every published version, with where it was seen; the highest wins, the registry
+        // first on a tie.
+        let mut published: Vec<(semver::Version, &str)> = Vec::new();
         if let Some(repo) = &project.push {
             match crate::registry::tags::list_tags(repo, &registry_options(&project)) {
-                Ok(tags) => {
-                    found = tags
-                        .iter()
+                Ok(tags) => published.extend(
+                    tags.iter()
                         .filter_map(|t| version_in_tag(t))
-                        .max()
-                        .map(|v| (v, "registry"))
-                }
+                        .map(|v| (v, "registry")),
+                ),
                 Err(e) => warning = Some(format!("cannot list the tags of {}: {e}", repo.name())),
             }
         }
-        if found.is_none() {
-            let released = runner
-                .store()
-                .released_versions(&project.name)
-                .map_err(ApiError::internal)?;
-            found = released
+        let released = runner
+            .store()
+            .released_versions(&project.name)
+            .map_err(ApiError::internal)?;
+        published.extend(
+            released
                 .iter()
                 .filter_map(|v| semver::Version::parse(v).ok())
-                .max()
-                .map(|v| (v, "history"));
+                .map(|v| (v, "history")),
+        );
+        let data_dir = runner.config().data_dir.clone();
+        let mut latest: Option<(semver::Version, &str)> = None;
+        let git = crate::runner::source::release_history(&data_dir, &project, |tags| {
+            let mut all = published.clone();
+            all.extend(tags.iter().cloned().map(|v| (v, "git")));
+            all.sort_by(|a, b| a.0.cmp(&b.0).then(rank(b.1).cmp(&rank(a.1))));
+            latest = all.pop();
+            // The commits since the tag of the latest version, when git has that tag.
+            latest
+                .as_ref()
+                .map(|(v, _)| v.clone())
+                .filter(|v| tags.contains(v))
+        });
+        if git.is_none() {
+            published.sort_by(|a, b| a.0.cmp(&b.0).then(rank(b.1).cmp(&rank(a.1))));
+            latest = published.pop();
         }
-        let next = |v: &Option<semver::Version>, b: Bump| match v {
-            Some(v) => bump(v, b).to_string(),
-            None => String::new(),
-        };
-        let (current, source) = match found {
-            Some((v, s)) => (Some(v), s),
-            None => (None, "cargo"),
-        };
-        let crate_version = offer(&runner.config().data_dir, &project, None)
+        let crate_version = offer(&data_dir, &project, None)
             .ok()
             .and_then(|o| o.version)
-            .unwrap_or_else(|| "0.1.0".into());
-        let or_crate = |s: String| {
-            if s.is_empty() {
-                crate_version.clone()
-            } else {
-                s
-            }
+            .and_then(|v| semver::Version::parse(&v).ok())
+            .unwrap_or_else(|| semver::Version::new(0, 1, 0));
+        let (current, source) = match &latest {
+            Some((v, s)) => (v.clone(), *s),
+            None => (crate_version, "cargo"),
+        };
+        let mut deciding: Vec<DecidingCommit> = git
+            .map(|(_, commits)| commits)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| {
+                crate::runner::commit_bump(&c.subject, &c.body).map(|bump| DecidingCommit {
+                    commit: c.id,
+                    subject: c.subject,
+                    bump,
+                })
+            })
+            .collect();
+        let suggested = deciding.iter().map(|c| c.bump).max().unwrap_or(Bump::Patch);
+        deciding.retain(|c| c.bump == suggested);
+        deciding.truncate(20);
+        let how = q.bump.unwrap_or(suggested);
+        let next = if latest.is_none() && q.bump.is_none() {
+            current.to_string()
+        } else {
+            bump(&current, how).to_string()
         };
         Ok(Json(NextVersion {
             project: project.name.clone(),
             bump: how,
-            next: or_crate(next(&current, how)),
-            patch: or_crate(next(&current, Bump::Patch)),
-            minor: or_crate(next(&current, Bump::Minor)),
-            major: or_crate(next(&current, Bump::Major)),
-            current: current.map(|v| v.to_string()),
+            next,
+            patch: bump(&current, Bump::Patch).to_string(),
+            minor: bump(&current, Bump::Minor).to_string(),
+            major: bump(&current, Bump::Major).to_string(),
+            current: current.to_string(),
+            suggested,
+            decided_by: deciding,
+            from: match source {
+                "registry" => "registry tags",
+                "history" => "history",
+                "git" => "git tags",
+                _ => "Cargo.toml",
+            }
+            .into(),
             source: source.into(),
             warning,
         }))
     })
     .await
+}
+
+/// Which source wins a tie between equal versions (lower first).
+fn rank(source: &str) -> u8 {
+    match source {
+        "registry" => 0,
+        "history" => 1,
+        _ => 2,
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

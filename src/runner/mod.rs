@@ -1309,8 +1309,10 @@ pub fn version_in_tag(tag: &str) -> Option<semver::Version> {
     })
 }
 
-/// A version bump.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+/// A version bump (ordered: a major outranks a minor outranks a patch).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Bump {
     Patch,
@@ -1338,6 +1340,35 @@ pub fn bump(current: &semver::Version, how: Bump) -> semver::Version {
     v
 }
 
+/// The bump a commit message asks for under Conventional Commits (as release-plz and
+/// semantic-release read it): `fix:` (and `perf:`) a patch, `feat:` a minor, `!` after the type
+/// or a `BREAKING CHANGE:` footer a major; other types (docs, chore...) none.
+pub fn commit_bump(subject: &str, body: &str) -> Option<Bump> {
+    let (head, _) = subject.split_once(':')?;
+    let bang = head.ends_with('!');
+    let head = head.trim_end_matches('!');
+    let kind = match head.split_once('(') {
+        Some((k, scope)) if scope.ends_with(')') => k,
+        Some(_) => return None,
+        None => head,
+    };
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let breaking = bang
+        || body
+            .lines()
+            .any(|l| l.starts_with("BREAKING CHANGE:") || l.starts_with("BREAKING-CHANGE:"));
+    if breaking {
+        return Some(Bump::Major);
+    }
+    match kind.to_ascii_lowercase().as_str() {
+        "feat" => Some(Bump::Minor),
+        "fix" | "perf" => Some(Bump::Patch),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1351,6 +1382,28 @@ mod tests {
         assert_eq!(v("db-sqlite-1.4.2-rc.1").as_deref(), Some("1.4.2-rc.1"));
         assert_eq!(v("latest"), None);
         assert_eq!(v("sqlite"), None);
+    }
+
+    #[test]
+    fn conventional_commits_give_their_bump() {
+        for (subject, body, want) in [
+            ("fix: a crash", "", Some(Bump::Patch)),
+            ("perf(cache): faster", "", Some(Bump::Patch)),
+            ("feat: push to GALLEY_REPO", "", Some(Bump::Minor)),
+            ("feat(api)!: drop v0", "", Some(Bump::Major)),
+            (
+                "fix: x",
+                "why\n\nBREAKING CHANGE: the flag is gone",
+                Some(Bump::Major),
+            ),
+            ("chore: bump deps", "", None),
+            ("docs(readme): typo", "", None),
+            ("Fix the thing", "", None),
+            ("fix the thing: really", "", None),
+            ("feat(: odd", "", None),
+        ] {
+            assert_eq!(commit_bump(subject, body), want, "{subject}");
+        }
     }
 
     #[test]

@@ -286,6 +286,70 @@ pub fn offer(
     })
 }
 
+/// A commit since the last released version, as `versions/next` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub id: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// What git says about a project's releases: its `vX.Y.Z` tags, and the commits on HEAD since
+/// the tag of `since` (all of HEAD's, at most 500, when there is no such tag). `None` when the
+/// project is not in git. A git project reads its mirror (as the service last fetched it).
+pub fn release_history(
+    data_dir: &Path,
+    project: &Project,
+    mut since: impl FnMut(&[semver::Version]) -> Option<semver::Version>,
+) -> Option<(Vec<semver::Version>, Vec<Commit>)> {
+    let cancel = Cancel::default();
+    let quick = |repo: &Path, args: &[&str]| {
+        crate::git::run(repo, args, Duration::from_secs(30), &cancel).ok()
+    };
+    let repo = match &project.source {
+        Source::Path(dir) => {
+            quick(dir, &["rev-parse", "--git-dir"])?;
+            dir.clone()
+        }
+        Source::Git(_) => {
+            let mirror = mirror_path(data_dir, &project.name);
+            mirror.join("HEAD").is_file().then_some(mirror)?
+        }
+    };
+    let tags: Vec<semver::Version> = quick(&repo, &["tag", "--list", "v*"])?
+        .lines()
+        .filter_map(|t| semver::Version::parse(t.trim().strip_prefix('v')?).ok())
+        .collect();
+    let range = match since(&tags) {
+        Some(v) => format!("v{v}..HEAD"),
+        None => "HEAD".into(),
+    };
+    // Fields split by US, records by RS: subjects and bodies may hold anything else.
+    let log = quick(
+        &repo,
+        &[
+            "log",
+            "--max-count=500",
+            "--format=%H%x1f%s%x1f%b%x1e",
+            &range,
+        ],
+    )
+    .unwrap_or_default();
+    let commits = log
+        .split('\x1e')
+        .filter_map(|rec| {
+            let mut f = rec.trim_start_matches('\n').splitn(3, '\x1f');
+            let id = f.next()?.trim().to_string();
+            (!id.is_empty()).then(|| Commit {
+                id,
+                subject: f.next().unwrap_or_default().to_string(),
+                body: f.next().unwrap_or_default().trim().to_string(),
+            })
+        })
+        .collect();
+    Some((tags, commits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_ref;

@@ -945,3 +945,93 @@ fn serve_reads_a_database_written_by_the_previous_version() {
         .collect();
     assert_eq!(statuses, ["cancelled", "failed", "succeeded", "succeeded"]);
 }
+
+#[test]
+fn versions_next_bumps_each_way_and_reads_conventional_commits_since_the_last_tag() {
+    let dir = scratch("serve-versions-next");
+    let project = dir.join("svc-src");
+    copy_fixture("tiny", &project);
+    let cargo = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        cargo.replacen("version = \"0.1.0\"", "version = \"0.3.1\"", 1),
+    )
+    .unwrap();
+    git(&project, &["init", "-q", "-b", "main"]);
+    git(&project, &["add", "-A"]);
+    git(&project, &["commit", "-q", "-m", "chore: start"]);
+    let config = format!("[projects.tiny]\npath = \"{}\"\n", project.display());
+    let svc = Service::start(&dir.join("svc"), &config, None, &[]);
+    let next = |q: &str| svc.get(&format!("/api/v1/versions/next?project=tiny{q}")).1;
+
+    // Nothing published: each bump gives its bump of the crate's version, which is offered as
+    // it is for a first release.
+    let fresh = next("");
+    assert_eq!(
+        (
+            &fresh["current"],
+            &fresh["patch"],
+            &fresh["minor"],
+            &fresh["major"],
+            &fresh["next"],
+            &fresh["from"]
+        ),
+        (
+            &json!("0.3.1"),
+            &json!("0.3.2"),
+            &json!("0.4.0"),
+            &json!("1.0.0"),
+            &json!("0.3.1"),
+            &json!("Cargo.toml")
+        ),
+        "{fresh}"
+    );
+    assert_eq!(next("&bump=minor")["next"], "0.4.0");
+
+    // v0.3.1 is tagged (published); then a fix and a feature: minor, with the commit named.
+    git(&project, &["tag", "v0.3.1"]);
+    std::fs::write(project.join("NOTES"), "one").unwrap();
+    git(&project, &["add", "-A"]);
+    git(
+        &project,
+        &["commit", "-q", "-m", "fix: the health check answers 200"],
+    );
+    std::fs::write(project.join("NOTES"), "two").unwrap();
+    git(
+        &project,
+        &["commit", "-q", "-am", "feat(api): a /version route"],
+    );
+    let after = next("");
+    assert_eq!(
+        (
+            &after["from"],
+            &after["current"],
+            &after["suggested"],
+            &after["next"]
+        ),
+        (
+            &json!("git tags"),
+            &json!("0.3.1"),
+            &json!("minor"),
+            &json!("0.4.0")
+        ),
+        "{after}"
+    );
+    let decided = after["decided_by"].as_array().unwrap();
+    assert_eq!(decided.len(), 1, "{after}");
+    assert_eq!(decided[0]["subject"], "feat(api): a /version route");
+    assert_eq!(decided[0]["commit"].as_str().unwrap().len(), 40);
+    // A breaking change outranks both; an explicit bump wins over the suggestion.
+    git(
+        &project,
+        &[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "refactor!: rename the binary",
+        ],
+    );
+    assert_eq!(next("")["next"], "1.0.0");
+    assert_eq!(next("&bump=patch")["next"], "0.3.2");
+}

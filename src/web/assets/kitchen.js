@@ -191,14 +191,17 @@ async function projectChanged() {
   try {
     const next = await api("GET", `/api/v1/versions/next?project=${encodeURIComponent(p.name)}`);
     bumps = next;
-    $("version").value = next.patch;
+    $("version").value = next.next;
     for (const b of document.querySelectorAll("[data-bump]")) {
       const k = b.dataset.bump;
-      b.textContent = `${k} → ${next[k]}`;
-      b.setAttribute("aria-label", `${k} version: ${next[k]}`);
+      // The visible text is the accessible name (WCAG 2.5.3: no label that hides it).
+      b.textContent = `${k} ${next[k]}`;
+      b.removeAttribute("aria-label");
     }
-    const from = { registry: "the registry's tags", history: "earlier builds", cargo: "the crate's version (nothing released yet)" }[next.source];
-    $("version-help").textContent = next.current ? `latest ${next.current}, from ${from}` : `suggested from ${from}`;
+    const why = next.decided_by.length ? `; ${next.suggested} suggested by “${next.decided_by[0].subject}”` : "";
+    $("version-help").textContent = next.source === "cargo"
+      ? `nothing published yet: ${next.current} from Cargo.toml${why}`
+      : `latest ${next.current}, from ${next.from}${why}`;
     if (next.warning) $("version-help").textContent += ` (${next.warning})`;
   } catch (e) { $("version-help").textContent = `no suggestion: ${e.message}`; }
   if (p.push) {
