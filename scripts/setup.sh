@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl postgresql)
+apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl postgresql systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

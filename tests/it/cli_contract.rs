@@ -222,3 +222,62 @@ fn completions_and_man_pages_come_from_the_commands() {
         assert!(dir.join(name).is_file(), "{name}");
     }
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_outlasts_the_shutdown_it_waits_for() {
+    require("systemd-analyze");
+    let unit = std::fs::read_to_string(crate::support::repo().join("dist/galley.service")).unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+            .to_string()
+    };
+    assert_eq!(value("KillMode"), "mixed");
+    assert_eq!(value("User"), "galley", "a dedicated user");
+    assert_eq!(
+        value("StateDirectory"),
+        "galley",
+        "the data dir under /var/lib"
+    );
+    // galley waits cancel_grace (10 s by default) plus 10 s for its builds, then drains.
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    let grace = galley::cancel::DEFAULT_GRACE.as_secs();
+    assert!(stop > grace + 10, "TimeoutStopSec={stop}");
+    // As installed, but with this build's binary and a user this machine has, and the man page
+    // its Documentation= names where man finds it.
+    let dir = scratch("systemd-unit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let me = text(
+        &std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let local = unit
+        .replace("/usr/local/bin/galley", env!("CARGO_BIN_EXE_galley"))
+        .replace("User=galley", &format!("User={me}"))
+        .replace("Group=galley", "Group=");
+    std::fs::write(dir.join("galley.service"), local).unwrap();
+    ok(&galley()
+        .arg("man")
+        .arg(dir.join("man/man1"))
+        .output()
+        .unwrap());
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("galley.service"))
+        .env("MANPATH", dir.join("man"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
