@@ -121,8 +121,43 @@ async fn authenticate(
             }
         }
     };
-    req.extensions_mut().insert(Principal(name));
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(Principal(name.clone()));
+    let mut resp = next.run(req).await;
+    // For the access log, which runs outside.
+    resp.extensions_mut().insert(Principal(name));
+    Ok(resp)
+}
+
+/// The access log and the request metrics: method, route (the pattern, not the path: no ids,
+/// no query), status, duration and the token's name (never the token), for every request.
+/// Probes and scrapes (`/healthz`, `/readyz`, `/metrics`) are logged at debug.
+async fn access(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    let who = resp
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.0.clone())
+        .unwrap_or_else(|| "-".into());
+    state
+        .runner
+        .metrics()
+        .http_request(method.as_str(), &route, status, took.as_secs_f64());
+    let ms = took.as_secs_f64() * 1000.0;
+    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        tracing::debug!(target: "galley::access", %method, %route, status, ms, token = %who, "request");
+    } else {
+        tracing::info!(target: "galley::access", %method, %route, status, ms, token = %who, "request");
+    }
+    resp
 }
 
 /// `GET /healthz`: 200 while the service runs (no token needed).
@@ -153,7 +188,9 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.runner.metrics().render();
+    let m = state.runner.metrics();
+    m.open_streams.set(state.streams.open() as i64);
+    let text = m.render();
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -213,6 +250,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             guard::guard,
         ))
         .layer(axum::middleware::map_response(error::envelope))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access))
         .with_state(state);
     (app, doc)
 }

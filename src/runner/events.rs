@@ -324,6 +324,9 @@ impl EventSink for BuildLog {
         if let (Some(ms), StageStatus::Succeeded) = (e.ms, e.status) {
             self.metrics.stage_duration(e.stage, ms);
         }
+        if let (Some(c), StageStatus::Succeeded) = (e.cache, e.status) {
+            self.metrics.stage_cache(e.stage, c.cached);
+        }
         let change = BuildEvent::Stage(StageChange {
             ts: ts(),
             variant: e.variant.to_string(),

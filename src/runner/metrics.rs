@@ -1,5 +1,7 @@
 //! The service's Prometheus metrics (prometheus-client): builds by status, queue depth, queue
-//! wait and stage durations, cancels, forced kills, registry retries.
+//! wait and stage durations (buckets up to hours: a cold compile is minutes), stage cache hits
+//! and misses, cancels, forced kills, registry retries, open event streams, HTTP requests by
+//! route and status, and the version (`galley_build_info`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +30,10 @@ pub struct Metrics {
     pub forced_kills: Counter,
     retries: Counter,
     retries_seen: AtomicU64,
+    cache: Family<Labels, Counter>,
+    /// Event streams open now (set by the API).
+    pub open_streams: Gauge,
+    http: Family<Labels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -51,14 +57,16 @@ impl Metrics {
             "Time from submission to start",
             queue_wait.clone(),
         );
-        let build_duration = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        // 1 s to 2.3 h.
+        let build_duration = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register(
             "build_duration_seconds",
             "Time from start to end of a build",
             build_duration.clone(),
         );
+        // 10 ms to 1.5 h: a cold compile lands in a bucket, not in +Inf.
         let stages = Family::<Labels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+            Histogram::new(exponential_buckets(0.01, 2.0, 20))
         });
         registry.register(
             "stage_duration_seconds",
@@ -79,7 +87,38 @@ impl Metrics {
             "Registry requests retried (429, 5xx, transport errors)",
             retries.clone(),
         );
+        let cache = Family::<Labels, Counter>::default();
+        registry.register(
+            "stage_cache",
+            "Stage cache look-ups, by stage and result (hit or miss)",
+            cache.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "sse_streams_open",
+            "Event streams open now",
+            open_streams.clone(),
+        );
+        let http = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP requests, by method, route and status (to the response's headers)",
+            http.clone(),
+        );
+        let info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The running galley: 1, with its version",
+            info.clone(),
+        );
+        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+            .set(1);
         Metrics {
+            cache,
+            open_streams,
+            http,
             registry: Mutex::new(registry),
             builds,
             queue_depth,
@@ -109,6 +148,27 @@ impl Metrics {
         self.stages
             .get_or_create(&vec![("stage", stage.as_str().to_string())])
             .observe(ms as f64 / 1000.0);
+    }
+
+    /// A stage that went through the stage cache: a hit or a miss.
+    pub fn stage_cache(&self, stage: Stage, hit: bool) {
+        self.cache
+            .get_or_create(&vec![
+                ("stage", stage.as_str().to_string()),
+                ("result", if hit { "hit" } else { "miss" }.to_string()),
+            ])
+            .inc();
+    }
+
+    /// One HTTP request answered.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.http
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition.

@@ -247,6 +247,39 @@ fn serve_builds_pushes_streams_and_records_without_leaking_secrets() {
         metrics.contains("galley_builds_total{status=\"succeeded\"} 2"),
         "{metrics}"
     );
+    // The rebuild's compile came from the stage cache; requests are counted by route pattern.
+    for want in [
+        "galley_stage_cache_total{stage=\"compile\",result=\"miss\"}",
+        "galley_stage_cache_total{stage=\"compile\",result=\"hit\"}",
+        &format!("galley_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "galley_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/builds/{id}\",status=\"200\"}",
+        "galley_sse_streams_open ",
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
+    // Stage buckets reach past an hour: a cold compile is counted, not lost in +Inf.
+    let top = metrics
+        .lines()
+        .filter(|l| l.starts_with("galley_stage_duration_seconds_bucket"))
+        .filter_map(|l| {
+            l.split("le=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .fold(0.0, f64::max);
+    assert!(top > 3600.0, "the highest stage bucket is {top} s");
+    // The access log names the route and the token's name, never the token.
+    let log = svc.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("galley::access")
+            && l.contains("route=/api/v1/builds/{id}")
+            && l.contains("status=200")
+            && l.contains("token=api")),
+        "{log}"
+    );
 
     // No secret anywhere: database, outputs, the service's log, the events.
     let stored = everything_in(&svc.dir);
