@@ -1,5 +1,6 @@
 //! `galley serve`: the HTTP API on a tokio runtime, the runner's workers beside it. SIGTERM or
-//! SIGINT stops taking work, cancels what runs (within the grace period) and exits 0.
+//! SIGINT stops taking work, lets what runs finish for `drain` (when set; a second signal ends
+//! that), cancels what still runs (within the grace period) and exits 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<bool> {
     let projects: Vec<String> = config.projects.keys().cloned().collect();
     let data_dir = config.data_dir.clone();
     let http = config.http.clone();
+    let drain_for = config.drain;
     let runner = tokio::task::spawn_blocking(move || Runner::start(config))
         .await
         .context("the runner did not start")??;
@@ -59,10 +61,34 @@ async fn serve(config: ServeConfig) -> anyhow::Result<bool> {
         eprintln!("galley serve: no API token set: only loopback clients can reach this service");
     }
 
+    let drain = drain_for;
     let shutdown = {
         let runner = runner.clone();
         async move {
             wait_for_signal().await;
+            if !drain.is_zero() {
+                tracing::info!(
+                    deadline_s = drain.as_secs(),
+                    "draining: no new builds; the running ones may finish (a second signal cancels them)"
+                );
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (r, s) = (runner.clone(), stop.clone());
+                let drained = tokio::task::spawn_blocking(move || r.drain(drain, &s));
+                tokio::pin!(drained);
+                let left = tokio::select! {
+                    left = &mut drained => left.unwrap_or(0),
+                    _ = wait_for_signal() => {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                        drained.await.unwrap_or(0)
+                    }
+                };
+                if left > 0 {
+                    tracing::warn!(
+                        left,
+                        "the drain ended with builds still running: cancelling them"
+                    );
+                }
+            }
             tracing::info!("stopping: no new builds; cancelling the running ones");
             // Builds end first, so their event streams end and the server can finish.
             let r = runner.clone();

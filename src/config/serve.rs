@@ -44,6 +44,9 @@ pub struct ServeFile {
     pub sticky_delay: Option<String>,
     /// Queue a build again, once, when its worker died (default false: marked interrupted).
     pub retry_interrupted: Option<bool>,
+    /// On SIGTERM, let running builds finish for this long before cancelling them (default 0s:
+    /// cancel at once).
+    pub drain: Option<String>,
     /// Where base images and stage outputs are cached (default: galley's cache directory,
     /// shared with the CLI).
     pub cache_dir: Option<PathBuf>,
@@ -350,6 +353,8 @@ pub struct ServeConfig {
     /// The fleet: this worker's name, its lease, the sticky delay, whether a dead worker's
     /// builds are queued again.
     pub fleet: Fleet,
+    /// How long running builds may finish after SIGTERM (zero: cancelled at once).
+    pub drain: Duration,
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: Option<u64>,
     pub max_builds: usize,
@@ -501,6 +506,7 @@ impl ServeConfig {
             return Err(invalid("heartbeat", "must be at least 1s"));
         }
         let http = HttpLimits::from_file(&file.http, heartbeat)?;
+        let drain = duration("drain", &file.drain, Duration::ZERO)?;
         let lease = duration("lease", &file.lease, Duration::from_secs(15))?;
         if lease < Duration::from_secs(3) {
             return Err(invalid(
@@ -602,6 +608,7 @@ impl ServeConfig {
             log_cap_bytes,
             heartbeat,
             fleet,
+            drain,
             cache_dir: file.cache_dir.as_deref().map(rel),
             cache_max_bytes: file.cache_max_bytes,
             max_builds,

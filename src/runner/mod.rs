@@ -423,6 +423,28 @@ impl Runner {
         }
     }
 
+    /// Stops taking and claiming builds and lets the running ones finish, for at most
+    /// `deadline` or until `stop` is set (a second signal); returns how many still run (the
+    /// shutdown that follows cancels them). `/readyz` answers 503 meanwhile.
+    pub fn drain(&self, deadline: Duration, stop: &AtomicBool) -> usize {
+        let inner = &self.inner;
+        inner.accepting.store(false, Ordering::SeqCst);
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.wake_workers();
+        let started = Instant::now();
+        loop {
+            let running = inner
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if running == 0 || started.elapsed() >= deadline || stop.load(Ordering::SeqCst) {
+                return running;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Why the service is not ready to take builds, if it is not: shutting down, a store that
     /// refuses writes, or a build whose outcome is still waiting to be written.
     pub fn not_ready(&self) -> Option<String> {

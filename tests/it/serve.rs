@@ -1068,3 +1068,52 @@ fn versions_next_bumps_each_way_and_reads_conventional_commits_since_the_last_ta
     assert_eq!(next("")["next"], "1.0.0");
     assert_eq!(next("&bump=patch")["next"], "0.3.2");
 }
+
+#[test]
+fn serve_drains_on_sigterm_when_asked_running_builds_finish_new_ones_are_refused() {
+    require("cargo-zigbuild");
+    let _heavy = heavy();
+    let dir = scratch("serve-drain");
+    let project = dir.join("pause");
+    copy_fixture("tiny", &project);
+    std::fs::write(
+        project.join("build.rs"),
+        "fn main() {\n    let _child = std::process::Command::new(\"sleep\").arg(\"4\").spawn().unwrap();\n    std::thread::sleep(std::time::Duration::from_secs(5));\n}\n",
+    )
+    .unwrap();
+    let config = format!(
+        "drain = \"120s\"\n[projects.pause]\npath = \"{}\"\nbase = \"{}\"\n",
+        project.display(),
+        base_arg()
+    );
+    let mut svc = Service::start(&dir.join("svc"), &config, None, &[]);
+    let id = svc.submit(json!({"variants": ["sqlite"], "version": "1.0.0"}));
+    let (_, rec) = svc.get(&format!("/api/v1/builds/{id}"));
+    wait_for_tree(
+        rec["process_tag"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    let pid = rustix::process::Pid::from_raw(svc.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    // Draining: not ready, no new build, the running one goes on.
+    let t = Instant::now();
+    let ready = loop {
+        let (status, body) = svc.get("/readyz");
+        if status == 503 || t.elapsed() > Duration::from_secs(10) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    let (status, _, refused) = svc.post(
+        "/api/v1/builds",
+        Some(&json!({"variants": ["sqlite"], "version": "1.0.1"})),
+        &[],
+    );
+    assert_eq!(status, 503, "{refused}");
+    let exit = svc.wait_exit();
+    assert!(exit.success(), "{exit}: {}", svc.stderr());
+    svc.restart();
+    let rec = svc.wait_final(id, Duration::from_secs(10));
+    assert_eq!(rec["status"], "succeeded", "the drain let it finish: {rec}");
+}

@@ -131,6 +131,11 @@ impl Service {
         (status, t.elapsed())
     }
 
+    /// Waits for the service to exit on its own (after a signal sent elsewhere).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+
     /// Starts the service again on the same data directory (a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
