@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::oci::digest::{Digest, HashingWriter};
 use crate::oci::json::canonical;
+use crate::oci::layer::tempfile_in;
 
 /// The default size limit of the stage cache.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
@@ -89,31 +90,18 @@ pub struct Evicted {
     pub bytes: u64,
 }
 
-fn temp_name(dir: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
-/// Writes `bytes` to `dest` through a temporary file and a rename.
+/// Writes `bytes` to `dest` through a temporary file (created exclusively) and a rename.
 fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let dir = dest.parent().expect("cache paths have a parent");
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = temp_name(dir);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
+    let (tmp, mut f) = tempfile_in(dir).map_err(io_err(dir))?;
+    (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(dest))
+        drop(f);
+        tmp.persist(dest)
+    })()
+    .map_err(io_err(dest))
 }
 
 impl StageCache {
@@ -196,25 +184,21 @@ impl StageCache {
     /// Stores a file's content as an object; returns its digest.
     pub fn store(&self, src: &Path) -> Result<Digest, CacheError> {
         let dir = self.root.join("objects/sha256");
-        let tmp = temp_name(&dir);
-        let result = (|| -> Result<Digest, CacheError> {
+        let (tmp, out) = tempfile_in(&dir).map_err(io_err(&dir))?;
+        (|| -> Result<Digest, CacheError> {
             let mut input = File::open(src).map_err(io_err(src))?;
-            let out = File::create(&tmp).map_err(io_err(&tmp))?;
             let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, out));
             io::copy(&mut input, &mut w).map_err(io_err(src))?;
             let (out, digest, _) = w.finish();
             let out = out.into_inner().map_err(|e| CacheError::Io {
-                path: tmp.clone(),
+                path: dir.clone(),
                 source: e.into_error(),
             })?;
-            out.sync_all().map_err(io_err(&tmp))?;
-            fs::rename(&tmp, self.object_path(&digest)).map_err(io_err(&tmp))?;
+            out.sync_all().map_err(io_err(&dir))?;
+            let dest = self.object_path(&digest);
+            tmp.persist(&dest).map_err(io_err(&dest))?;
             Ok(digest)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        })()
     }
 
     /// Copies an object to `dest`, checking its digest on the way. A corrupt object is removed.
@@ -222,14 +206,13 @@ impl StageCache {
         let src = self.object_path(digest);
         let mut input = File::open(&src).map_err(|_| CacheError::Missing(digest.clone()))?;
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let tmp = temp_name(dir);
-        let result = (|| -> Result<(), CacheError> {
-            let out = File::create(&tmp).map_err(io_err(&tmp))?;
+        let (tmp, out) = tempfile_in(dir).map_err(io_err(dir))?;
+        (|| -> Result<(), CacheError> {
             let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, out));
             io::copy(&mut input, &mut w).map_err(io_err(&src))?;
             let (out, actual, _) = w.finish();
             drop(out.into_inner().map_err(|e| CacheError::Io {
-                path: tmp.clone(),
+                path: dest.to_path_buf(),
                 source: e.into_error(),
             })?);
             if &actual != digest {
@@ -239,12 +222,8 @@ impl StageCache {
                     actual,
                 });
             }
-            fs::rename(&tmp, dest).map_err(io_err(dest))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+            tmp.persist(dest).map_err(io_err(dest))
+        })()
     }
 
     /// Opens an object for reading, for callers that stream it elsewhere (and check its digest).

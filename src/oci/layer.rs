@@ -145,8 +145,7 @@ pub fn write_layer(
         source,
     };
     fs::create_dir_all(blob_dir).map_err(werr)?;
-    let tmp = tempfile_in(blob_dir).map_err(werr)?;
-    let file = File::create(&tmp.0).map_err(werr)?;
+    let (tmp, file) = tempfile_in(blob_dir).map_err(werr)?;
 
     let outer = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
     let gz = GzEncoder::new(outer, Compression::new(GZIP_LEVEL));
@@ -243,13 +242,28 @@ impl Drop for TempPath {
     }
 }
 
-/// A fresh temporary path in `dir` (not created yet).
-pub(crate) fn tempfile_in(dir: &Path) -> io::Result<TempPath> {
+/// A new temporary file in `dir`, created exclusively (`O_EXCL`): a name another process took
+/// (even one with the same pid in another pid namespace, sharing the directory) is skipped, never
+/// truncated. Removed on drop unless persisted.
+pub(crate) fn tempfile_in(dir: &Path) -> io::Result<(TempPath, File)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Ok(TempPath(
-        dir.join(format!(".tmp-{}-{n}", std::process::id())),
+    for _ in 0..10_000 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => return Ok((TempPath(path), f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free temporary name in {}", dir.display()),
     ))
 }
 
@@ -261,8 +275,7 @@ pub(crate) fn write_bytes_blob(blob_dir: &Path, bytes: &[u8]) -> io::Result<Dige
         return Ok(digest);
     }
     fs::create_dir_all(blob_dir)?;
-    let tmp = tempfile_in(blob_dir)?;
-    let mut f = File::create(&tmp.0)?;
+    let (tmp, mut f) = tempfile_in(blob_dir)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -272,6 +285,38 @@ pub(crate) fn write_bytes_blob(blob_dir: &Path, bytes: &[u8]) -> io::Result<Dige
 
 #[cfg(test)]
 mod tests {
+
+    /// The defect: temporary files were named by pid and a counter and opened truncating, so
+    /// two processes with the same pid (pid namespaces) sharing a cache could write into one
+    /// file. Names another process holds are now skipped, their contents left alone.
+    #[test]
+    fn temp_files_are_created_exclusively_and_never_clobber_another_process_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // What "another process with our pid" has open: every name this process could pick
+        // next, for a while.
+        let pid = std::process::id();
+        for n in 0..3000 {
+            std::fs::write(dir.path().join(format!(".tmp-{pid}-{n}")), b"theirs").unwrap();
+        }
+        let (tmp, mut f) = tempfile_in(dir.path()).unwrap();
+        f.write_all(b"mine").unwrap();
+        drop(f);
+        let mine = tmp.0.clone();
+        tmp.persist(&dir.path().join("out")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"mine");
+        for n in 0..3000 {
+            let p = dir.path().join(format!(".tmp-{pid}-{n}"));
+            if p != mine {
+                assert_eq!(std::fs::read(&p).unwrap(), b"theirs", "{}", p.display());
+            }
+        }
+        // Dropped unpersisted: gone.
+        let (tmp, _) = tempfile_in(dir.path()).unwrap();
+        let path = tmp.0.clone();
+        drop(tmp);
+        assert!(!path.exists());
+    }
+
     use super::*;
 
     #[test]

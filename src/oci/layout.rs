@@ -191,8 +191,7 @@ impl Layout {
         digest: &Digest,
     ) -> Result<u64, LayoutError> {
         let dir = self.blob_dir();
-        let tmp = tempfile_in(&dir).map_err(io_err("write into", &dir))?;
-        let out = File::create(&tmp.0).map_err(io_err("write into", &dir))?;
+        let (tmp, out) = tempfile_in(&dir).map_err(io_err("write into", &dir))?;
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 16, out));
         io::copy(&mut input, &mut w).map_err(io_err("stream a blob into", &dir))?;
         let (out, actual, size) = w.finish();
@@ -369,8 +368,7 @@ fn sort_entries(index: &mut Index) {
 }
 
 fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
-    let tmp = tempfile_in(dir).map_err(io_err("write into", dir))?;
-    let mut f = File::create(&tmp.0).map_err(io_err("write into", dir))?;
+    let (tmp, mut f) = tempfile_in(dir).map_err(io_err("write into", dir))?;
     f.write_all(bytes).map_err(io_err("write", dest))?;
     f.sync_all().map_err(io_err("write", dest))?;
     drop(f);
