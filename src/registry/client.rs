@@ -312,11 +312,12 @@ impl Client {
         Ok(match self.execute(step, request)? {
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !*reauthed => {
                 *reauthed = true;
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let challenge = pick_challenge(parse_challenges(
+                    resp.headers()
+                        .get_all(WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                ));
                 drain(resp);
                 let Some(challenge) = challenge else {
                     return Err(RegistryError::Auth {
@@ -358,9 +359,13 @@ impl Client {
         }
     }
 
-    fn answer_challenge(&self, header: &str, step: &Step<'_>) -> Result<(), RegistryError> {
-        let (scheme, params) = parse_challenge(header);
-        match scheme.to_ascii_lowercase().as_str() {
+    fn answer_challenge(
+        &self,
+        challenge: &Challenge,
+        step: &Step<'_>,
+    ) -> Result<(), RegistryError> {
+        let params = &challenge.params;
+        match challenge.scheme.to_ascii_lowercase().as_str() {
             "basic" => match &self.credential {
                 Some(Credential::Basic { .. }) => {
                     *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = AuthState::Basic;
@@ -429,11 +434,9 @@ impl Client {
                             form.push(("service", s.clone()));
                         }
                         form.push(("scope", self.scopes.join(" ")));
-                        let body = form
-                            .iter()
-                            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                            .collect::<Vec<_>>()
-                            .join("&");
+                        let body = form_urlencoded::Serializer::new(String::new())
+                            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+                            .finish();
                         self.http
                             .post(realm.as_str().split('?').next().unwrap_or_default())
                             .header("Content-Type", "application/x-www-form-urlencoded")
@@ -597,59 +600,103 @@ fn strip_query(text: &str) -> String {
     out
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// One authentication challenge: its scheme and parameters (names lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: HashMap<String, String>,
 }
 
-/// Parses `Bearer realm="...",service="...",scope="..."` into the scheme and its parameters.
-fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = HashMap::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars
-            .by_ref()
-            .take_while(|c| *c != '=')
-            .collect::<String>()
-            .trim()
-            .to_ascii_lowercase();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
+/// Every challenge of every `WWW-Authenticate` value (RFC 9110, 11.6.1): a value may hold
+/// several challenges (`Basic realm="r", Bearer realm="t",service="s"`) and a response several
+/// values. A name followed by `=` is a parameter of the challenge before it; any other name
+/// starts a challenge. Quoted strings may hold commas, spaces and escaped quotes.
+fn parse_challenges<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
+    for v in values {
+        let b = v.as_bytes();
+        let mut i = 0;
+        let is_tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+        let skip = |i: &mut usize, also_commas: bool| {
+            while *i < b.len()
+                && (b[*i] == b' ' || b[*i] == b'\t' || (also_commas && b[*i] == b','))
+            {
+                *i += 1;
             }
-        } else {
-            while let Some(c) = chars.peek() {
-                if *c == ',' {
-                    break;
+        };
+        let token = |i: &mut usize| {
+            let start = *i;
+            while *i < b.len() && is_tchar(b[*i]) {
+                *i += 1;
+            }
+            (*i > start).then(|| v[start..*i].to_string())
+        };
+        let mut current: Option<Challenge> = None;
+        loop {
+            skip(&mut i, true);
+            if i >= b.len() {
+                break;
+            }
+            let Some(name) = token(&mut i) else {
+                // Not a token: skip the character (a malformed header must not loop).
+                i += 1;
+                continue;
+            };
+            let mut j = i;
+            skip(&mut j, false);
+            let is_param = j < b.len() && b[j] == b'=' && current.is_some();
+            if !is_param {
+                out.extend(current.take());
+                current = Some(Challenge {
+                    scheme: name,
+                    params: HashMap::new(),
+                });
+                // A token68 (`Negotiate abc==`) is not a parameter: skip it.
+                continue;
+            }
+            i = j + 1;
+            skip(&mut i, false);
+            let mut value = String::new();
+            if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let mut chars = v[i..].char_indices();
+                let mut end = v.len() - i;
+                while let Some((k, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = k + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
                 }
-                value.push(*c);
-                chars.next();
+                i += end;
+            } else {
+                let start = i;
+                while i < b.len() && b[i] != b',' {
+                    i += 1;
+                }
+                value = v[start..i].trim().to_string();
+            }
+            if let Some(c) = current.as_mut() {
+                c.params.insert(name.to_ascii_lowercase(), value);
             }
         }
-        params.insert(key, value.trim().to_string());
+        out.extend(current);
     }
-    (scheme.to_string(), params)
+    out
+}
+
+/// The challenge galley answers among those offered: Bearer (a token scoped to the repository)
+/// before Basic, whatever their order; else the first.
+fn pick_challenge(challenges: Vec<Challenge>) -> Option<Challenge> {
+    let rank = |c: &Challenge| match c.scheme.to_ascii_lowercase().as_str() {
+        "bearer" => 0,
+        "basic" => 1,
+        _ => 2,
+    };
+    challenges.into_iter().min_by_key(rank)
 }
 
 #[cfg(test)]
@@ -658,15 +705,60 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenges() {
-        let (s, p) = parse_challenge(
+        let c = parse_challenges([
             r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
-        );
+        ]);
+        assert_eq!(c.len(), 1);
+        let (s, p) = (&c[0].scheme, &c[0].params);
         assert_eq!(s, "Bearer");
         assert_eq!(p["realm"], "https://auth.example.com/token");
         assert_eq!(p["service"], "registry.example.com");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
-        let (s, p) = parse_challenge(r#"Basic realm="x""#);
-        assert_eq!((s.as_str(), p["realm"].as_str()), ("Basic", "x"));
+        let c = parse_challenges([r#"Basic realm="x""#]);
+        assert_eq!(
+            (c[0].scheme.as_str(), c[0].params["realm"].as_str()),
+            ("Basic", "x")
+        );
+    }
+
+    /// The defect: only the first WWW-Authenticate value was read, split at its first space,
+    /// so `Basic ..., Bearer ...` in one value, or Basic and Bearer in two, answered the wrong
+    /// challenge (or none).
+    #[test]
+    fn www_authenticate_with_several_challenges_or_values_picks_bearer() {
+        let bearer = |c: Option<Challenge>| {
+            let c = c.expect("a challenge");
+            (
+                c.scheme.to_ascii_lowercase(),
+                c.params.get("realm").cloned(),
+            )
+        };
+        let want = ("bearer".to_string(), Some("https://auth/t".to_string()));
+        // One value, two challenges, Basic first.
+        assert_eq!(
+            bearer(pick_challenge(parse_challenges([
+                r#"Basic realm="reg, with a comma", Bearer realm="https://auth/t",service="s""#
+            ]))),
+            want
+        );
+        // Two values.
+        assert_eq!(
+            bearer(pick_challenge(parse_challenges([
+                r#"Basic realm="reg""#,
+                r#"Bearer realm="https://auth/t", scope="repository:a:pull""#
+            ]))),
+            want
+        );
+        // Spaces around '=', a tab, an escaped quote, a token68 challenge before.
+        let c = parse_challenges([
+            "Negotiate abc==, bearer  realm = \"https://auth/t\",\tservice=\"a \\\"b\\\"\"",
+        ]);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[1].params["realm"], "https://auth/t");
+        assert_eq!(c[1].params["service"], "a \"b\"");
+        assert_eq!(bearer(pick_challenge(c)), want);
+        // Garbage does not loop or panic.
+        assert!(parse_challenges(["=,,\"\"=", ""]).len() <= 1);
     }
 
     #[test]
