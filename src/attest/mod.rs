@@ -199,35 +199,18 @@ fn spdx_id(s: &str) -> String {
 }
 
 /// A license as SPDX reads it: the crate's expression, with the old `MIT/Apache-2.0` form
-/// turned into `OR`; anything else galley cannot vouch for is `NOASSERTION`.
+/// turned into `OR`, when it parses as an SPDX expression of known license ids and exceptions
+/// (the `spdx` crate); anything else (`BSD`, `Apache-2`, `see LICENSE file`) galley cannot vouch
+/// for and writes `NOASSERTION`.
 fn license(l: Option<&str>) -> String {
     let Some(l) = l.map(str::trim).filter(|l| !l.is_empty()) else {
         return "NOASSERTION".into();
     };
     let l = l.replace('/', " OR ");
-    // An expression alternates licence ids and operators (parentheses aside): `see LICENSE file`
-    // is words, not an expression.
-    let tokens: Vec<&str> = l
-        .split_whitespace()
-        .map(|t| t.trim_matches(|c| c == '(' || c == ')'))
-        .filter(|t| !t.is_empty())
-        .collect();
-    let ok = !tokens.is_empty()
-        && tokens.len() % 2 == 1
-        && tokens.iter().enumerate().all(|(i, t)| {
-            let operator = matches!(*t, "OR" | "AND" | "WITH");
-            if i % 2 == 1 {
-                operator
-            } else {
-                !operator
-                    && t.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '+')
-            }
-        });
-    if ok {
-        l
-    } else {
-        "NOASSERTION".into()
+    let l = l.split_whitespace().collect::<Vec<_>>().join(" ");
+    match spdx::Expression::parse(&l) {
+        Ok(_) => l,
+        Err(_) => "NOASSERTION".into(),
     }
 }
 
@@ -410,6 +393,27 @@ mod tests {
         );
         assert_eq!(license(None), "NOASSERTION");
         assert_eq!(license(Some("see LICENSE file")), "NOASSERTION");
+        assert_eq!(
+            license(Some("GPL-2.0-or-later WITH Classpath-exception-2.0")),
+            "GPL-2.0-or-later WITH Classpath-exception-2.0"
+        );
+    }
+
+    /// The defect: any alphanumeric word passed as an SPDX id, so `BSD` or `Apache-2` went
+    /// into the SBOM as if they were licenses.
+    #[test]
+    fn words_that_are_not_spdx_ids_are_noassertion() {
+        for bad in [
+            "BSD",
+            "Apache-2",
+            "MIT OR BSD",
+            "Apache-2.0 AND",
+            "GPL WITH x",
+            "MIT)",
+        ] {
+            assert_eq!(license(Some(bad)), "NOASSERTION", "{bad}");
+        }
+        assert_eq!(license(Some("Apache-2.0  OR\tMIT")), "Apache-2.0 OR MIT");
     }
 
     #[test]
