@@ -158,6 +158,9 @@ function route() {
 
 let projects = [];
 let bumps = {};
+// Whether the version was typed (or picked) since the project was chosen: a suggestion that
+// arrives later must not overwrite it.
+let versionEdited = false;
 
 async function loadForm() {
   try {
@@ -175,6 +178,7 @@ async function projectChanged() {
   fieldErrors(null);
   const p = projects.find((x) => x.name === $("project").value);
   if (!p) return;
+  versionEdited = false;
   $("project-help").textContent = `${p.kind === "git" ? "git repository" : "directory"} ${p.source}`;
   if (p.error) showAlert({ message: `project ${p.name}: ${p.error}` });
   $("variants").replaceChildren(...p.variants.map((v) => {
@@ -190,8 +194,10 @@ async function projectChanged() {
   $("push-help").textContent = p.push ? `to ${p.push}` : "this project has no push repository configured";
   try {
     const next = await api("GET", `/api/v1/versions/next?project=${encodeURIComponent(p.name)}`);
+    // Another project was chosen meanwhile: its own answer is on its way.
+    if ($("project").value !== p.name) return;
     bumps = next;
-    $("version").value = next.next;
+    if (!versionEdited) $("version").value = next.next;
     for (const b of document.querySelectorAll("[data-bump]")) {
       const k = b.dataset.bump;
       // The visible text is the accessible name (WCAG 2.5.3: no label that hides it).
@@ -692,9 +698,10 @@ window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", () => {
   $("build-form").addEventListener("submit", submitBuild);
   $("project").addEventListener("change", projectChanged);
+  $("version").addEventListener("input", () => { versionEdited = true; });
   for (const b of document.querySelectorAll("[data-bump]")) {
     b.addEventListener("click", () => {
-      if (bumps[b.dataset.bump]) { $("version").value = bumps[b.dataset.bump]; announce(`Version ${$("version").value}`); }
+      if (bumps[b.dataset.bump]) { $("version").value = bumps[b.dataset.bump]; versionEdited = true; announce(`Version ${$("version").value}`); }
     });
   }
   $("kill-button").addEventListener("click", kill);
