@@ -618,11 +618,14 @@ impl Inner {
     }
 
     /// The fleet's bookkeeping, on its own thread: notices from other instances (a queued build
-    /// wakes the workers, new events wake followers, a cancel reaches the build), and every
-    /// second the heartbeat (renewing the leases of this worker's builds, picking up cancels
-    /// asked elsewhere) and the reaping of builds whose worker's lease ran out.
+    /// wakes the workers, new events wake followers, a cancel reaches the build), every second
+    /// the heartbeat (renewing the leases of this worker's builds, picking up cancels asked
+    /// elsewhere), and every quarter second, while the heartbeat is fresh, the reaping of builds
+    /// whose worker's lease ran out (found within a lease and a quarter second of its last
+    /// renewal).
     fn fleet(self: Arc<Self>) {
-        let mut last_tick: Option<Instant> = None;
+        let mut beat: Option<Instant> = None;
+        let mut reaped = Instant::now();
         let mut failing = false;
         while !self.fleet_done.load(Ordering::SeqCst) {
             for notice in self.store.wait_notices(Duration::from_millis(250)) {
@@ -632,11 +635,25 @@ impl Inner {
                     Notice::Cancel(id) => self.cancel_requested(id),
                 }
             }
-            if last_tick.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                continue;
-            }
-            last_tick = Some(Instant::now());
-            match self.tick() {
+            let due = beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            let result = if due {
+                self.heartbeat().map(|()| beat = Some(Instant::now()))
+            } else {
+                Ok(())
+            };
+            // Only a worker that reaches the store itself judges others gone.
+            // (Notices wake this loop often: reaping stays at four times a second.)
+            let fresh = beat.is_some_and(|t| t.elapsed() < Duration::from_millis(1500));
+            let reap = fresh && reaped.elapsed() >= Duration::from_millis(250);
+            let result = result.and_then(|()| {
+                if reap {
+                    reaped = Instant::now();
+                    self.reap()
+                } else {
+                    Ok(())
+                }
+            });
+            match result {
                 Ok(()) if failing => {
                     tracing::info!("the fleet's heartbeat reaches the store again");
                     failing = false;
@@ -653,8 +670,8 @@ impl Inner {
 
     /// One heartbeat: leases renewed, cancels asked elsewhere acted on, builds this worker runs
     /// but no longer holds (another worker marked them interrupted while this one could not
-    /// reach the store) stopped, lapsed builds of dead workers interrupted (or queued again).
-    fn tick(&self) -> Result<(), RunnerError> {
+    /// reach the store) stopped.
+    fn heartbeat(&self) -> Result<(), RunnerError> {
         let fleet = &self.config.fleet;
         let held = self.store.heartbeat(
             &fleet.worker_name,
@@ -685,6 +702,13 @@ impl Inner {
                 }
             }
         }
+        self.update_queue_gauge();
+        Ok(())
+    }
+
+    /// Marks interrupted (or queues again) the builds of dead workers: those whose lease ran out.
+    fn reap(&self) -> Result<(), RunnerError> {
+        let fleet = &self.config.fleet;
         let lease = fleet.lease;
         let lapsed = self.store.reap(&|l: &Lapsed| {
             let seen = l
@@ -719,7 +743,6 @@ impl Inner {
                 self.retry(l.id);
             }
         }
-        self.update_queue_gauge();
         Ok(())
     }
 
