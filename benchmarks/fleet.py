@@ -40,29 +40,10 @@ def events(base, token, build_id):
 
 def running_count(base, token, build_id):
     """How many `running` status events the build has (1 = claimed once)."""
-    import http.client
-    import urllib.parse
-    u = urllib.parse.urlparse(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("GET", f"/api/v1/builds/{build_id}/events", headers={"Authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    n, current = 0, {}
-    while True:
-        line = resp.fp.readline()
-        if not line:
-            break
-        line = line.decode().rstrip("\n")
-        if line == "":
-            if current.get("event") == "status" and '"running"' in current.get("data", ""):
-                n += 1
-            if current.get("event") == "end":
-                break
-            current = {}
-            continue
-        field, _, value = line.partition(":")
-        current[field] = value.lstrip(" ")
-    conn.close()
-    return n
+    out = []
+    follow(base, build_id, token, out, time.perf_counter())
+    return sum(1 for kind, data in out[0]["events"]
+               if kind == "status" and json.loads(data or "{}").get("status") == "running")
 
 
 def main():

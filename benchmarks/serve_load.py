@@ -53,7 +53,7 @@ def follow(base, build_id, token, out, started_at):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     conn.request("GET", f"/api/v1/builds/{build_id}/events", headers=headers)
     resp = conn.getresponse()
-    ids, first, current = [], None, {}
+    ids, events, first, current = [], [], None, {}
     while True:
         line = resp.fp.readline()
         if not line:
@@ -64,6 +64,7 @@ def follow(base, build_id, token, out, started_at):
         if line == "":
             if "id" in current:
                 ids.append(current["id"])
+                events.append((current.get("event", "message"), current.get("data", "")))
                 if first is None:
                     first = time.perf_counter() - started_at
                 if current.get("event") == "end":
@@ -75,7 +76,8 @@ def follow(base, build_id, token, out, started_at):
         if field == "id":
             current["id"] = int(current["id"])
     conn.close()
-    out.append({"ids": ids, "first_event_s": first, "end_s": time.perf_counter() - started_at})
+    out.append({"ids": ids, "events": events, "first_event_s": first,
+                "end_s": time.perf_counter() - started_at})
 
 
 def pct(values, p):

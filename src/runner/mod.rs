@@ -154,12 +154,7 @@ impl Runner {
             _data_lock: data_lock,
             fleet_done: AtomicBool::new(false),
         });
-        inner.store.heartbeat(
-            &inner.config.fleet.worker_name,
-            env!("CARGO_PKG_VERSION"),
-            inner.config.fleet.lease,
-            true,
-        )?;
+        inner.beat(true)?;
         inner.recover()?;
         inner.apply_retention();
         let fleet = {
@@ -268,13 +263,7 @@ impl Runner {
             .unwrap_or_else(|e| e.into_inner())
             .entry(id)
             .or_insert_with(|| by.to_string());
-        let handle = self
-            .inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned();
+        let handle = self.inner.running_handle(id);
         match handle {
             Some(c) => {
                 c.cancel(&format!("cancelled by {by}"));
@@ -389,13 +378,7 @@ impl Runner {
             };
             let _ = inner.finish_queued(id, BuildStatus::Cancelled, &finished);
         }
-        let running: Vec<(i64, Cancel)> = inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        let running = inner.running_now();
         for (id, c) in running {
             inner
                 .cancelled_by
@@ -537,6 +520,37 @@ impl Inner {
         }
     }
 
+    /// The builds running here now, with their cancel handles.
+    fn running_now(&self) -> Vec<(i64, Cancel)> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    /// The cancel handle of build `id`, when it runs here.
+    fn running_handle(&self, id: i64) -> Option<Cancel> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// This worker's heartbeat in the store (`first`: it registers, starting now); returns
+    /// the running builds the store says it holds.
+    fn beat(&self, first: bool) -> Result<Vec<crate::store::Held>, StoreError> {
+        let fleet = &self.config.fleet;
+        self.store.heartbeat(
+            &fleet.worker_name,
+            env!("CARGO_PKG_VERSION"),
+            fleet.lease,
+            first,
+        )
+    }
+
     /// Wakes every idle worker thread: one of them claims what is queued.
     fn wake_workers(&self) {
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -672,20 +686,8 @@ impl Inner {
     /// but no longer holds (another worker marked them interrupted while this one could not
     /// reach the store) stopped.
     fn heartbeat(&self) -> Result<(), RunnerError> {
-        let fleet = &self.config.fleet;
-        let held = self.store.heartbeat(
-            &fleet.worker_name,
-            env!("CARGO_PKG_VERSION"),
-            fleet.lease,
-            false,
-        )?;
-        let running: Vec<(i64, Cancel)> = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        let held = self.beat(false)?;
+        let running = self.running_now();
         for (id, cancel) in &running {
             match held.iter().find(|h| h.id == *id) {
                 Some(h) => {
@@ -768,12 +770,7 @@ impl Inner {
 
     /// A cancel asked on another instance for build `id`: acted on if it runs here.
     fn cancel_requested(&self, id: i64) {
-        let handle = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned();
+        let handle = self.running_handle(id);
         let Some(cancel) = handle else { return };
         if let Ok(Some(by)) = self.row(id).map(|r| r.cancel_requested) {
             self.cancel_local(id, &cancel, &by);
