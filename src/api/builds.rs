@@ -202,11 +202,7 @@ pub struct BuildList {
 }
 
 fn time(ms: Option<i64>) -> Option<String> {
-    ms.map(|ms| {
-        crate::oci::time::rfc3339_millis(
-            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-        )
-    })
+    ms.map(crate::oci::time::rfc3339_from_ms)
 }
 
 /// A stage event, folded into its variant's list of stages.

@@ -437,11 +437,7 @@ pub async fn workers(State(state): State<AppState>) -> Result<Json<Vec<WorkerInf
     let runner = state.runner.clone();
     blocking(move || {
         let me = runner.worker_name().to_string();
-        let time = |ms: i64| {
-            crate::oci::time::rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-            )
-        };
+        let time = crate::oci::time::rfc3339_from_ms;
         let workers = runner.workers().map_err(ApiError::internal)?;
         Ok(Json(
             workers

@@ -48,6 +48,12 @@ pub fn rfc3339_millis(t: std::time::SystemTime) -> String {
     format!("{}.{:03}Z", secs.trim_end_matches('Z'), d.subsec_millis())
 }
 
+/// `rfc3339_millis` of a time kept as milliseconds since the epoch (the store's timestamps; a
+/// negative one reads as the epoch).
+pub fn rfc3339_from_ms(ms: i64) -> String {
+    rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -715,11 +715,7 @@ impl Inner {
         let lapsed = self.store.reap(&|l: &Lapsed| {
             let seen = l
                 .last_seen
-                .map(|ms| {
-                    crate::oci::time::rfc3339_millis(
-                        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-                    )
-                })
+                .map(crate::oci::time::rfc3339_from_ms)
                 .unwrap_or_else(|| "never".into());
             let finished = Finished {
                 error: Some(format!(

@@ -439,7 +439,7 @@ pub trait Store: Send + Sync {
         first: bool,
     ) -> Result<Vec<Held>, StoreError>;
     /// Marks interrupted every running build whose lease ran out (its worker stopped renewing
-    /// it), with `make`'s events and facts, each in its own transaction; returns them.
+    /// it), with `make`'s events and facts, in one transaction; returns them.
     fn reap(
         &self,
         make: &dyn Fn(&Lapsed) -> (Vec<NewEvent>, Finished),
