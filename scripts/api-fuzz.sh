@@ -27,6 +27,7 @@ fi
 bash scripts/setup.sh
 export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}"
 cargo build --locked --quiet
+. benchmarks/lib/common.sh
 work=$(mktemp -d "${TMPDIR:-/tmp}/galley-api-fuzz.XXXXXX")
 pid=""
 cleanup() {
@@ -36,7 +37,7 @@ cleanup() {
 trap cleanup EXIT
 cp -r fixtures/tiny "$work/tiny"; rm -rf "$work/tiny/target"
 bash fixtures/base/make-base.sh "$work/base" 3.20 >/dev/null
-token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+token=$(bench_token)
 printf 'fuzz %s\n' "$token" >"$work/tokens"
 cat >"$work/serve.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -46,11 +47,10 @@ token_file = "$work/tokens"
 path = "$work/tiny"
 base = "oci:$work/base:3.20"
 TOML
-"$repo/target/debug/galley" serve --config "$work/serve.toml" >"$work/serve.out" 2>"$work/serve.err" &
-pid=$!
-for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^galley serve: listening on //p' "$work/serve.out")
-[ -n "$url" ] || { cat "$work/serve.err" >&2; exit 1; }
+serve_start "$work/serve.toml" "$work" "$repo/target/debug/galley"
+pid=$serve_pid url=$serve_url
+# serve_start's trap stops the service only; this one also removes the scratch directory.
+trap cleanup EXIT
 # The fuzzer never sees the token in argv: it reads it from its environment through a config.
 cat >"$work/schemathesis.toml" <<'TOML'
 headers = { Authorization = "Bearer ${GALLEY_FUZZ_TOKEN}" }

@@ -55,11 +55,12 @@ warm_toolchain() {
   (cd "$REPO_ROOT/fixtures/tiny" && cargo zigbuild --release --locked --target x86_64-unknown-linux-musl --target-dir "$t" -q) >&2
   rm -rf "$t"
 }
-# Starts the release `galley serve` on CONFIG with its output in WORK (serve.out, serve.err);
-# sets serve_pid and serve_url, and a trap that stops the service when the script exits.
+# Starts `galley serve` (BIN, default the release build) on CONFIG with its output in WORK
+# (serve.out, serve.err); sets serve_pid and serve_url, and a trap that stops the service when
+# the script exits.
 serve_start() {
-  local config=$1 work=$2
-  ./target/release/galley serve --config "$config" >"$work/serve.out" 2>"$work/serve.err" &
+  local config=$1 work=$2 bin=${3:-./target/release/galley}
+  "$bin" serve --config "$config" >"$work/serve.out" 2>"$work/serve.err" &
   serve_pid=$!
   trap 'kill "$serve_pid" 2>/dev/null || true' EXIT
   for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
