@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::NoFields;
 use super::{blocking, ApiError, ApiJson, AppState, Principal};
 use crate::oci::Digest;
 use crate::pipeline::report::{PlatformReport, Report, Status};
@@ -462,6 +463,17 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         ));
     };
 
+    if req.version.len() > super::contract::MAX_VERSION_LEN {
+        return Err(ApiError::field(
+            "version",
+            format!(
+                "the version has {} characters, more than {}",
+                req.version.len(),
+                super::contract::MAX_VERSION_LEN
+            ),
+            "the tags made from it must fit in 128 characters: use a shorter pre-release",
+        ));
+    }
     let version = semver::Version::parse(&req.version).map_err(|e| {
         ApiError::field(
             "version",
@@ -576,25 +588,27 @@ fn check_variants(project: &str, names: &[&str], variants: &[String]) -> Result<
     Ok(())
 }
 
+/// The `Idempotency-Key` of a request: 1 to 255 visible ASCII characters other than `"`, bare
+/// or quoted as a structured-field string (`"key"`, as the IETF draft writes it).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = v
-        .to_str()
-        .ok()
-        .map(|s| s.trim().trim_matches('"').to_string());
-    match key {
-        Some(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(k))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        )
-        .hint("use a UUID")),
+    let raw = v.to_str().unwrap_or("\"").trim();
+    let key = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+    {
+        return Ok(Some(key.to_string()));
     }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+        "Idempotency-Key must be 1 to 255 visible ASCII characters other than '\"', bare or in quotes",
+    )
+    .hint("use a UUID"))
 }
 
 /// Queue a build.
@@ -792,6 +806,7 @@ pub async fn delete(
     post,
     path = "/api/v1/builds/{id}/cancel",
     tag = "builds",
+    request_body(content = super::error::Empty, content_type = "application/json", description = "No fields: `{}` (an empty body is also taken)"),
     params(("id" = i64, Path, description = "Build id")),
     responses(
         (status = 200, description = "Cancelled (also when it was cancelled before)", body = BuildRecord),
@@ -804,6 +819,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
+    _: NoFields,
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let reply = blocking(move || runner.cancel(id, &who.0).map_err(runner_error)).await?;
@@ -837,6 +853,7 @@ pub async fn cancel(
     post,
     path = "/api/v1/builds/{id}/rebuild",
     tag = "builds",
+    request_body(content = super::error::Empty, content_type = "application/json", description = "No fields: `{}` (an empty body is also taken)"),
     params(("id" = i64, Path, description = "Build id")),
     responses(
         (status = 202, description = "Queued", body = Accepted),
@@ -848,6 +865,7 @@ pub async fn rebuild(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
+    _: NoFields,
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let submitted = blocking(move || runner.rebuild(id, &who.0).map_err(runner_error)).await?;
@@ -861,6 +879,7 @@ pub async fn rebuild(
     post,
     path = "/api/v1/builds/{id}/repro",
     tag = "builds",
+    request_body(content = super::error::Empty, content_type = "application/json", description = "No fields: `{}` (an empty body is also taken)"),
     params(("id" = i64, Path, description = "Build id")),
     responses(
         (status = 202, description = "The repro is queued", body = Accepted),
@@ -873,6 +892,7 @@ pub async fn repro(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
+    _: NoFields,
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let submitted = blocking(move || runner.repro(id, &who.0).map_err(runner_error)).await?;

@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Request bodies larger than this are refused with 413 before they are parsed.
 pub const MAX_BODY: usize = 64 << 10;
@@ -156,84 +156,119 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is over {MAX_BODY} bytes"),
-            )
-            .hint("a build request is a small JSON object: send only its fields")
-        };
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !content_type.starts_with("application/json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("the body must be JSON, not {content_type:?}"),
-            )
-            .hint("send Content-Type: application/json"));
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|_| too_large())?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(v) => Ok(ApiJson(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let message = inner.to_string();
-                Err(match inner.classify() {
-                    serde_json::error::Category::Data => {
-                        // serde names the field in the message for these two; the path is
-                        // the enclosing object's.
-                        let named = |prefix: &str| {
-                            message
-                                .strip_prefix(prefix)
-                                .and_then(|r| r.split('`').next())
-                                .map(str::to_string)
-                        };
-                        let unknown = named("unknown field `");
-                        let missing = named("missing field `");
-                        // An unknown field is in the path already; a missing one is not.
-                        let field = match (&missing, path.as_str()) {
-                            (Some(m), "." | "") => m.clone(),
-                            (Some(m), p) => format!("{p}.{m}"),
-                            (None, "." | "") => unknown.clone().unwrap_or_default(),
-                            (None, p) => p.to_string(),
-                        };
-                        let mut e = ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            if unknown.is_some() {
-                                "unknown_field"
-                            } else {
-                                "invalid_field"
-                            },
-                            message,
-                        );
-                        e.detail.field = (!field.is_empty() && field != ".").then_some(field);
-                        e.hint("see /api/v1/openapi.json for the request's fields")
-                    }
-                    _ => ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_json",
-                        format!("the body is not valid JSON: {message}"),
-                    )
-                    .hint("send one JSON object, e.g. {\"variants\": [\"sqlite\"], \"version\": \"1.4.2\"}"),
-                })
-            }
-        }
+        let bytes = json_bytes(req).await?;
+        parse(&bytes).map(ApiJson)
     }
+}
+
+/// The body of an action that takes no fields (cancel, rebuild, repro): `{}` or nothing, always
+/// as `Content-Type: application/json`, which a cross-site form cannot send.
+pub struct NoFields;
+
+/// What [`NoFields`] accepts: an object without fields.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+impl<S: Send + Sync> FromRequest<S> for NoFields {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = json_bytes(req).await?;
+        // Clients written before the body was documented send none.
+        if !bytes.iter().all(u8::is_ascii_whitespace) {
+            parse::<Empty>(&bytes)?;
+        }
+        Ok(NoFields)
+    }
+}
+
+/// The bytes of a request body that says it is JSON, at most [`MAX_BODY`] of them.
+async fn json_bytes(req: Request) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+        .hint("a build request is a small JSON object: send only its fields")
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = content_type
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be JSON, not {content_type:?}"),
+        )
+        .hint("send Content-Type: application/json, also on a POST without a body (cancel, rebuild, repro)"));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Parses a JSON body, naming the field of any problem.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                // serde names the field in the message for these two; the path is the
+                // enclosing object's.
+                let named = |prefix: &str| {
+                    message
+                        .strip_prefix(prefix)
+                        .and_then(|r| r.split('`').next())
+                        .map(str::to_string)
+                };
+                let unknown = named("unknown field `");
+                let missing = named("missing field `");
+                // An unknown field is in the path already; a missing one is not.
+                let field = match (&missing, path.as_str()) {
+                    (Some(m), "." | "") => m.clone(),
+                    (Some(m), p) => format!("{p}.{m}"),
+                    (None, "." | "") => unknown.clone().unwrap_or_default(),
+                    (None, p) => p.to_string(),
+                };
+                let mut e = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    if unknown.is_some() {
+                        "unknown_field"
+                    } else {
+                        "invalid_field"
+                    },
+                    message,
+                );
+                e.detail.field = (!field.is_empty() && field != ".").then_some(field);
+                e.hint("see /api/v1/openapi.json for the request's fields")
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {message}"),
+            )
+            .hint(
+                "send one JSON object, e.g. {\"variants\": [\"sqlite\"], \"version\": \"1.4.2\"}",
+            ),
+        }
+    })
 }

@@ -1,8 +1,10 @@
 //! The HTTP API of `galley serve` (axum on hyper): routes, bearer-token auth, wire types, SSE.
 //! Handlers validate requests, then ask the runner; blocking work (SQLite, git) runs on
-//! tokio's blocking pool. The OpenAPI document is generated from the handlers themselves.
+//! tokio's blocking pool. The OpenAPI document is generated from the handlers themselves and
+//! completed, when it is served, with what the configuration says (`contract`).
 
 pub mod builds;
+pub mod contract;
 pub mod error;
 pub mod guard;
 pub mod info;
@@ -186,7 +188,7 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 }
 
 /// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "OpenMetrics text exposition", body = String, content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let m = state.runner.metrics();
     m.open_streams.set(state.streams.open() as i64);
@@ -222,24 +224,24 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (protected, mut doc) = protected.split_for_parts();
     let (public, public_doc) = public.split_for_parts();
     doc.merge(public_doc);
-    let json = doc.to_json().expect("the OpenAPI document serializes");
-    let protected = protected
-        .route(
-            "/api/v1/openapi.json",
-            get(move || {
-                let json = json.clone();
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        json,
-                    )
-                }
-            }),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
+    let base = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    let protected = protected.route(
+        "/api/v1/openapi.json",
+        get(move |State(state): State<AppState>| {
+            let mut doc = base.clone();
+            async move {
+                // Read per request: the projects' galley.toml may have changed.
+                let runner = state.runner.clone();
+                let facts = blocking(move || Ok(contract::Facts::of(&runner.config()))).await?;
+                contract::complete(&mut doc, &facts);
+                Ok::<_, ApiError>(axum::Json(doc))
+            }
+        }),
+    );
+    let protected = protected.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        authenticate,
+    ));
     let app = Router::new()
         .merge(protected)
         .merge(public)

@@ -122,6 +122,11 @@ pub struct EventError {
 }
 
 impl BuildEvent {
+    /// Every kind, in the order of the variants.
+    pub const KINDS: [&'static str; 8] = [
+        "log", "stage", "status", "source", "report", "verdict", "dropped", "end",
+    ];
+
     /// The kind of [`BuildEvent::Verdict`], for looking it up in the store.
     pub const VERDICT: &'static str = "verdict";
 

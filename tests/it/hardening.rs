@@ -47,10 +47,23 @@ fn status_of(answer: &str) -> u16 {
 
 /// A request with every header given, nothing else.
 fn request(svc: &Service, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    request_body(svc, method, path, headers, "")
+}
+
+fn request_body(
+    svc: &Service,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
     let client = reqwest::blocking::Client::new();
     let mut rb = client.request(method.parse().unwrap(), format!("{}{path}", svc.url));
     for (k, v) in headers {
         rb = rb.header(*k, *v);
+    }
+    if !body.is_empty() {
+        rb = rb.body(body.to_string());
     }
     let r = rb.send().unwrap();
     let status = r.status().as_u16();
@@ -208,8 +221,14 @@ fn hardening_cross_site_posts_and_rebinding_hosts_are_refused() {
         (s, &e["error"]["code"]),
         (415, &json!("unsupported_media_type"))
     );
-    // From another origin, even with JSON.
+    // The body of an action is `{}` or nothing; anything else is refused before it acts.
     let json_ct = ("content-type", "application/json");
+    let (s, e) = request_body(&svc, "POST", cancel, &[json_ct], "{\"force\": true}");
+    assert_eq!((s, &e["error"]["code"]), (422, &json!("unknown_field")));
+    assert_eq!(request_body(&svc, "POST", cancel, &[json_ct], "{}").0, 404);
+    // The media type is the action's, after routing: a POST to a GET route is 405.
+    assert_eq!(request(&svc, "POST", "/healthz", &[]).0, 405);
+    // From another origin, even with JSON.
     for (k, v) in [
         ("origin", "http://evil.example"),
         ("origin", "null"),

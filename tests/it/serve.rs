@@ -916,6 +916,38 @@ fn serve_openapi_document_lists_every_route_and_validates() {
             "{method} {path} is not routed"
         );
     }
+    // The served document is completed from the configuration: the build request names what
+    // the project offers, every protected operation says it answers 401, and the links from a
+    // queued build name operations that exist.
+    let create = &doc["components"]["schemas"]["CreateBuild"]["properties"];
+    assert_eq!(
+        create["variants"]["items"]["enum"],
+        json!(["mysql", "postgres", "sqlite"])
+    );
+    assert_eq!(create["project"]["enum"], json!(["tiny", null]));
+    assert_eq!(create["push"]["enum"], json!([false, null]));
+    assert!(create.get("ref").is_none(), "no git project: no ref");
+    let mut ids = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ids.push(op["operationId"].as_str().unwrap().to_string());
+            let public = path == "/healthz" || path == "/readyz";
+            assert_eq!(
+                op["responses"].get("401").is_some(),
+                !public,
+                "{method} {path}"
+            );
+        }
+    }
+    let links = doc
+        .pointer("/paths/~1api~1v1~1builds/post/responses/202/links")
+        .and_then(Value::as_object)
+        .expect("links from a queued build");
+    assert!(links.len() >= 5, "{links:?}");
+    for link in links.values() {
+        let op = link["operationId"].as_str().unwrap();
+        assert!(ids.iter().any(|i| i == op), "link to {op}, not in {ids:?}");
+    }
     // --log-format json: the service's log is one JSON object per line.
     let log = svc.stderr();
     let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
