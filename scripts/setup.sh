@@ -53,14 +53,17 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >
 fi
 
 # --- Test-only Python tools (PyPI): independent validators -------------------------------------
-# An OpenAPI 3.1 validator; the SPDX project's own validator (pyspdxtools); the in-toto attestation
-# framework's bindings, which parse SLSA provenance strictly.
+# An OpenAPI 3.1 validator; the SPDX project's own validator (pyspdxtools) and its NTIA
+# minimum-elements checker (sbomcheck); the in-toto attestation framework's bindings, which parse
+# SLSA provenance strictly.
 OPENAPI_VALIDATOR_VERSION=0.9.0
-SPDX_TOOLS_VERSION=0.8.3
+SPDX_TOOLS_VERSION=0.8.5
+NTIA_CHECKER_VERSION=6.0.0
 IN_TOTO_ATTESTATION_VERSION=0.9.3
 py_missing=()
 python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 || py_missing+=("openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION")
 command -v pyspdxtools >/dev/null 2>&1 || py_missing+=("spdx-tools==$SPDX_TOOLS_VERSION")
+command -v sbomcheck >/dev/null 2>&1 || py_missing+=("ntia-conformance-checker==$NTIA_CHECKER_VERSION")
 python3 -c 'import in_toto_attestation.predicates.provenance.v1.provenance_pb2' >/dev/null 2>&1 \
   || py_missing+=("in-toto-attestation==$IN_TOTO_ATTESTATION_VERSION")
 if [ ${#py_missing[@]} -gt 0 ]; then

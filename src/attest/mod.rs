@@ -39,6 +39,10 @@ pub struct Crate {
     /// sha256 from Cargo.lock (registry crates).
     pub checksum: Option<String>,
     pub license: Option<String>,
+    /// The `authors` of a path crate's Cargo.toml (registry and git crates: none; their
+    /// supplier is where they are fetched from).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
 }
 
 /// What an SBOM is made for: the variant's package, features and target.
@@ -87,6 +91,7 @@ pub fn crates(req: &SbomRequest<'_>, cancel: &Cancel) -> Result<Vec<Crate>, Atte
     let text = String::from_utf8_lossy(&out.stdout);
     let mut root: Option<(String, String)> = None;
     let mut found: BTreeSet<(String, String, Option<String>)> = BTreeSet::new();
+    let mut authors: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         // `name vX.Y.Z (source)|license`, with ` (*)` on a subtree printed before.
         let line = line.trim_end().trim_end_matches(" (*)");
@@ -106,6 +111,14 @@ pub fn crates(req: &SbomRequest<'_>, cancel: &Cancel) -> Result<Vec<Crate>, Atte
             )));
         };
         let license = Some(license.trim().to_string()).filter(|l| !l.is_empty());
+        // A path crate is printed with its directory: `name vX.Y.Z (/dir)`.
+        let rest = package.trim().splitn(3, ' ').nth(2).unwrap_or("").trim();
+        if let Some(dir) = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+            if dir.starts_with('/') {
+                let key = (name.to_string(), version.to_string());
+                authors.insert(key, manifest_authors(&Path::new(dir).join("Cargo.toml")));
+            }
+        }
         if root.is_none() {
             root = Some((name.to_string(), version.to_string()));
         }
@@ -133,8 +146,15 @@ pub fn crates(req: &SbomRequest<'_>, cancel: &Cancel) -> Result<Vec<Crate>, Atte
                     ),
                 ),
             };
+            let authors = match kind {
+                "path" => authors
+                    .remove(&(name.clone(), version.clone()))
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
             Crate {
                 checksum: locked.and_then(|l| l.checksum.clone()),
+                authors,
                 name,
                 version,
                 kind: kind.to_string(),
@@ -151,6 +171,75 @@ pub fn crates(req: &SbomRequest<'_>, cancel: &Cancel) -> Result<Vec<Crate>, Atte
         out.insert(0, r);
     }
     Ok(out)
+}
+
+/// The `package.authors` of a manifest (none when it has none, inherits them from its
+/// workspace, or does not read).
+fn manifest_authors(manifest: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(manifest) else {
+        return Vec::new();
+    };
+    let Ok(v) = toml::from_str::<toml::Table>(&text) else {
+        return Vec::new();
+    };
+    v.get("package")
+        .and_then(|p| p.get("authors"))
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The SPDX `PackageSupplier` of a crate: its actual distribution source (SPDX 2.3, 7.5). A
+/// registry crate's is the registry (`crates.io`, or the index's host), a git crate's the git
+/// host; a path crate is supplied by whoever makes the image: its first author (`Name <mail>`
+/// becomes `Person: Name (mail)`), else the image's `org.opencontainers.image.vendor`. Nothing
+/// known: `NOASSERTION`.
+fn supplier(c: &Crate, vendor: Option<&str>) -> String {
+    let host = |url: &str| {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        rest.split(['/', '?', '#', ':'])
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let clean = |s: &str| {
+        s.replace(['(', ')'], " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match (c.kind.as_str(), &c.source) {
+        ("registry", Some(s)) if s.contains("crates.io-index") || s.contains("index.crates.io") => {
+            "Organization: crates.io".into()
+        }
+        ("registry" | "git", Some(s)) if !host(s).is_empty() => {
+            format!("Organization: {}", host(s))
+        }
+        _ => {
+            if let Some(a) = c
+                .authors
+                .first()
+                .map(|a| a.trim())
+                .filter(|a| !a.is_empty())
+            {
+                return match a.split_once('<') {
+                    Some((name, mail)) => format!(
+                        "Person: {} ({})",
+                        clean(name),
+                        clean(mail.trim_end_matches('>'))
+                    ),
+                    None => format!("Person: {}", clean(a)),
+                };
+            }
+            match vendor.map(clean).filter(|v| !v.is_empty()) {
+                Some(v) => format!("Organization: {v}"),
+                None => "NOASSERTION".into(),
+            }
+        }
+    }
 }
 
 /// A package of Cargo.lock: where it comes from and its sha256.
@@ -222,6 +311,9 @@ pub struct Subject<'a> {
     pub digest: &'a Digest,
     /// `SOURCE_DATE_EPOCH` as RFC 3339: the documents' creation time.
     pub created: &'a str,
+    /// The image's `org.opencontainers.image.vendor` label: the supplier of its own crates
+    /// when their Cargo.toml names no author.
+    pub vendor: Option<&'a str>,
 }
 
 /// The SPDX 2.3 document for an image: the binary's package and every crate linked into it, each
@@ -255,7 +347,7 @@ pub fn spdx(subject: &Subject<'_>, binary: &str, crates: &[Crate]) -> Value {
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": license(c.license.as_deref()),
             "copyrightText": "NOASSERTION",
-            "supplier": "NOASSERTION",
+            "supplier": supplier(c, subject.vendor),
             "externalRefs": [{
                 "referenceCategory": "PACKAGE-MANAGER",
                 "referenceType": "purl",
@@ -423,6 +515,7 @@ mod tests {
             name: "registry.example.com/team/app",
             digest: &d,
             created: "2023-11-14T22:13:20Z",
+            vendor: None,
         };
         let crates = vec![
             Crate {
@@ -432,6 +525,7 @@ mod tests {
                 source: None,
                 checksum: None,
                 license: Some("MIT".into()),
+                authors: vec!["Ada Lovelace <ada@example.com>".into()],
             },
             Crate {
                 name: "serde".into(),
@@ -440,6 +534,7 @@ mod tests {
                 source: Some("https://github.com/rust-lang/crates.io-index".into()),
                 checksum: Some("ab".repeat(32)),
                 license: Some("MIT OR Apache-2.0".into()),
+                authors: Vec::new(),
             },
         ];
         let a = spdx(&subject, "app", &crates);
@@ -452,5 +547,36 @@ mod tests {
         );
         assert_eq!(a["packages"][1]["checksums"][0]["algorithm"], "SHA256");
         assert_eq!(a["creationInfo"]["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            a["packages"][0]["supplier"],
+            "Person: Ada Lovelace (ada@example.com)"
+        );
+        assert_eq!(a["packages"][1]["supplier"], "Organization: crates.io");
+    }
+
+    #[test]
+    fn the_supplier_is_the_distribution_source() {
+        let c = |kind: &str, source: Option<&str>, authors: &[&str]| Crate {
+            name: "x".into(),
+            version: "1.0.0".into(),
+            kind: kind.into(),
+            source: source.map(str::to_string),
+            checksum: None,
+            license: None,
+            authors: authors.iter().map(|a| a.to_string()).collect(),
+        };
+        let git = c(
+            "git",
+            Some("https://user@git.example.com/team/x.git#abc"),
+            &[],
+        );
+        assert_eq!(supplier(&git, None), "Organization: git.example.com");
+        let alt = c("registry", Some("https://registry.example.com/index/"), &[]);
+        assert_eq!(supplier(&alt, None), "Organization: registry.example.com");
+        let own = c("path", None, &["Team Infra"]);
+        assert_eq!(supplier(&own, Some("Acme")), "Person: Team Infra");
+        let anon = c("path", None, &[]);
+        assert_eq!(supplier(&anon, Some("Acme (EU)")), "Organization: Acme EU");
+        assert_eq!(supplier(&anon, None), "NOASSERTION");
     }
 }

@@ -997,6 +997,11 @@ fn attest_stage(
         name: subject_name,
         digest: &subject.digest,
         created: &spec.created,
+        vendor: spec
+            .image
+            .labels
+            .get("org.opencontainers.image.vendor")
+            .map(String::as_str),
     };
     let package = variant.package.as_deref().unwrap_or(&variant.binary);
     let mut docs = Vec::new();
@@ -1013,6 +1018,8 @@ fn attest_stage(
                 "compile": compile,
                 "package": package,
                 "galley": env!("CARGO_PKG_VERSION"),
+                // 2: path crates carry their authors (the SBOM's supplier).
+                "crates": 2,
             });
             Keyed::new(b.cache, Kind::Attest, inputs)
         });

@@ -33,6 +33,7 @@ fn http(port: u16, request: &str) -> String {
 fn authd_variants_build_and_the_sqlite_image_serves_requests() {
     let _heavy = heavy();
     require("pyspdxtools");
+    require("sbomcheck");
     let dir = scratch("authd");
     let project = repo().join("fixtures/authd");
     let out = dir.join("out");
@@ -97,6 +98,15 @@ fn authd_variants_build_and_the_sqlite_image_serves_requests() {
         let sbom_file = dir.join(format!("{name}.spdx.json"));
         std::fs::write(&sbom_file, &sbom).unwrap();
         run_ok(Command::new("pyspdxtools").arg("-i").arg(&sbom_file));
+        // The NTIA minimum elements, by the SPDX project's checker: every crate has a name,
+        // version, identifier and supplier (crates.io, or the fixture's authors for authd).
+        let ntia = run_ok(
+            Command::new("sbomcheck")
+                .args(["--comply", "ntia", "--output", "json"])
+                .arg(&sbom_file),
+        );
+        let ntia: serde_json::Value = serde_json::from_slice(&ntia.stdout).unwrap();
+        assert_eq!(ntia["isNtiaConformant"], true, "{name}: {ntia}");
         let doc: serde_json::Value = serde_json::from_slice(&sbom).unwrap();
         let crates: Vec<&str> = doc["packages"]
             .as_array()
