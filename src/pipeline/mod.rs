@@ -1045,8 +1045,9 @@ fn attest_stage(
         unit.say(
             Stage::Attest,
             &format!(
-                "sbom: {} crates linked into {}",
+                "sbom: {} crate{} linked into {}",
                 crates.len(),
+                if crates.len() == 1 { "" } else { "s" },
                 variant.binary
             ),
         );

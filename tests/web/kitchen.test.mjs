@@ -18,7 +18,9 @@ import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const work = path.join(repo, "target/galley-tests/kitchen");
+// GALLEY_KITCHEN_WORK: where the service keeps its projects and data (the paths the pages show;
+// scripts/kitchen-screenshot.sh picks a neutral one for the README's picture).
+const work = process.env.GALLEY_KITCHEN_WORK || path.join(repo, "target/galley-tests/kitchen");
 const shots = path.join(repo, "target/kitchen-screenshots");
 const galleyBin = process.env.GALLEY_BIN || path.join(repo, "target/debug/galley");
 const TOKEN = "kitchen-test-token-0123456789";

@@ -578,7 +578,7 @@ function chart(rows) {
   };
   const max = Math.max(1, ...rows.map((r) => r.stages.reduce((a, st) => a + st.ms, 0)));
   const labelW = 120, barW = 560, rowH = 26, legendH = 26;
-  const shades = ["#1f5fbf", "#5b8fd9", "#17703a", "#8a5a00", "#7b3fb8", "#b3261e", "#4c6b73"];
+  const shades = ["#1f5fbf", "#5b8fd9", "#17703a", "#8a5a00", "#7b3fb8", "#b3261e", "#4c6b73", "#9c2f6e"];
   const svg = s("svg", { viewBox: `0 0 ${labelW + barW + 90} ${rows.length * rowH + legendH + 8}`, role: "img" });
   const summary = rows.map((r) => `${r.label}: ${r.stages.map((st) => `${st.stage} ${secs(st.ms)}`).join(", ")}`).join("; ");
   svg.append(s("title", {}, `Stage durations. ${summary}`));
