@@ -232,7 +232,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             async move {
                 // Read per request: the projects' galley.toml may have changed.
                 let runner = state.runner.clone();
-                let facts = blocking(move || Ok(contract::Facts::of(&runner.config()))).await?;
+                let facts = blocking(move || Ok(contract::Facts::of(runner.config()))).await?;
                 contract::complete(&mut doc, &facts);
                 Ok::<_, ApiError>(axum::Json(doc))
             }
