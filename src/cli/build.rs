@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use super::BuildArgs;
 use crate::cancel::{Cancel, DEFAULT_GRACE};
+use crate::oci::archive::{Archive, Format};
 use crate::pipeline::{self, Context, EventSink, LogLine, PipelineError, StageEvent};
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::toolchain::CargoZigbuild;
@@ -131,6 +132,50 @@ fn push_repository(push: Option<String>) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// The directory, beside the archive, of the layout an archive is made from (removed on drop).
+/// Checked before anything is built: the directory exists, and a docker-archive holds one
+/// platform per image.
+fn scratch_layout(a: &Archive, platforms: usize) -> anyhow::Result<tempfile::TempDir> {
+    if a.format == Format::Docker && platforms > 1 {
+        anyhow::bail!(
+            "a docker-archive holds single-platform images and {platforms} targets were asked for: build one --target/--platform, or write --output oci-archive:{}",
+            a.path.display()
+        );
+    }
+    if a.path.as_os_str().is_empty() {
+        anyhow::bail!(
+            "--output {}: needs a file name: e.g. {}:images.tar",
+            a.transport(),
+            a.transport()
+        );
+    }
+    if a.path.is_dir() {
+        anyhow::bail!(
+            "--output {}:{} is a directory: name a file in it, e.g. {}:{}",
+            a.transport(),
+            a.path.display(),
+            a.transport(),
+            a.path.join("images.tar").display()
+        );
+    }
+    let dir = match a.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the directory of --output {}:{} does not exist: create {} first",
+            a.transport(),
+            a.path.display(),
+            dir.display()
+        );
+    }
+    tempfile::Builder::new()
+        .prefix(".galley-layout-")
+        .tempdir_in(&dir)
+        .with_context(|| format!("cannot make a scratch layout in {}", dir.display()))
+}
+
 /// Runs a build.
 pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
     let mut targets = args.targets;
@@ -146,6 +191,16 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
     } else {
         Verbosity::Normal
     };
+    // An archive is written from a layout galley builds beside it and removes afterwards.
+    let archive = args.output.to_str().and_then(Archive::parse);
+    let scratch = match &archive {
+        None => None,
+        Some(a) => Some(scratch_layout(a, targets.len().max(1))?),
+    };
+    let output = match &scratch {
+        Some(dir) => dir.path().join("layout"),
+        None => args.output.clone(),
+    };
     let req = BuildRequest {
         project: args
             .project_dir
@@ -154,7 +209,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         variants: args.variants,
         version: args.version,
         base: args.base,
-        output: args.output,
+        output,
         targets,
         tags: args.tags,
         no_compress: args.no_compress,
@@ -192,7 +247,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         events: &printer,
         cancel: &cancel,
     };
-    let report = match pipeline::run(&spec, &ctx) {
+    let mut report = match pipeline::run(&spec, &ctx) {
         Ok(r) => r,
         Err(PipelineError::Cancelled(c)) => {
             cancel.wait_settled(DEFAULT_GRACE + std::time::Duration::from_secs(5));
@@ -209,10 +264,24 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
+    let refs = match (&archive, &scratch) {
+        (Some(a), Some(dir)) if report.succeeded_variants().next().is_some() => {
+            let name = spec
+                .push
+                .as_ref()
+                .map(|r| r.name())
+                .unwrap_or_else(|| crate::oci::archive::repository_name(&report.binary));
+            let layout = crate::oci::layout::Layout::open(&dir.path().join("layout"))?;
+            a.write(&layout, &name, report.source_date_epoch)
+                .with_context(|| format!("writing {}", a.path.display()))?;
+            report.output = format!("{}:{}", a.transport(), a.path.display());
+            report.image_refs_with(|tag| a.reference(&name, tag))
+        }
+        _ => report.image_refs(),
+    };
     if verbosity != Verbosity::Quiet {
         eprint!("{}", report.human());
     }
-    let refs = report.image_refs();
     if let Some(path) = &args.image_refs {
         let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(path, text)

@@ -177,7 +177,8 @@ pub struct BuildArgs {
     /// Base image: host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG (default: docker.io/library/alpine:3.20).
     #[arg(long)]
     pub base: Option<String>,
-    /// The OCI image layout to write the images into.
+    /// Where the images go: an OCI image layout directory, or one file with every tag of the
+    /// build, `oci-archive:FILE` or `docker-archive:FILE` (single-platform images).
     #[arg(long, default_value = "out")]
     pub output: PathBuf,
     /// Target triple; repeat for an image index with several platforms (default: x86_64-unknown-linux-musl).

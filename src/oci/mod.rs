@@ -3,6 +3,7 @@
 //!
 //! This module knows nothing about cargo, registries or HTTP.
 
+pub mod archive;
 pub mod digest;
 pub mod image;
 pub mod json;

@@ -259,6 +259,12 @@ impl Report {
     /// digest is refused by some tools), else `oci:OUTPUT:TAG` with its first tag. A variant that
     /// failed, or whose registry tags were withheld, has none.
     pub fn image_refs(&self) -> Vec<String> {
+        self.image_refs_with(|tag| format!("oci:{}:{tag}", self.output))
+    }
+
+    /// As [`Report::image_refs`], with `local` naming an unpushed variant's first tag (in an
+    /// archive rather than the layout).
+    pub fn image_refs_with(&self, local: impl Fn(&str) -> String) -> Vec<String> {
         let mut out = Vec::new();
         for v in self.succeeded_variants() {
             match &v.push {
@@ -266,7 +272,7 @@ impl Report {
                     out.push(format!("{}@{}", p.repository, p.digest))
                 }
                 Some(_) => {}
-                None => out.extend(v.tags.first().map(|t| format!("oci:{}:{t}", self.output))),
+                None => out.extend(v.tags.first().map(|t| local(t))),
             }
         }
         out

@@ -1,8 +1,11 @@
 //! A real cargo-zigbuild build of the tiny fixture into an OCI layout, checked by independent
 //! tools: skopeo reads the layout, umoci unpacks it, and the binary runs under chroot.
 
+use std::path::Path;
+
 use crate::support::{
-    build_ok, chroot_run, copy_fixture, galley, heavy, scratch, skopeo_inspect, unpack, variant,
+    build_ok, chroot_run, copy_fixture, galley, heavy, require, run_ok, scratch, skopeo_inspect,
+    unpack, variant,
 };
 
 #[test]
@@ -234,5 +237,132 @@ fn sbom_and_provenance_can_be_turned_off() {
     assert!(
         err.contains("no SBOM is attached") && err.contains("sbom = false"),
         "{err}"
+    );
+}
+
+/// `--output oci-archive:FILE` and `docker-archive:FILE`: one file with every tag of the build,
+/// read by skopeo with the layout's digests, the same bytes when built again, the binary running
+/// from what skopeo copies out of it; a docker-archive of two platforms is refused before
+/// anything is built, and no scratch layout is left beside the file.
+#[test]
+fn archives_hold_the_layouts_images_with_its_digests() {
+    let _heavy = heavy();
+    require("skopeo");
+    let dir = scratch("e2e-archives");
+    let project = dir.join("tiny");
+    copy_fixture("tiny", &project);
+    let args = [
+        "--variants",
+        "sqlite,postgres",
+        "--version",
+        "1.0.0",
+        "--no-compress",
+    ];
+    let layout = dir.join("out");
+    let report = build_ok(&project, &layout, &args, &[]);
+    let platform = |r: &serde_json::Value, v: &str| variant(r, v)["platforms"][0].clone();
+    let inspect = |reference: &str, flag: Option<&str>| -> serde_json::Value {
+        let mut cmd = std::process::Command::new("skopeo");
+        cmd.arg("inspect").args(flag).arg(reference);
+        serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+    };
+
+    let oci = dir.join("images.tar");
+    let archived = build_ok(
+        &project,
+        Path::new(&format!("oci-archive:{}", oci.display())),
+        &args,
+        &[],
+    );
+    assert_eq!(
+        archived["output"],
+        format!("oci-archive:{}", oci.display()),
+        "{archived}"
+    );
+    for v in ["sqlite", "postgres"] {
+        let got = inspect(&format!("oci-archive:{}:{v}-1.0.0", oci.display()), None);
+        assert_eq!(
+            got["Digest"],
+            platform(&report, v)["manifest_digest"],
+            "{v}"
+        );
+    }
+    let again = dir.join("images-again.tar");
+    build_ok(
+        &project,
+        Path::new(&format!("oci-archive:{}", again.display())),
+        &args,
+        &[],
+    );
+    assert!(
+        std::fs::read(&oci).unwrap() == std::fs::read(&again).unwrap(),
+        "the same build gives the same archive, byte for byte"
+    );
+
+    let docker = dir.join("images-docker.tar");
+    build_ok(
+        &project,
+        Path::new(&format!("docker-archive:{}", docker.display())),
+        &args,
+        &[],
+    );
+    let reference = format!("docker-archive:{}:tiny:sqlite-1.0.0", docker.display());
+    let raw = inspect(&reference, Some("--raw"));
+    let sqlite = platform(&report, "sqlite");
+    assert_eq!(raw["config"]["digest"], sqlite["config_digest"], "{raw}");
+    // skopeo lists a docker-archive's layers by their uncompressed digests: the config's.
+    let layout_config = inspect(
+        &format!("oci:{}:sqlite-1.0.0", layout.display()),
+        Some("--config"),
+    );
+    let diff_ids = &layout_config["rootfs"]["diff_ids"];
+    assert!(
+        diff_ids.as_array().is_some_and(|d| d.len() == 2),
+        "{layout_config}"
+    );
+    assert_eq!(&inspect(&reference, None)["Layers"], diff_ids);
+    // What skopeo copies out of the docker-archive runs.
+    let copied = dir.join("from-docker");
+    run_ok(
+        std::process::Command::new("skopeo")
+            .arg("copy")
+            .arg(&reference)
+            .arg(format!("oci:{}:sqlite", copied.display())),
+    );
+    let bundle = unpack(&copied, "sqlite", &dir);
+    assert!(chroot_run(&bundle, &["/app/tiny", "--version"]).contains("tiny"));
+
+    // Two platforms in a docker-archive: refused before any compile, nothing written.
+    let refused = dir.join("two.tar");
+    let (out, _) = crate::support::build(
+        &project,
+        Path::new(&format!("docker-archive:{}", refused.display())),
+        &[
+            "--variants",
+            "sqlite",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "--target",
+            "aarch64-unknown-linux-musl",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("single-platform"), "{stderr}");
+    assert!(
+        !stderr.contains("Compiling"),
+        "refused before compiling: {stderr}"
+    );
+    assert!(!refused.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".galley"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "scratch left beside the archives: {left:?}"
     );
 }
