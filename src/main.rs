@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Push(args) => cli::push::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Sbom(args) => cli::attest::run(args),
+        Command::Doctor(args) => cli::doctor::run(args),
         Command::Completions(args) => cli::docs::completions(args),
         Command::Man(args) => cli::docs::man(args),
         Command::Repro(args) => match cli::repro::run(args) {

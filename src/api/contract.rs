@@ -33,6 +33,8 @@ pub struct Facts {
     pub variants: Option<Vec<String>>,
     /// Whether some project has a push repository (`push: true` is refused otherwise).
     pub push: bool,
+    /// The projects with a push repository (the ones `/api/v1/registry/check` checks).
+    pub pushing: Vec<String>,
     /// Whether some project is a git project (`ref` is refused otherwise).
     pub git: bool,
 }
@@ -65,6 +67,12 @@ impl Facts {
             projects: config.projects.keys().cloned().collect(),
             variants: variants.map(|v| v.into_iter().collect()),
             push: config.projects.values().any(|p| p.push.is_some()),
+            pushing: config
+                .projects
+                .values()
+                .filter(|p| p.push.is_some())
+                .map(|p| p.name.clone())
+                .collect(),
             git,
         }
     }
@@ -230,6 +238,13 @@ fn parameter(path: &str, p: &mut Value, facts: &Facts) {
     }
     match (place.as_str(), name.as_str()) {
         // History keeps builds of projects that are no longer configured: any name filters it.
+        // Only projects that push can be checked (others answer 409); with none, the list
+        // stays whole.
+        ("query", "project")
+            if pick && path == "/api/v1/registry/check" && !facts.pushing.is_empty() =>
+        {
+            schema.insert("enum".into(), json!(facts.pushing));
+        }
         ("query", "project") if pick => {
             schema.insert("enum".into(), json!(facts.projects));
         }
@@ -375,6 +390,7 @@ mod tests {
             projects: vec!["tiny".into()],
             variants: Some(vec!["mysql".into(), "sqlite".into()]),
             push: false,
+            pushing: Vec::new(),
             git: false,
         };
         let mut d = doc();
@@ -390,6 +406,7 @@ mod tests {
             projects: vec!["a".into(), "b".into()],
             variants: None,
             push: true,
+            pushing: vec!["a".into()],
             git: true,
         };
         let mut d = doc();

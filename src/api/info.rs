@@ -2,6 +2,7 @@
 //! the registry credentials it found (never the secret).
 
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -402,6 +403,68 @@ pub async fn registry(
         Ok(Json(info))
     })
     .await
+}
+
+/// `galley doctor` on a project's push repository (and a mount from its base when that is on
+/// the same registry), with the credentials the service would use: what a push will meet,
+/// before anything compiles. Each check is tried once.
+#[utoipa::path(
+    get,
+    path = "/api/v1/registry/check",
+    tag = "projects",
+    params(RegistryQuery),
+    responses(
+        (status = 200, description = "Every check; `failed` when a push would fail", body = RegistryCheck),
+        (status = 409, description = "The project has no push repository", body = super::error::ErrorBody),
+        (status = 422, description = "Unknown project", body = super::error::ErrorBody),
+    )
+)]
+pub async fn registry_check(
+    State(state): State<AppState>,
+    Query(q): Query<RegistryQuery>,
+) -> Result<Json<RegistryCheck>, ApiError> {
+    let project = pick_project(&state, &q.project)?.clone();
+    let Some(repo) = project.push.clone() else {
+        // The request is well formed; the project's configuration is what does not allow it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_push_repository",
+            format!("project {} has no push repository to check", project.name),
+        )
+        .hint(format!(
+            "set push = \"host/repo\" under [projects.{}] in the service's config",
+            project.name
+        )));
+    };
+    blocking(move || {
+        let base = project
+            .base
+            .as_deref()
+            .filter(|b| !b.starts_with("oci:"))
+            .and_then(|b| crate::registry::Reference::parse(b).ok());
+        let options = crate::registry::RegistryOptions {
+            insecure: project.insecure.clone(),
+            ca_bundle: project.ca_bundle.clone(),
+            ..Default::default()
+        };
+        let diagnosis = crate::registry::doctor::diagnose(&repo, base.as_ref(), &options);
+        Ok(Json(RegistryCheck {
+            project: project.name.clone(),
+            failed: diagnosis.failed(),
+            diagnosis,
+        }))
+    })
+    .await
+}
+
+/// The checks of one project's push repository.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RegistryCheck {
+    pub project: String,
+    /// Whether a push would fail (some check failed).
+    pub failed: bool,
+    #[serde(flatten)]
+    pub diagnosis: crate::registry::doctor::Diagnosis,
 }
 
 /// A worker of the fleet (every `galley serve` on the same store).

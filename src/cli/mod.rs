@@ -3,6 +3,7 @@
 pub mod attest;
 pub mod build;
 pub mod docs;
+pub mod doctor;
 pub mod http;
 pub mod push;
 pub mod repro;
@@ -37,12 +38,35 @@ pub enum Command {
     /// Build a recorded build again in a fresh directory and compare every digest: exit 0 when
     /// all match, 1 when something differs (where, down to the key or file), 2 on an error.
     Repro(ReproArgs),
+    /// Check a repository before anything compiles: credentials, pull and push rights, a mount
+    /// from the base, the referrers API, the clock. Exit 0 when a push would work, 1 when a
+    /// check fails, 2 on bad input.
+    Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout, e.g.
     /// `galley completions bash > /etc/bash_completion.d/galley`.
     Completions(CompletionsArgs),
     /// Write man pages (galley.1 and one per command) into a directory, e.g.
     /// `galley man /usr/local/share/man/man1`.
     Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  galley doctor registry.example.com/team/authd
+  galley doctor registry.example.com/team/authd --base registry.example.com/library/alpine:3.20
+  echo \"$PASSWORD\" | galley doctor 127.0.0.1:5000/team/x --username ci --password-stdin --json")]
+pub struct DoctorArgs {
+    /// The repository to push to (host/repo).
+    pub repository: String,
+    /// The base image (host/repo:tag or @sha256:...): checks that its layers mount from its
+    /// repository when it is on the same registry.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Print the checks as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]

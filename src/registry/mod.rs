@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod doctor;
 pub mod pull;
 pub mod push;
 pub mod reference;

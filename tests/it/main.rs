@@ -6,7 +6,8 @@
 //! - `strip`: the object-based stripper on x86_64 and aarch64 binaries with symbols.
 //! - `golden`: golden digests for a fixed layer and config, so a dependency moving digests fails.
 //! - `layers`: no module of src/ names a module above it (the order of ARCHITECTURE.md).
-//! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot.
+//! - `build_e2e`: real cargo-zigbuild builds of the tiny fixture, checked with skopeo, umoci, chroot;
+//!   its oci-archive and docker-archive outputs.
 //! - `reproducible`: the same build from two directories gives identical digests.
 //! - `repro`: `galley repro` rebuilds a report's inputs elsewhere: identical, or the differing
 //!   keys and files named; a git project from its commit; Ctrl-C.
@@ -15,6 +16,8 @@
 //! - `bad_input`: clear errors, exit codes and nothing written for malformed requests.
 //! - `authd`: the realistic multi-variant service, all three variants, served from a chroot.
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
+//! - `doctor`: `galley doctor` against docker-registry: anonymous, htpasswd, token auth, a
+//!   read-only token, a refused connection; no upload session left, no secret printed.
 //! - `real_registry`: the harness starting Debian's docker-registry (anonymous, htpasswd, token auth).
 //! - `fake_registry`: an in-process registry with fault injection (server, routes, its own tests).
 //! - `registry_faults`: the faults a push survives as one table (202 on mount, relative Location,
@@ -50,6 +53,7 @@ mod cache;
 mod cancel;
 mod cli_contract;
 mod dockerfile;
+mod doctor;
 mod elf_verdicts;
 #[allow(dead_code)]
 mod fake_registry;

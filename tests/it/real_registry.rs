@@ -43,6 +43,8 @@ pub enum Auth {
         password: String,
         expires_in: u64,
     },
+    /// Token auth whose issuer grants only `pull`, whatever is asked for (a read-only token).
+    TokenReadOnly { user: String, password: String },
 }
 
 /// A running `docker-registry serve` on 127.0.0.1, with its temp dir and optional token issuer.
@@ -83,11 +85,16 @@ impl RealRegistry {
                 let realm = "auth:\n  htpasswd:\n    realm: galley-test\n";
                 (format!("{realm}    path: {}\n", path.display()), None)
             }
-            Auth::Token {
-                user,
-                password,
-                expires_in,
-            } => {
+            Auth::Token { .. } | Auth::TokenReadOnly { .. } => {
+                let (user, password, expires_in, read_only) = match &auth {
+                    Auth::Token {
+                        user,
+                        password,
+                        expires_in,
+                    } => (user, password, *expires_in, false),
+                    Auth::TokenReadOnly { user, password } => (user, password, 300, true),
+                    _ => unreachable!("matched above"),
+                };
                 require("openssl");
                 let req =
                     "req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 3650";
@@ -107,7 +114,8 @@ impl RealRegistry {
                 let issuer = Issuer::start(Signer {
                     user: user.clone(),
                     password: password.clone(),
-                    expires_in: *expires_in,
+                    expires_in,
+                    read_only,
                     cert_der: der,
                     key: tmp.join("key.pem"),
                 });
@@ -176,6 +184,11 @@ impl RealRegistry {
     }
 
     /// "127.0.0.1:PORT"
+    /// The registry's storage root (`docker/registry/v2/...` below it).
+    pub fn storage(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -294,6 +307,8 @@ struct Signer {
     user: String,
     password: String,
     expires_in: u64,
+    /// Grant only `pull`.
+    read_only: bool,
     cert_der: Vec<u8>,
     key: std::path::PathBuf,
 }
@@ -413,7 +428,10 @@ fn issue_token(signer: &Signer, scopes: &[String]) -> std::io::Result<String> {
         .filter_map(|scope| {
             let (rest, actions) = scope.rsplit_once(':')?;
             let (kind, name) = rest.split_once(':')?;
-            let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+            let actions: Vec<&str> = actions
+                .split(',')
+                .filter(|a| !a.is_empty() && (!signer.read_only || *a == "pull"))
+                .collect();
             Some(json!({ "type": kind, "name": name, "actions": actions }))
         })
         .collect();

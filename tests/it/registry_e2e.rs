@@ -13,7 +13,7 @@ use crate::support::{
 };
 
 /// Pushes the busybox base fixture to `host/library/busybox:3.20` with skopeo.
-fn seed_base(host: &str, creds: Option<&str>) {
+pub fn seed_base(host: &str, creds: Option<&str>) {
     require("skopeo");
     let mut cmd = Command::new("skopeo");
     cmd.args(["copy", "-q", "--dest-tls-verify=false"]);

@@ -888,6 +888,7 @@ fn serve_openapi_document_lists_every_route_and_validates() {
         ("post", "/api/v1/builds/{id}/repro"),
         ("get", "/api/v1/versions/next"),
         ("get", "/api/v1/registry"),
+        ("get", "/api/v1/registry/check"),
         ("get", "/api/v1/workers"),
     ];
     let mut listed = Vec::new();

@@ -115,7 +115,9 @@ async function startService() {
   const pause = sleepyProject("pause", 8);
   const config = path.join(work, "serve.toml");
   const projects = [["tiny", tiny], ["slow", slow], ["pause", pause]]
-    .map(([n, p]) => `[projects.${n}]\npath = "${p}"\nbase = "oci:${base}:3.20"\n`).join("\n");
+    .map(([n, p]) => `[projects.${n}]\npath = "${p}"\nbase = "oci:${base}:3.20"\n`).join("\n")
+    // A project whose registry refuses connections: the registry check's failure line.
+    + `\n[projects.unreachable]\npath = "${tiny}"\nbase = "oci:${base}:3.20"\npush = "127.0.0.1:1/team/tiny"\n`;
   fs.writeFileSync(config, `listen = "127.0.0.1:0"\ndata_dir = "${path.join(work, "data")}"\ncancel_grace = "3s"\nheartbeat = "2s"\n${projects}`);
   const child = spawn(galleyBin, ["serve", "--config", config], {
     env: {
@@ -313,6 +315,20 @@ test("a bad version and no variant are explained next to their fields", async ()
   await page.getByRole("button", { name: "Build" }).click();
   await page.locator("#err-variants", { hasText: "no variant to build" }).waitFor();
   await page.screenshot({ path: path.join(shots, "bad-version.png") });
+});
+
+test("the registry check says in one line why a push would fail, and what to do", async () => {
+  await page.goto(`${proxy.url()}/#/new`);
+  await page.locator("#build-form").getByLabel("Project", { exact: true }).selectOption("unreachable");
+  const button = page.getByRole("button", { name: "Check the registry" });
+  await button.waitFor();
+  await button.click();
+  const result = page.locator("#check-result", { hasText: "a push would fail" });
+  await result.waitFor({ timeout: 30_000 });
+  assert.match(await result.textContent(), /reach: .*127\.0\.0\.1:1.*cannot be reached.*\(check the host and port/);
+  // A project without a push repository offers no check.
+  await page.locator("#build-form").getByLabel("Project", { exact: true }).selectOption("tiny");
+  await page.waitForFunction(() => document.querySelector("#check-button").hidden);
 });
 
 test("Kill stops a running build and says whether SIGKILL was needed", async () => {

@@ -192,6 +192,8 @@ async function projectChanged() {
   push.disabled = !p.push;
   push.checked = false;
   $("push-help").textContent = p.push ? `to ${p.push}` : "this project has no push repository configured";
+  $("check-button").hidden = !p.push;
+  $("check-result").textContent = "";
   try {
     const next = await api("GET", `/api/v1/versions/next?project=${encodeURIComponent(p.name)}`);
     // Another project was chosen meanwhile: its own answer is on its way.
@@ -218,6 +220,30 @@ async function projectChanged() {
         : r.error ? `credentials: ${r.error}` : "no credentials found: the push will be anonymous";
       $("push-help").textContent = `to ${p.push}; ${who}`;
     } catch (e) { $("push-help").textContent += ` (credentials unknown: ${e.message})`; }
+  }
+}
+
+/** Runs `galley doctor` on the chosen project's push repository (GET /api/v1/registry/check)
+ *  and says in one line whether a push would work, and what to do when not. */
+async function checkRegistry() {
+  const project = $("project").value;
+  const out = $("check-result");
+  const button = $("check-button");
+  button.disabled = true;
+  out.textContent = "checking…";
+  try {
+    const r = await api("GET", `/api/v1/registry/check?project=${encodeURIComponent(project)}`);
+    if ($("project").value !== project) return;
+    const bad = r.checks.filter((c) => c.status === "fail");
+    const warn = r.checks.filter((c) => c.status === "warn");
+    out.textContent = bad.length
+      ? `a push would fail: ${bad.map((c) => `${c.name}: ${c.detail}${c.hint ? ` (${c.hint})` : ""}`).join("; ")}`
+      : `a push would work (${r.checks.filter((c) => c.status === "ok").map((c) => c.name).join(", ")} ok)`
+        + (warn.length ? `; ${warn.map((c) => `${c.name}: ${c.detail}`).join("; ")}` : "");
+  } catch (e) {
+    out.textContent = `the check failed: ${e.message}`;
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -697,6 +723,7 @@ async function loadWorkers() {
 window.addEventListener("hashchange", route);
 document.addEventListener("DOMContentLoaded", () => {
   $("build-form").addEventListener("submit", submitBuild);
+  $("check-button").addEventListener("click", checkRegistry);
   $("project").addEventListener("change", projectChanged);
   $("version").addEventListener("input", () => { versionEdited = true; });
   for (const b of document.querySelectorAll("[data-bump]")) {
