@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Sbom(args) => cli::attest::run(args),
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Rebase(args) => cli::rebase::run(args).map(|()| true),
         Command::Completions(args) => cli::docs::completions(args),
         Command::Man(args) => cli::docs::man(args),
         Command::Repro(args) => match cli::repro::run(args) {

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod doctor;
 pub mod http;
 pub mod push;
+pub mod rebase;
 pub mod repro;
 pub mod serve;
 pub mod verify;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Build a recorded build again in a fresh directory and compare every digest: exit 0 when
     /// all match, 1 when something differs (where, down to the key or file), 2 on an error.
     Repro(ReproArgs),
+    /// Move a galley image onto another base without compiling: its own layer kept byte for
+    /// byte, the base's swapped, the config derived again, SBOM and provenance attached again.
+    Rebase(RebaseArgs),
     /// Check a repository before anything compiles: credentials, pull and push rights, a mount
     /// from the base, the referrers API, the clock. Exit 0 when a push would work, 1 when a
     /// check fails, 2 on bad input.
@@ -48,6 +52,35 @@ pub enum Command {
     /// Write man pages (galley.1 and one per command) into a directory, e.g.
     /// `galley man /usr/local/share/man/man1`.
     Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  galley rebase oci:out:sqlite-1.4.2 --base registry.example.com/library/alpine:3.21
+  galley rebase oci:out:sqlite-1.4.2 --base oci:bases/b:2 --from-base oci:bases/a:1 --output rebased
+
+The tags move last, together: the image's own tag by default, or every --tag.")]
+pub struct RebaseArgs {
+    /// The image: oci:DIR:TAG (an OCI layout galley wrote).
+    pub image: String,
+    /// The new base: host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG.
+    #[arg(long)]
+    pub base: String,
+    /// The base the image was built on, when it was a layout (a registry base is found again
+    /// by the digest the image records).
+    #[arg(long)]
+    pub from_base: Option<String>,
+    /// The layout to write the rebased image into (default: the image's own).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// The tags the rebased image gets (default: the image's tag); repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Print what was done as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, clap::Args)]

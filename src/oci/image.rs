@@ -205,6 +205,173 @@ pub fn manifest(
     Ok((m, bytes))
 }
 
+/// The config of a galley image moved from `old_base` onto `new_base`, as [`derive_config`] would
+/// have made it there: the new base's platform, layers (`rootfs.diff_ids`), history and settings,
+/// then what galley set on the old base applied again, and galley's layer and history entry
+/// kept. What galley set is what `old` has that `old_base` did not (an environment variable or a
+/// label with another value, an exposed port, working directory, entrypoint and command, a user),
+/// so a setting galley gave the very value the old base had is read as the base's. Moving an
+/// image onto its own base gives its config back byte for byte.
+pub fn rebase_config(old: &[u8], old_base: &[u8], new_base: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let parse = |b: &[u8], what: &str| -> Result<Map<String, Value>, ImageError> {
+        match serde_json::from_slice(b) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(ImageError::BaseConfig(format!(
+                "the {what} config is not a JSON object"
+            ))),
+            Err(e) => Err(ImageError::BaseConfig(format!("the {what} config: {e}"))),
+        }
+    };
+    let old = parse(old, "image's")?;
+    let old_base = parse(old_base, "old base's")?;
+    let mut out = parse(new_base, "new base's")?;
+    let bad = |why: &str| ImageError::BaseConfig(why.to_string());
+    let platform = |m: &Map<String, Value>| {
+        (
+            m.get("os")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            m.get("architecture")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    if platform(&old) != platform(&out) {
+        let (os, arch) = platform(&out);
+        let (was_os, was_arch) = platform(&old);
+        return Err(ImageError::PlatformMismatch {
+            base: format!("{os}/{arch}"),
+            target: format!("{was_os}/{was_arch}"),
+        });
+    }
+    let list = |m: &Map<String, Value>, a: &str, b: &str| -> Vec<Value> {
+        m.get(a)
+            .and_then(|v| if b.is_empty() { Some(v) } else { v.get(b) })
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // galley's layer and history entry are the last ones.
+    let galley_diff = list(&old, "rootfs", "diff_ids")
+        .last()
+        .cloned()
+        .ok_or_else(|| bad("the image has no layers"))?;
+    let galley_history = list(&old, "history", "")
+        .last()
+        .cloned()
+        .ok_or_else(|| bad("the image has no history"))?;
+    let mut diff_ids = list(&out, "rootfs", "diff_ids");
+    diff_ids.push(galley_diff);
+    let rootfs = field_or(&mut out, "rootfs", Value::Object(Map::new()));
+    rootfs
+        .as_object_mut()
+        .ok_or_else(|| bad("the new base's `rootfs` is not an object"))?
+        .insert("diff_ids".into(), Value::Array(diff_ids));
+    let mut history = list(&out, "history", "");
+    history.push(galley_history);
+    out.insert("history".into(), Value::Array(history));
+    if let Some(created) = old.get("created") {
+        out.insert("created".into(), created.clone());
+    }
+
+    let settings = |m: &Map<String, Value>| -> Map<String, Value> {
+        m.get("config")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (was, base_was) = (settings(&old), settings(&old_base));
+    let mut c = settings(&out);
+    // Always galley's: derive_config sets (or, for Cmd, clears) them whatever the base had.
+    for key in ["WorkingDir", "Entrypoint", "Cmd"] {
+        match was.get(key) {
+            Some(v) => c.insert(key.into(), v.clone()),
+            None => c.remove(key),
+        };
+    }
+    if let Some(user) = was.get("User").filter(|u| base_was.get("User") != Some(u)) {
+        c.insert("User".into(), user.clone());
+    }
+    // Ports galley exposed beside the base's.
+    let ports = |m: &Map<String, Value>| -> Map<String, Value> {
+        m.get("ExposedPorts")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (old_ports, base_ports) = (ports(&was), ports(&base_was));
+    let mut new_ports: std::collections::BTreeMap<String, Value> = ports(&c).into_iter().collect();
+    for (p, v) in old_ports {
+        if !base_ports.contains_key(&p) {
+            new_ports.entry(p).or_insert(v);
+        }
+    }
+    c.remove("ExposedPorts");
+    if !new_ports.is_empty() {
+        c.insert(
+            "ExposedPorts".into(),
+            Value::Object(new_ports.into_iter().collect()),
+        );
+    }
+    // Environment: galley's entries are those the old base did not have as they are; applied
+    // as derive_config applies them (in place, else appended).
+    let env_of = |m: &Map<String, Value>| -> Vec<String> {
+        m.get("Env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let base_env = env_of(&base_was);
+    let mut env = env_of(&c);
+    let key_of = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let mut galley_env: Vec<String> = env_of(&was)
+        .into_iter()
+        .filter(|e| !base_env.contains(e))
+        .collect();
+    // derive_config applies its settings in key order.
+    galley_env.sort_by_key(|e| key_of(e));
+    for entry in galley_env {
+        let key = key_of(&entry);
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str()))
+        {
+            Some(existing) => *existing = entry,
+            None => env.push(entry),
+        }
+    }
+    c.remove("Env");
+    if !env.is_empty() {
+        c.insert("Env".into(), strings(&env));
+    }
+    let labels_of = |m: &Map<String, Value>| -> Map<String, Value> {
+        m.get("Labels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let base_labels = labels_of(&base_was);
+    let mut labels = labels_of(&c);
+    for (k, v) in labels_of(&was) {
+        if base_labels.get(&k) != Some(&v) {
+            labels.insert(k, v);
+        }
+    }
+    c.remove("Labels");
+    if !labels.is_empty() {
+        c.insert("Labels".into(), Value::Object(labels));
+    }
+    out.insert("config".into(), Value::Object(c));
+    let bytes = canonical("image config", &Value::Object(out))?;
+    oci_spec::image::ImageConfiguration::from_reader(bytes.as_slice())
+        .map_err(|e| ImageError::BaseConfig(format!("the rebased config is not valid: {e}")))?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +392,56 @@ mod tests {
             labels: [("team".to_string(), "x".to_string())].into(),
             user: None,
         }
+    }
+
+    /// Moving an image to another base gives what deriving it there gives; moving it back gives
+    /// it byte for byte.
+    #[test]
+    fn a_rebased_config_is_the_config_derived_on_the_new_base() {
+        const OTHER: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","LANG=C"],"Cmd":["/bin/ash"],"Labels":{"base":"other","vendor":"b"},"ExposedPorts":{"22/tcp":{}},"StopSignal":"SIGINT"},"rootfs":{"type":"layers","diff_ids":["sha256:1111111111111111111111111111111111111111111111111111111111111111","sha256:2222222222222222222222222222222222222222222222222222222222222222"]},"history":[{"created_by":"b1"},{"created_by":"b2"}]}"#;
+        let diff = Digest::of(b"layer");
+        let layer = AddedLayer {
+            diff_id: &diff,
+            created_by: "COPY svc /app/svc".into(),
+        };
+        let platform = PlatformSpec {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            variant: None,
+        };
+        let mut s = settings();
+        s.user = Some("65534".into());
+        let on = |base: &str, layers: usize| {
+            derive_config(
+                base.as_bytes(),
+                layers,
+                &platform,
+                &s,
+                &layer,
+                "2023-11-14T22:13:20Z",
+            )
+            .unwrap()
+        };
+        let (a, b) = (on(BASE, 1), on(OTHER, 2));
+        let moved = rebase_config(&a, BASE.as_bytes(), OTHER.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(moved.clone()).unwrap(),
+            String::from_utf8(b.clone()).unwrap()
+        );
+        assert_eq!(
+            rebase_config(&moved, OTHER.as_bytes(), BASE.as_bytes()).unwrap(),
+            a
+        );
+        assert_eq!(
+            rebase_config(&a, BASE.as_bytes(), BASE.as_bytes()).unwrap(),
+            a
+        );
+        // Another platform is refused.
+        let arm = OTHER.replace("amd64", "arm64");
+        assert!(matches!(
+            rebase_config(&a, BASE.as_bytes(), arm.as_bytes()),
+            Err(ImageError::PlatformMismatch { .. })
+        ));
     }
 
     #[test]

@@ -68,19 +68,43 @@ pub fn resolve(
     spec: &BuildSpec,
     options: &RegistryOptions,
 ) -> Result<(BaseImage, Layout), BaseError> {
-    let targets = &spec.targets;
-    let name = spec.base.display_name();
-    let (dir, tag) = match &spec.base {
+    let lookup = Lookup {
+        cache_dir: &spec.cache_dir,
+        pin: spec.base_pin.as_ref(),
+        refresh: spec.refresh_base,
+        ttl: spec.base_ttl,
+    };
+    resolve_ref(&spec.base, &spec.targets, &lookup, options)
+}
+
+/// How a base reference is looked up: the blob cache, a pinned digest, the tag's TTL.
+pub struct Lookup<'a> {
+    pub cache_dir: &'a std::path::Path,
+    pub pin: Option<&'a Digest>,
+    pub refresh: bool,
+    pub ttl: std::time::Duration,
+}
+
+/// Resolves a base reference for `targets` (see [`resolve`]); returns the image and the layout
+/// holding its blobs (the base's own layout, or the blob cache).
+pub fn resolve_ref(
+    base: &BaseRef,
+    targets: &[Target],
+    lookup: &Lookup<'_>,
+    options: &RegistryOptions,
+) -> Result<(BaseImage, Layout), BaseError> {
+    let name = base.display_name();
+    let (dir, tag) = match base {
         BaseRef::Layout { dir, tag } => (dir, tag),
         BaseRef::Registry(reference) => {
             let rerr = |source| BaseError::Registry {
                 name: name.clone(),
                 source: Box::new(source),
             };
-            let cache = BlobCache::open(&spec.cache_dir).map_err(rerr)?;
+            let cache = BlobCache::open(lookup.cache_dir).map_err(rerr)?;
             // A pinned rebuild fetches the recorded digest; the name (annotations) stays the
             // reference as given.
-            let pinned = match (&spec.base_pin, &reference.digest) {
+            let pinned = match (lookup.pin, &reference.digest) {
                 (Some(pin), None) => Some(Reference {
                     digest: Some(pin.clone()),
                     ..reference.clone()
@@ -99,8 +123,8 @@ pub fn resolve(
                 targets,
                 options,
                 &cache,
-                spec.refresh_base,
-                spec.base_ttl,
+                lookup.refresh,
+                lookup.ttl,
             )
             .map_err(rerr)?;
             let image = BaseImage {
@@ -121,7 +145,7 @@ pub fn resolve(
     };
     let src = Layout::open(dir).map_err(lerr)?;
     let top = src.resolve(tag).map_err(lerr)?;
-    if let Some(pin) = spec.base_pin.as_ref().filter(|p| **p != top.digest) {
+    if let Some(pin) = lookup.pin.filter(|p| **p != top.digest) {
         return Err(BaseError::PinMismatch {
             name,
             pinned: pin.clone(),

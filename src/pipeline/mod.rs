@@ -12,6 +12,7 @@ pub mod base;
 pub mod cached;
 pub mod compress;
 pub mod events;
+pub mod rebase;
 pub mod release;
 pub mod report;
 pub mod strip;

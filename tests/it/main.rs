@@ -18,6 +18,8 @@
 //! - `dockerfile`: Dockerfile.runtime stays equivalent to the image galley builds.
 //! - `doctor`: `galley doctor` against docker-registry: anonymous, htpasswd, token auth, a
 //!   read-only token, a refused connection; no upload session left, no secret printed.
+//! - `rebase`: `galley rebase` from one busybox base to another and back, checked with skopeo,
+//!   umoci and chroot; the attached documents follow; bad input refused.
 //! - `real_registry`: the harness starting Debian's docker-registry (anonymous, htpasswd, token auth).
 //! - `fake_registry`: an in-process registry with fault injection (server, routes, its own tests).
 //! - `registry_faults`: the faults a push survives as one table (202 on mount, relative Location,
@@ -65,6 +67,7 @@ mod multi_platform;
 mod pg_cluster;
 mod projects;
 mod real_registry;
+mod rebase;
 mod registry_e2e;
 mod registry_faults;
 mod release;
