@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use super::DoctorArgs;
 use crate::registry::doctor::diagnose;
-use crate::registry::{Reference, RegistryOptions};
+use crate::registry::Reference;
 
 /// Runs the checks; `Ok(false)` when one fails (exit 1).
 pub fn run(args: DoctorArgs) -> anyhow::Result<bool> {
@@ -20,12 +20,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<bool> {
         .map(Reference::parse)
         .transpose()
         .context("--base")?;
-    let options = RegistryOptions {
-        insecure: args.registry.insecure_registries.clone(),
-        ca_bundle: args.registry.ca_bundle.clone(),
-        credential: super::credential(&args.registry)?,
-        ..Default::default()
-    };
+    let options = args.registry.options()?;
     let diagnosis = diagnose(&repo, base.as_ref(), &options);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diagnosis)?);

@@ -308,6 +308,18 @@ pub struct RegistryArgs {
     pub password_stdin: bool,
 }
 
+impl RegistryArgs {
+    /// The registry options of these flags (the password read from stdin when given).
+    pub fn options(&self) -> anyhow::Result<crate::registry::RegistryOptions> {
+        Ok(crate::registry::RegistryOptions {
+            insecure: self.insecure_registries.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+            credential: credential(self)?,
+            ..Default::default()
+        })
+    }
+}
+
 /// Reads `--username` and the password from stdin, if given.
 pub fn credential(registry: &RegistryArgs) -> anyhow::Result<Option<crate::registry::Credential>> {
     let Some(username) = &registry.username else {

@@ -11,7 +11,7 @@ use super::PushArgs;
 use crate::oci::layout::Layout;
 use crate::oci::{Descriptor, ANNOTATION_REF_NAME};
 use crate::registry::push::{PushStats, Pusher};
-use crate::registry::{Reference, RegistryOptions};
+use crate::registry::Reference;
 
 #[derive(Serialize)]
 struct PushedImage {
@@ -62,12 +62,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<bool> {
         args.layout.display()
     );
 
-    let options = RegistryOptions {
-        insecure: args.registry.insecure_registries.clone(),
-        ca_bundle: args.registry.ca_bundle.clone(),
-        credential: super::credential(&args.registry)?,
-        ..Default::default()
-    };
+    let options = args.registry.options()?;
     let pusher = Pusher::new(&target, &options, None).context("setting up the push")?;
     // Every image's content first; the tags only once all of it is there, together (as
     // `build --push` does): a failed second image leaves the first one unreleased too.

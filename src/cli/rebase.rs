@@ -10,7 +10,6 @@ use crate::pipeline::base::Lookup;
 use crate::pipeline::rebase::{rebase, RebaseRequest};
 use crate::registry::pull::BlobCache;
 use crate::registry::reference::is_tag;
-use crate::registry::RegistryOptions;
 use crate::spec::BaseRef;
 
 /// Rebases the image and prints the new reference (the report with --json).
@@ -42,12 +41,7 @@ pub fn run(args: RebaseArgs) -> anyhow::Result<()> {
     } else {
         args.tags.clone()
     };
-    let options = RegistryOptions {
-        insecure: args.registry.insecure_registries.clone(),
-        ca_bundle: args.registry.ca_bundle.clone(),
-        credential: super::credential(&args.registry)?,
-        ..Default::default()
-    };
+    let options = args.registry.options()?;
     let cache_dir = BlobCache::default_dir();
     let lookup = Lookup {
         cache_dir: &cache_dir,

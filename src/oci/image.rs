@@ -133,14 +133,7 @@ pub fn derive_config(
         _ => Vec::new(),
     };
     for (k, v) in &settings.env {
-        let entry = format!("{k}={v}");
-        match env
-            .iter_mut()
-            .find(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str()))
-        {
-            Some(existing) => *existing = entry,
-            None => env.push(entry),
-        }
+        set_env(&mut env, k, format!("{k}={v}"));
     }
     if !env.is_empty() {
         c.insert("Env".into(), strings(&env));
@@ -172,6 +165,25 @@ pub fn derive_config(
     oci_spec::image::ImageConfiguration::from_reader(bytes.as_slice())
         .map_err(|e| ImageError::BaseConfig(format!("the derived config is not valid: {e}")))?;
     Ok(bytes)
+}
+
+/// Sets `key` in an `Env` list: in place where it is, else appended.
+fn set_env(env: &mut Vec<String>, key: &str, entry: String) {
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key))
+    {
+        Some(existing) => *existing = entry,
+        None => env.push(entry),
+    }
+}
+
+/// The object at `key` of `m` (empty when it is missing or not an object).
+fn object(m: &Map<String, Value>, key: &str) -> Map<String, Value> {
+    m.get(key)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A field of the config, `empty` put in its place when it is missing or `null` (how some tools
@@ -276,14 +288,8 @@ pub fn rebase_config(old: &[u8], old_base: &[u8], new_base: &[u8]) -> Result<Vec
         out.insert("created".into(), created.clone());
     }
 
-    let settings = |m: &Map<String, Value>| -> Map<String, Value> {
-        m.get("config")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let (was, base_was) = (settings(&old), settings(&old_base));
-    let mut c = settings(&out);
+    let (was, base_was) = (object(&old, "config"), object(&old_base, "config"));
+    let mut c = object(&out, "config");
     // Always galley's: derive_config sets (or, for Cmd, clears) them whatever the base had.
     for key in ["WorkingDir", "Entrypoint", "Cmd"] {
         match was.get(key) {
@@ -295,14 +301,11 @@ pub fn rebase_config(old: &[u8], old_base: &[u8], new_base: &[u8]) -> Result<Vec
         c.insert("User".into(), user.clone());
     }
     // Ports galley exposed beside the base's.
-    let ports = |m: &Map<String, Value>| -> Map<String, Value> {
-        m.get("ExposedPorts")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let (old_ports, base_ports) = (ports(&was), ports(&base_was));
-    let mut new_ports: std::collections::BTreeMap<String, Value> = ports(&c).into_iter().collect();
+    let (old_ports, base_ports) = (
+        object(&was, "ExposedPorts"),
+        object(&base_was, "ExposedPorts"),
+    );
+    let mut new_ports: BTreeMap<String, Value> = object(&c, "ExposedPorts").into_iter().collect();
     for (p, v) in old_ports {
         if !base_ports.contains_key(&p) {
             new_ports.entry(p).or_insert(v);
@@ -336,27 +339,15 @@ pub fn rebase_config(old: &[u8], old_base: &[u8], new_base: &[u8]) -> Result<Vec
     galley_env.sort_by_key(|e| key_of(e));
     for entry in galley_env {
         let key = key_of(&entry);
-        match env
-            .iter_mut()
-            .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str()))
-        {
-            Some(existing) => *existing = entry,
-            None => env.push(entry),
-        }
+        set_env(&mut env, &key, entry);
     }
     c.remove("Env");
     if !env.is_empty() {
         c.insert("Env".into(), strings(&env));
     }
-    let labels_of = |m: &Map<String, Value>| -> Map<String, Value> {
-        m.get("Labels")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let base_labels = labels_of(&base_was);
-    let mut labels = labels_of(&c);
-    for (k, v) in labels_of(&was) {
+    let base_labels = object(&base_was, "Labels");
+    let mut labels = object(&c, "Labels");
+    for (k, v) in object(&was, "Labels") {
         if base_labels.get(&k) != Some(&v) {
             labels.insert(k, v);
         }

@@ -10,8 +10,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::support::{
-    base_arg, base_layout, build_ok, chroot_run, copy_fixture, galley, heavy, repo, require,
-    run_ok, scratch, skopeo_inspect, unpack,
+    base_arg, base_layout, chroot_run, galley, heavy, repo, require, run_ok, scratch,
+    skopeo_inspect, tiny_sqlite_built, unpack,
 };
 
 /// Base B: busybox again, plus a layer with /etc/base-b and `BASE=b` in its environment.
@@ -54,21 +54,7 @@ fn rebase_swaps_the_base_keeps_galleys_layer_and_comes_back_to_the_same_digest()
     let _heavy = heavy();
     require("skopeo");
     let dir = scratch("rebase");
-    let project = dir.join("tiny");
-    copy_fixture("tiny", &project);
-    let out = dir.join("out");
-    build_ok(
-        &project,
-        &out,
-        &[
-            "--variants",
-            "sqlite",
-            "--version",
-            "1.0.0",
-            "--no-compress",
-        ],
-        &[],
-    );
+    let (_, out, _) = tiny_sqlite_built(&dir);
     let tag = "sqlite-1.0.0";
     let image = format!("oci:{}:{tag}", out.display());
     let before = skopeo_inspect(&out, tag, false);

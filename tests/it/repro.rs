@@ -298,21 +298,7 @@ fn ctrl_c_of_galley_repro_stops_the_rebuild_and_removes_its_directory() {
     require("cargo-zigbuild");
     let _heavy = heavy();
     let dir = scratch("repro-ctrl-c");
-    let project = dir.join("tiny");
-    copy_fixture("tiny", &project);
-    let out = dir.join("out");
-    build_ok(
-        &project,
-        &out,
-        &[
-            "--variants",
-            "sqlite",
-            "--version",
-            "1.0.0",
-            "--no-compress",
-        ],
-        &[],
-    );
+    let (project, out, _) = crate::support::tiny_sqlite_built(&dir);
     // Since the build, a build script that holds a process tree: the rebuild's compile hangs.
     std::fs::write(
         project.join("build.rs"),

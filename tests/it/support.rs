@@ -190,6 +190,27 @@ pub fn build_ok(
     report.expect("galley build --json prints the report")
 }
 
+/// The tiny fixture copied to `dir/tiny` and its sqlite variant built (version 1.0.0, no UPX)
+/// into `dir/out`: the project, the layout and the report.
+pub fn tiny_sqlite_built(dir: &Path) -> (PathBuf, PathBuf, serde_json::Value) {
+    let project = dir.join("tiny");
+    copy_fixture("tiny", &project);
+    let out = dir.join("out");
+    let report = build_ok(
+        &project,
+        &out,
+        &[
+            "--variants",
+            "sqlite",
+            "--version",
+            "1.0.0",
+            "--no-compress",
+        ],
+        &[],
+    );
+    (project, out, report)
+}
+
 /// The report entry of one variant.
 pub fn variant<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["variants"]
