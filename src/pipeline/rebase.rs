@@ -153,16 +153,24 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
         .unwrap_or_default();
     let old_bases = old_bases(req, &image, &old_name, &images, &targets)?;
 
-    new_base.copy_layers(&new_src, req.out)?;
-    let mut platforms = Vec::new();
-    let mut new_children = Vec::new();
-    let mut referrers = 0;
-    for (desc, m, config, old_digest, target) in &images {
+    // Every config first: a platform the new base cannot carry refuses the whole rebase before
+    // anything is written.
+    let mut configs = Vec::new();
+    for (_, _, config, _, target) in &images {
         let (old_base_config, _) = &old_bases[target];
         let nb = new_base
             .for_target(*target)
             .expect("resolve_ref gives every target");
-        let new_config = rebase_config(config, old_base_config, &nb.config)?;
+        configs.push(rebase_config(config, old_base_config, &nb.config)?);
+    }
+    new_base.copy_layers(&new_src, req.out)?;
+    let mut platforms = Vec::new();
+    let mut new_children = Vec::new();
+    let mut attached = Vec::new();
+    for ((desc, m, _, old_digest, target), new_config) in images.iter().zip(configs) {
+        let nb = new_base
+            .for_target(*target)
+            .expect("resolve_ref gives every target");
         let config_digest = req.out.put_blob(&new_config)?;
         let galley_layer = m
             .layers
@@ -210,9 +218,11 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
                 base_name: &old_name,
                 base_name_to: &new_base.name,
             };
-            let docs = documents(req.layout, &desc.digest, &moved)?;
-            referrers += docs.len();
-            attach(req.out, &new_desc, &created, &docs)?;
+            attached.push((
+                new_desc.clone(),
+                created,
+                documents(req.layout, &desc.digest, &moved)?,
+            ));
         }
         platforms.push(RebasedPlatform {
             platform: PlatformSpec::from(target.platform()).to_string(),
@@ -222,6 +232,12 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
             base_to: nb.manifest_digest.clone(),
         });
         new_children.push(new_desc);
+    }
+    // The documents once every image is written: index.json changes only for a whole rebase.
+    let mut referrers = 0;
+    for (subject, created, docs) in &attached {
+        referrers += docs.len();
+        attach(req.out, subject, created, docs)?;
     }
     let result = if is_index(&top.media_type) {
         let mut index: Index = req.layout.read_json("image index", &top.digest)?;

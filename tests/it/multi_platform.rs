@@ -8,8 +8,8 @@ use galley::oci::{Index, PlatformSpec};
 
 use crate::real_registry::{Auth, RealRegistry};
 use crate::support::{
-    base_layout, build, chroot_run, copy_fixture, heavy, require, run_ok, scratch, skopeo_inspect,
-    unpack, variant,
+    base_layout, build, chroot_run, copy_fixture, galley, heavy, require, run_ok, scratch,
+    skopeo_inspect, unpack, variant,
 };
 
 /// A base layout whose tag `multi` is an index: the busybox amd64 image and a small arm64 image.
@@ -181,5 +181,42 @@ fn two_targets_give_an_image_index_per_variant() {
     assert_eq!(
         chroot_run(&bundle, &["/app/tiny", "--version"]),
         "tiny 0.1.0 (sqlite)"
+    );
+
+    // galley rebase of the index: onto its own base, the same index; onto a base without arm64,
+    // refused (exit 2) with nothing written.
+    let image = format!("oci:{}:sqlite-1.0.0", out.display());
+    let same = run_ok(galley().args([
+        "rebase",
+        &image,
+        "--base",
+        &base_arg,
+        "--from-base",
+        &base_arg,
+        "--json",
+    ]));
+    let same: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(same["to"], v["digest"], "{same}");
+    assert_eq!(same["platforms"].as_array().unwrap().len(), 2, "{same}");
+    let index_json = std::fs::read(out.join("index.json")).unwrap();
+    let single_base = crate::support::base_arg();
+    let refused = galley()
+        .args([
+            "rebase",
+            &image,
+            "--base",
+            &single_base,
+            "--from-base",
+            &base_arg,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("linux/arm64"), "{stderr}");
+    assert_eq!(
+        std::fs::read(out.join("index.json")).unwrap(),
+        index_json,
+        "no tag moved"
     );
 }
