@@ -404,6 +404,12 @@ fn runner_error(e: RunnerError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "not_reproducible", e.to_string())
                 .hint("reproduce a finished build that has images (its own, not a repro)")
         }
+        e @ RunnerError::NotRebasable { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_rebasable",
+            e.to_string(),
+        )
+        .hint("rebase a finished build that has images (not a repro), on the worker that built it"),
         e @ RunnerError::QueueFull(_) => {
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
                 .hint("try again later, or raise max_queued in the service's config");
@@ -550,6 +556,7 @@ fn validate(state: &AppState, req: CreateBuild) -> Result<BuildInput, ApiError> 
         git_ref: req.git_ref,
         repro_of: None,
         retry_of: None,
+        rebase_of: None,
     })
 }
 
@@ -896,6 +903,34 @@ pub async fn repro(
 ) -> Result<Response, ApiError> {
     let runner = state.runner.clone();
     let submitted = blocking(move || runner.repro(id, &who.0).map_err(runner_error)).await?;
+    Ok(accepted(submitted, BuildStatus::Queued))
+}
+
+/// Move a finished build's images onto the project's base as it is now (its tag asked again),
+/// without compiling: galley's layers kept, the config derived again, the SBOM and provenance
+/// attached again; pushed, tags last, when the build pushed. The rebase is a build of its own
+/// (202 with its id), whose report has the new digests.
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/rebase",
+    tag = "builds",
+    request_body(content = super::error::Empty, content_type = "application/json", description = "No fields: `{}` (an empty body is also taken)"),
+    params(("id" = i64, Path, description = "Build id")),
+    responses(
+        (status = 202, description = "The rebase is queued", body = Accepted),
+        (status = 404, description = "No such build", body = super::error::ErrorBody),
+        (status = 409, description = "The build is not finished, has no image, is a repro, or its layout is elsewhere", body = super::error::ErrorBody),
+        (status = 429, description = "The queue is full", body = super::error::ErrorBody),
+    )
+)]
+pub async fn rebase(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    _: NoFields,
+) -> Result<Response, ApiError> {
+    let runner = state.runner.clone();
+    let submitted = blocking(move || runner.rebase(id, &who.0).map_err(runner_error)).await?;
     Ok(accepted(submitted, BuildStatus::Queued))
 }
 

@@ -106,6 +106,7 @@ pub fn complete(doc: &mut Value, facts: &Facts) {
         ("Cancel", "cancel"),
         ("Rebuild", "rebuild"),
         ("Repro", "repro"),
+        ("Rebase", "rebase"),
         ("Delete", "delete"),
     ]
     .into_iter()

@@ -211,6 +211,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(builds::cancel))
         .routes(routes!(builds::rebuild))
         .routes(routes!(builds::repro))
+        .routes(routes!(builds::rebase))
         .routes(routes!(builds::log))
         .routes(routes!(sse::events))
         .routes(routes!(info::projects))

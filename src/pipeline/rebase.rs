@@ -81,6 +81,8 @@ pub struct RebasedPlatform {
     pub platform: String,
     pub from: Digest,
     pub to: Digest,
+    /// The new config's digest.
+    pub config: Digest,
     pub base_from: Digest,
     pub base_to: Digest,
 }
@@ -92,6 +94,8 @@ pub struct RebaseReport {
     pub from: Digest,
     pub to: Digest,
     pub base: String,
+    /// What the new base's reference resolved to (an index or a manifest).
+    pub base_digest: Digest,
     pub platforms: Vec<RebasedPlatform>,
     pub tags: Vec<String>,
     /// Documents attached again (SBOM, provenance), per platform.
@@ -172,6 +176,7 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
             .for_target(*target)
             .expect("resolve_ref gives every target");
         let config_digest = req.out.put_blob(&new_config)?;
+        let config_of_platform = config_digest.clone();
         let galley_layer = m
             .layers
             .last()
@@ -228,6 +233,7 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
             platform: PlatformSpec::from(target.platform()).to_string(),
             from: desc.digest.clone(),
             to: digest,
+            config: config_of_platform,
             base_from: old_digest.clone(),
             base_to: nb.manifest_digest.clone(),
         });
@@ -261,6 +267,7 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
         from: top.digest,
         to: result.digest,
         base: new_base.name,
+        base_digest: new_base.digest,
         platforms,
         tags: req.tags.to_vec(),
         referrers,

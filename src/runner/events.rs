@@ -371,6 +371,7 @@ mod tests {
             git_ref: None,
             repro_of: None,
             retry_of: None,
+            rebase_of: None,
         };
         let crate::store::Created::New(id) = store
             .create_build(&crate::store::NewBuild {

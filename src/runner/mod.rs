@@ -10,6 +10,7 @@ pub mod event;
 pub mod events;
 pub mod lock;
 pub mod metrics;
+mod rebase;
 pub mod source;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub enum RunnerError {
     NotFinished { id: i64, status: BuildStatus },
     #[error("build {id} cannot be reproduced: {why}")]
     NotReproducible { id: i64, why: String },
+    #[error("build {id} cannot be rebased: {why}")]
+    NotRebasable { id: i64, why: String },
     #[error("the queue is full ({0} builds waiting)")]
     QueueFull(usize),
     #[error("the Idempotency-Key was used before with a different request")]
@@ -336,6 +339,51 @@ impl Runner {
             ..input
         };
         self.submit(&repro, principal, None)
+    }
+
+    /// Queues a rebase of a finished build: its images moved onto the project's base as it is
+    /// now, without compiling, pushed again when the build pushed (`run_rebase`).
+    pub fn rebase(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
+        let row = self.inner.row(id)?;
+        if !row.status.is_final() {
+            return Err(RunnerError::NotFinished {
+                id,
+                status: row.status,
+            });
+        }
+        let input = input_of(&row)?;
+        let not = |why: &str| RunnerError::NotRebasable {
+            id,
+            why: why.to_string(),
+        };
+        if input.repro_of.is_some() {
+            return Err(not("it is a repro: rebase the build it checked"));
+        }
+        let built = row
+            .report
+            .clone()
+            .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
+            .is_some_and(|r| r.succeeded_variants().next().is_some());
+        if !built {
+            return Err(not(
+                "no variant of it succeeded: there is no image to rebase",
+            ));
+        }
+        if let Some(w) = row.worker.as_deref().filter(|w| *w != self.worker_name()) {
+            return Err(not(&format!(
+                "its output layout is on worker {w}: ask that worker's API for the rebase"
+            )));
+        }
+        if !self.inner.build_dir(id).join("out/report.json").is_file() {
+            return Err(not("its output layout is gone (deleted or past retention)"));
+        }
+        let rebase = BuildInput {
+            repro_of: None,
+            retry_of: None,
+            rebase_of: Some(id),
+            ..input
+        };
+        self.submit(&rebase, principal, None)
     }
 
     /// Removes a finished build's record, events and output.
@@ -1073,6 +1121,9 @@ impl Inner {
 
         if let Some(of) = input.repro_of {
             return Ok(self.run_repro(id, of, project, cancel, log));
+        }
+        if let Some(of) = input.rebase_of {
+            return Ok(self.run_rebase(id, of, project, input.push, cancel, log));
         }
         log.say(
             "source",

@@ -25,6 +25,7 @@ fn input(version: &str) -> BuildInput {
         git_ref: None,
         repro_of: None,
         retry_of: None,
+        rebase_of: None,
     }
 }
 

@@ -202,6 +202,9 @@ pub struct BuildInput {
     /// A retry: the build that was interrupted when its worker died (`retry_interrupted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<i64>,
+    /// A rebase: the build whose images this one moves onto the project's base, no compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebase_of: Option<i64>,
 }
 
 impl BuildRow {

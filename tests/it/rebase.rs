@@ -6,9 +6,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::service::Service;
 use crate::support::{
     base_arg, base_layout, chroot_run, galley, heavy, repo, require, run_ok, scratch,
     skopeo_inspect, tiny_sqlite_built, unpack,
@@ -176,4 +178,60 @@ fn rebase_swaps_the_base_keeps_galleys_layer_and_comes_back_to_the_same_digest()
         std::fs::read(base_layout().join("index.json")).unwrap(),
         base_index
     );
+}
+
+/// `POST /api/v1/builds/{id}/rebase` on a real `galley serve`: a build on base A, then the
+/// project's base changed to B (the service restarted with it): the rebase is a build of its
+/// own that compiles nothing, whose layout holds B's layers under the same galley layer.
+#[test]
+fn a_service_rebase_moves_a_builds_images_onto_the_projects_base_as_it_is_now() {
+    let _heavy = heavy();
+    require("skopeo");
+    let dir = scratch("rebase-serve");
+    let project = dir.join("tiny");
+    crate::support::copy_fixture("tiny", &project);
+    let (a, b) = (base_arg(), base_b(&dir));
+    let config = |base: &str| {
+        format!(
+            "[projects.tiny]\npath = \"{}\"\nbase = \"{base}\"\n",
+            project.display()
+        )
+    };
+    let svc_dir = dir.join("svc");
+    let mut svc = Service::start(&svc_dir, &config(&a), None, &[]);
+    let id = svc.submit(serde_json::json!({"variants": ["sqlite"], "version": "1.0.0"}));
+    let built = svc.wait_final(id, Duration::from_secs(600));
+    assert_eq!(built["status"], "succeeded", "{built}");
+    svc.terminate();
+    let svc = Service::start(&svc_dir, &config(&b), None, &[]);
+    let (status, _, accepted) = svc.post(&format!("/api/v1/builds/{id}/rebase"), None, &[]);
+    assert_eq!(status, 202, "{accepted}");
+    let rid = accepted["id"].as_i64().unwrap();
+    let rebased = svc.wait_final(rid, Duration::from_secs(120));
+    assert_eq!(rebased["status"], "succeeded", "{rebased}");
+    let (before, after) = (
+        built["variants"][0]["digest"].clone(),
+        rebased["variants"][0]["digest"].clone(),
+    );
+    assert!(after.is_string() && after != before, "{before} -> {after}");
+    let out = svc_dir
+        .join("data/builds")
+        .join(rid.to_string())
+        .join("out");
+    let inspect = skopeo_inspect(&out, "sqlite-1.0.0", false);
+    assert_eq!(inspect["Digest"], after);
+    let layers = inspect["Layers"].as_array().unwrap();
+    let old = skopeo_inspect(
+        &svc_dir.join("data/builds").join(id.to_string()).join("out"),
+        "sqlite-1.0.0",
+        false,
+    );
+    assert_eq!(layers.len(), 3, "{inspect}");
+    assert_eq!(layers.last(), old["Layers"].as_array().unwrap().last());
+    let (_, log) = svc.text(&format!("/api/v1/builds/{rid}/log"));
+    assert!(log.contains("without compiling"), "{log}");
+    assert!(!log.contains("Compiling"), "{log}");
+    // Nothing to rebase: 404 for no build, 409 for a build that is not finished with images.
+    let (status, _, _) = svc.post("/api/v1/builds/999/rebase", None, &[]);
+    assert_eq!(status, 404);
 }

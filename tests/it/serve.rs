@@ -886,6 +886,7 @@ fn serve_openapi_document_lists_every_route_and_validates() {
         ("post", "/api/v1/builds/{id}/cancel"),
         ("post", "/api/v1/builds/{id}/rebuild"),
         ("post", "/api/v1/builds/{id}/repro"),
+        ("post", "/api/v1/builds/{id}/rebase"),
         ("get", "/api/v1/versions/next"),
         ("get", "/api/v1/registry"),
         ("get", "/api/v1/registry/check"),

@@ -155,6 +155,7 @@ fn postgres_store_connects_again_after_the_server_closed_its_connections() {
         git_ref: None,
         repro_of: None,
         retry_of: None,
+        rebase_of: None,
     };
     let build = |hash: &'static str| NewBuild {
         project: "tiny",
