@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::real_registry::{Auth, RealRegistry};
 use crate::service::Service;
 use crate::support::{
     base_arg, base_layout, chroot_run, galley, heavy, repo, require, run_ok, scratch,
@@ -191,15 +192,18 @@ fn a_service_rebase_moves_a_builds_images_onto_the_projects_base_as_it_is_now() 
     let project = dir.join("tiny");
     crate::support::copy_fixture("tiny", &project);
     let (a, b) = (base_arg(), base_b(&dir));
+    let registry = RealRegistry::start(Auth::Anonymous);
+    let repo = format!("{}/team/tiny", registry.host());
     let config = |base: &str| {
         format!(
-            "[projects.tiny]\npath = \"{}\"\nbase = \"{base}\"\n",
+            "[projects.tiny]\npath = \"{}\"\nbase = \"{base}\"\npush = \"{repo}\"\n",
             project.display()
         )
     };
     let svc_dir = dir.join("svc");
     let mut svc = Service::start(&svc_dir, &config(&a), None, &[]);
-    let id = svc.submit(serde_json::json!({"variants": ["sqlite"], "version": "1.0.0"}));
+    let id =
+        svc.submit(serde_json::json!({"variants": ["sqlite"], "version": "1.0.0", "push": true}));
     let built = svc.wait_final(id, Duration::from_secs(600));
     assert_eq!(built["status"], "succeeded", "{built}");
     svc.terminate();
@@ -228,6 +232,19 @@ fn a_service_rebase_moves_a_builds_images_onto_the_projects_base_as_it_is_now() 
     );
     assert_eq!(layers.len(), 3, "{inspect}");
     assert_eq!(layers.last(), old["Layers"].as_array().unwrap().last());
+    // Pushed again, the tag moved to the rebased image.
+    let remote = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{repo}:sqlite-1.0.0")),
+    );
+    let remote: Value = serde_json::from_slice(&remote.stdout).unwrap();
+    assert_eq!(remote["Digest"], after, "{remote}");
+    assert_eq!(
+        rebased["variants"][0]["references"][0],
+        Value::from(format!("{repo}:sqlite-1.0.0@{}", after.as_str().unwrap())),
+        "{rebased}"
+    );
     let (_, log) = svc.text(&format!("/api/v1/builds/{rid}/log"));
     assert!(log.contains("without compiling"), "{log}");
     assert!(!log.contains("Compiling"), "{log}");
