@@ -204,6 +204,9 @@ pub struct ProjectFile {
     pub push: Option<String>,
     /// Base image, instead of the project's galley.toml setting.
     pub base: Option<String>,
+    /// How often the base's tag is asked again; when its digest moved, the project's latest
+    /// succeeded build is rebased (and pushed when it pushed). Absent: never.
+    pub watch_base: Option<String>,
     #[serde(default)]
     pub registry: RegistryFile,
 }
@@ -232,6 +235,8 @@ pub struct Project {
     pub source: Source,
     pub push: Option<crate::registry::Reference>,
     pub base: Option<String>,
+    /// `watch_base`: how often the base's tag is asked again.
+    pub watch_base: Option<Duration>,
     pub insecure: Vec<String>,
     pub ca_bundle: Option<PathBuf>,
 }
@@ -703,11 +708,24 @@ fn project(
         crate::registry::reference::BaseRef::parse(b)
             .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
     }
+    let watch_base = match &p.watch_base {
+        None => None,
+        Some(t) => match parse_duration(t) {
+            Some(d) if d >= Duration::from_secs(1) => Some(d),
+            _ => {
+                return Err(invalid(
+                    format!("{field}.watch_base"),
+                    format!("{t:?} is not a duration of a second or more (e.g. 6h, 30m)"),
+                ))
+            }
+        },
+    };
     Ok(Project {
         name,
         source,
         push,
         base: p.base.clone(),
+        watch_base,
         insecure: p.registry.insecure.clone(),
         ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
     })

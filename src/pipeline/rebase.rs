@@ -284,36 +284,40 @@ fn old_bases(
     targets: &[Target],
 ) -> Result<BTreeMap<Target, (Vec<u8>, Digest)>, RebaseError> {
     let recorded = &images[0].3;
-    let (base, given): (BaseImage, Option<String>) = match req.from_base {
-        Some(b) => (
-            resolve_ref(b, targets, req.lookup, req.options)?.0,
-            Some(b.display_name()),
-        ),
+    // A registry base is read by the digest recorded, whoever names it: its tag may have
+    // moved since (that is why there is a rebase).
+    let registry = match req.from_base {
+        Some(BaseRef::Registry(r)) => Some(r.clone()),
+        Some(BaseRef::Layout { .. }) => None,
         None => match BaseRef::parse(old_name) {
-            Ok(BaseRef::Registry(r)) => {
-                // By the digest recorded: the tag may have moved since.
-                let mut out = BTreeMap::new();
-                for (_, _, _, digest, target) in images {
-                    let at = BaseRef::Registry(Reference {
-                        tag: None,
-                        digest: Some(digest.clone()),
-                        ..r.clone()
-                    });
-                    let (b, _) = resolve_ref(&at, &[*target], req.lookup, req.options)?;
-                    let p = b.for_target(*target).expect("resolved for its target");
-                    out.insert(*target, (p.config.clone(), p.manifest_digest.clone()));
-                }
-                return Ok(out);
-            }
-            _ => {
-                return Err(RebaseError::NeedFromBase {
-                    image: image.to_string(),
-                    name: old_name.to_string(),
-                    digest: recorded.clone(),
-                })
-            }
+            Ok(BaseRef::Registry(r)) => Some(r),
+            _ => None,
         },
     };
+    if let Some(r) = registry {
+        let mut out = BTreeMap::new();
+        for (_, _, _, digest, target) in images {
+            let at = BaseRef::Registry(Reference {
+                tag: None,
+                digest: Some(digest.clone()),
+                ..r.clone()
+            });
+            let (b, _) = resolve_ref(&at, &[*target], req.lookup, req.options)?;
+            let p = b.for_target(*target).expect("resolved for its target");
+            out.insert(*target, (p.config.clone(), p.manifest_digest.clone()));
+        }
+        return Ok(out);
+    }
+    let Some(given) = req.from_base else {
+        return Err(RebaseError::NeedFromBase {
+            image: image.to_string(),
+            name: old_name.to_string(),
+            digest: recorded.clone(),
+        });
+    };
+    // A layout: as it is now, checked against the digest recorded.
+    let base: BaseImage = resolve_ref(given, targets, req.lookup, req.options)?.0;
+    let given = Some(given.display_name());
     let mut out = BTreeMap::new();
     for (_, _, _, digest, target) in images {
         let p = base.for_target(*target).expect("resolved for its target");

@@ -167,6 +167,19 @@ impl Runner {
                 .spawn(move || inner.fleet())
                 .map_err(|e| RunnerError::Start(e.to_string()))?
         };
+        if inner
+            .config
+            .projects
+            .values()
+            .any(|p| p.watch_base.is_some())
+        {
+            let inner = inner.clone();
+            // Not joined at shutdown: a registry it waits on may take its timeout to answer.
+            std::thread::Builder::new()
+                .name("galley-base-watch".into())
+                .spawn(move || inner.watch_bases())
+                .map_err(|e| RunnerError::Start(e.to_string()))?;
+        }
         let mut workers = Vec::new();
         for n in 0..inner.config.max_running {
             let inner = inner.clone();

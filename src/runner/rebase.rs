@@ -2,20 +2,29 @@
 //! (its tag asked again), without compiling, into this build's layout; pushed with their tags
 //! (all together, last) when the earlier build pushed.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use crate::cancel::Cancel;
 use crate::config::serve::Project;
 use crate::oci::layout::Layout;
-use crate::pipeline::base::Lookup;
+use crate::pipeline::base::{resolve_ref, Lookup};
 use crate::pipeline::rebase::{rebase, RebaseRequest};
 use crate::pipeline::report::{PushReport, Report, Status};
 use crate::registry::pull::{BlobCache, DEFAULT_BASE_TTL};
 use crate::registry::push::{PushStats, Pusher};
 use crate::registry::RegistryOptions;
 use crate::spec::{BaseRef, DEFAULT_BASE};
-use crate::store::BuildStatus;
+use crate::store::{BuildStatus, ListFilter};
+use crate::target::Target;
 
 use super::events::BuildLog;
-use super::{Finished, Inner, Ran};
+use super::{BuildInput, Finished, Inner, Ran};
+
+/// Who a rebase the base watch queued was started by.
+pub const BASE_WATCH: &str = "base-watch";
 
 impl Inner {
     /// Rebases build `of` (see the module). Every variant rebased (and pushed): succeeded;
@@ -252,5 +261,100 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// The base watch: each project with `watch_base` has its base's tag asked again every
+    /// period; when it resolves to another digest than the project's latest succeeded build was
+    /// built on, that build is rebased (one rebase per build and base digest: the request's
+    /// Idempotency-Key). Only the worker holding the build's layout queues it. Runs until the
+    /// runner stops.
+    pub(super) fn watch_bases(self: Arc<Self>) {
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        while !self.fleet_done.load(Ordering::SeqCst) {
+            for p in self.config.projects.values() {
+                let Some(every) = p.watch_base else { continue };
+                let now = Instant::now();
+                if due.get(&p.name).is_some_and(|t| now < *t) {
+                    continue;
+                }
+                due.insert(p.name.clone(), now + every);
+                if let Err(e) = self.check_base(p) {
+                    tracing::warn!(project = %p.name, "base watch: {e}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// One look at a project's base (see `watch_bases`).
+    fn check_base(&self, p: &Project) -> Result<(), String> {
+        let rows = self
+            .store
+            .list_builds(&ListFilter {
+                limit: 50,
+                before: None,
+                project: Some(p.name.clone()),
+                status: Some(BuildStatus::Succeeded),
+            })
+            .map_err(|e| e.to_string())?;
+        let me = &self.config.fleet.worker_name;
+        let latest = rows.into_iter().find_map(|row| {
+            let input = row.input().ok()?;
+            let report = Report::from_value(row.report.clone()?).ok()?;
+            (input.repro_of.is_none() && row.worker.as_deref().is_none_or(|w| w == me))
+                .then_some((row.id, input, report))
+        });
+        let Some((id, input, report)) = latest else {
+            return Ok(());
+        };
+        let targets: Vec<Target> = report
+            .inputs
+            .as_ref()
+            .map(|i| i.targets.iter().filter_map(|t| t.parse().ok()).collect())
+            .unwrap_or_default();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let base_text = p.base.as_deref().unwrap_or(DEFAULT_BASE);
+        let base = BaseRef::parse(base_text).map_err(|e| e.to_string())?;
+        let cache_dir = self
+            .config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(BlobCache::default_dir);
+        let lookup = Lookup {
+            cache_dir: &cache_dir,
+            pin: None,
+            refresh: true,
+            ttl: DEFAULT_BASE_TTL,
+        };
+        let options = RegistryOptions {
+            insecure: p.insecure.clone(),
+            ca_bundle: p.ca_bundle.clone(),
+            ..Default::default()
+        };
+        let (now, _) =
+            resolve_ref(&base, &targets, &lookup, &options).map_err(|e| e.to_string())?;
+        if now.digest == report.base.digest {
+            return Ok(());
+        }
+        tracing::info!(
+            project = %p.name,
+            build = id,
+            "base watch: {base_text} moved from {} to {}: rebasing build {id}",
+            report.base.digest,
+            now.digest
+        );
+        let rebase = BuildInput {
+            repro_of: None,
+            retry_of: None,
+            rebase_of: Some(id),
+            ..input
+        };
+        // One rebase of this build onto this digest, however often the watch looks.
+        let key = format!("base-watch-{id}-{}", now.digest.hex());
+        self.submit(&rebase, BASE_WATCH, Some(&key))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

@@ -252,3 +252,80 @@ fn a_service_rebase_moves_a_builds_images_onto_the_projects_base_as_it_is_now() 
     let (status, _, _) = svc.post("/api/v1/builds/999/rebase", None, &[]);
     assert_eq!(status, 404);
 }
+
+/// `watch_base`: a build on `HOST/library/busybox:3.20` pushed to the registry; the test moves
+/// that tag to base B; within a few watch periods the service has rebased the build (started by
+/// the base watch, once) and pushed it: the registry's tag is the rebased image.
+#[test]
+fn a_base_watch_rebases_and_pushes_once_when_the_base_tag_moves() {
+    let _heavy = heavy();
+    require("skopeo");
+    let dir = scratch("rebase-watch");
+    let project = dir.join("tiny");
+    crate::support::copy_fixture("tiny", &project);
+    let registry = RealRegistry::start(Auth::Anonymous);
+    let host = registry.host();
+    crate::registry_e2e::seed_base(&host, None);
+    let b = base_b(&dir);
+    let repo = format!("{host}/team/tiny");
+    let svc = Service::start(
+        &dir.join("svc"),
+        &format!(
+            "[projects.tiny]\npath = \"{}\"\nbase = \"{host}/library/busybox:3.20\"\npush = \"{repo}\"\nwatch_base = \"1s\"\n",
+            project.display()
+        ),
+        None,
+        &[],
+    );
+    let id =
+        svc.submit(serde_json::json!({"variants": ["sqlite"], "version": "1.0.0", "push": true}));
+    let built = svc.wait_final(id, Duration::from_secs(600));
+    assert_eq!(built["status"], "succeeded", "{built}");
+    let rebases = || -> Vec<Value> {
+        let (_, list) = svc.get("/api/v1/builds?limit=50");
+        list["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["inputs"]["rebase_of"] == id)
+            .cloned()
+            .collect()
+    };
+    // While the tag stays where it is, nothing is queued.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rebases().is_empty(), "{:?}", rebases());
+    // The base tag moves.
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(&b)
+            .arg(format!("docker://{host}/library/busybox:3.20")),
+    );
+    let started = std::time::Instant::now();
+    let rid = loop {
+        if let Some(r) = rebases().first() {
+            break r["id"].as_i64().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no rebase was queued"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let rebased = svc.wait_final(rid, Duration::from_secs(120));
+    assert_eq!(rebased["status"], "succeeded", "{rebased}");
+    assert_eq!(rebased["started_by"], "base-watch", "{rebased}");
+    let after = rebased["variants"][0]["digest"].clone();
+    assert_ne!(after, built["variants"][0]["digest"]);
+    let remote = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{repo}:sqlite-1.0.0")),
+    );
+    let remote: Value = serde_json::from_slice(&remote.stdout).unwrap();
+    assert_eq!(remote["Digest"], after, "{remote}");
+    // Once: the rebased build is now the latest, on the base as it is.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, list) = svc.get("/api/v1/builds?limit=50");
+    assert_eq!(list["builds"].as_array().unwrap().len(), 2, "{list}");
+}
