@@ -303,6 +303,25 @@ test("Reproduce rebuilds a finished build elsewhere and shows the verdict on bot
   assert.match(await page.locator("#repro").textContent(), new RegExp(`build ${repro}: identical`));
 });
 
+test("Rebase moves a finished build's images onto the base as it is, without compiling", async () => {
+  // On the original build's view (the previous test left it there).
+  const original = buildId();
+  const before = await apiGet(`/api/v1/builds/${original}`);
+  assert.match(await page.locator("#build-meta").textContent(), /base oci:base:3\.20 \(sha256:/);
+  await page.getByRole("button", { name: "Rebase" }).click();
+  await page.waitForURL((u) => /#\/builds\/\d+$/.test(u.hash) && buildId() !== original);
+  const rebased = buildId();
+  await page.locator("#build-status", { hasText: "succeeded" }).waitFor({ timeout: 120_000 });
+  assert.match(await page.locator("#build-meta").textContent(), new RegExp(`rebase of build ${original}`));
+  await page.locator("#log li", { hasText: "without compiling" }).first().waitFor();
+  const record = await apiGet(`/api/v1/builds/${rebased}`);
+  assert.equal(record.inputs.rebase_of, original);
+  // The base did not move: the same images, digest for digest.
+  for (const v of before.variants) {
+    assert.equal(record.variants.find((x) => x.name === v.name).digest, v.digest, v.name);
+  }
+});
+
 test("a bad version and no variant are explained next to their fields", async () => {
   await newBuild("tiny", { version: "1.4" });
   const err = page.locator("#err-version");

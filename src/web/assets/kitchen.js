@@ -314,6 +314,7 @@ function setStatus(status, extra = "") {
   $("kill-button").hidden = !live;
   $("rebuild-button").hidden = live;
   $("repro-button").hidden = live || status !== "succeeded" || !!(view.record && view.record.inputs.repro_of);
+  $("rebase-button").hidden = $("repro-button").hidden;
   if (changed) announce(`Build ${view.id} ${status}${extra ? `: ${extra}` : ""}`);
 }
 
@@ -393,6 +394,8 @@ function renderMeta() {
   if (r.worker) parts.push(`on worker ${r.worker}`);
   if (r.inputs.push) parts.push("push");
   if (r.inputs.repro_of) parts.push(`repro of build ${r.inputs.repro_of}`);
+  if (r.inputs.rebase_of) parts.push(`rebase of build ${r.inputs.rebase_of}`);
+  if (r.report && r.report.base) parts.push(`base ${r.report.base.name} (${r.report.base.digest.slice(0, 19)})`);
   $("build-meta").textContent = parts.join(" · ");
 }
 
@@ -574,6 +577,15 @@ async function reproduce() {
   } catch (e) { showAlert(e); }
 }
 
+async function rebase() {
+  if (!view) return;
+  try {
+    const r = await api("POST", `/api/v1/builds/${view.id}/rebase`);
+    announce(`Rebase ${r.id} queued`);
+    location.hash = `#/builds/${r.id}`;
+  } catch (e) { showAlert(e); }
+}
+
 function copyRow(label, text) {
   const code = el("code", { text });
   const button = el("button", { type: "button", class: "quiet", text: "Copy", "aria-label": `Copy ${label.toLowerCase()}: ${text}` });
@@ -734,6 +746,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("kill-button").addEventListener("click", kill);
   $("rebuild-button").addEventListener("click", rebuild);
   $("repro-button").addEventListener("click", reproduce);
+  $("rebase-button").addEventListener("click", rebase);
   $("log-filter").addEventListener("change", () => {
     const f = $("log-filter").value;
     for (const li of $("log").children) li.hidden = hiddenBy(f, li);
