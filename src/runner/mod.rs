@@ -305,39 +305,9 @@ impl Runner {
     /// Queues a repro of a finished build: its recorded inputs built again at another path,
     /// without the stage cache, every digest compared (`repro::rebuild`).
     pub fn repro(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
-        let row = self.inner.row(id)?;
-        if !row.status.is_final() {
-            return Err(RunnerError::NotFinished {
-                id,
-                status: row.status,
-            });
-        }
-        let input = input_of(&row)?;
-        let not = |why: &str| RunnerError::NotReproducible {
-            id,
-            why: why.to_string(),
-        };
-        if input.repro_of.is_some() {
-            return Err(not("it is a repro itself: reproduce the build it checked"));
-        }
-        let built = row
-            .report
-            .clone()
-            .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
-            .is_some_and(|r| r.succeeded_variants().next().is_some());
-        if !built {
-            return Err(not(
-                "no variant of it succeeded: there is no image to compare with",
-            ));
-        }
-        if let Some(w) = row.worker.as_deref().filter(|w| *w != self.worker_name()) {
-            return Err(not(&format!(
-                "its output layout is on worker {w}: ask that worker's API for the repro"
-            )));
-        }
-        if !self.inner.build_dir(id).join("out/report.json").is_file() {
-            return Err(not("its output layout is gone (deleted or past retention)"));
-        }
+        let (row, input) = self.with_images(id, "reproduce", &|why| {
+            RunnerError::NotReproducible { id, why }
+        })?;
         let is_git = self
             .inner
             .config
@@ -357,6 +327,26 @@ impl Runner {
     /// Queues a rebase of a finished build: its images moved onto the project's base as it is
     /// now, without compiling, pushed again when the build pushed (`run_rebase`).
     pub fn rebase(&self, id: i64, principal: &str) -> Result<Submitted, RunnerError> {
+        let (_, input) =
+            self.with_images(id, "rebase", &|why| RunnerError::NotRebasable { id, why })?;
+        let rebase = BuildInput {
+            repro_of: None,
+            retry_of: None,
+            rebase_of: Some(id),
+            ..input
+        };
+        self.submit(&rebase, principal, None)
+    }
+
+    /// A finished build that has images in its layout on this worker, and is not a repro: what
+    /// a repro or a rebase starts from (`what` it is asked to do, for the reasons; `not` makes
+    /// the refusal).
+    fn with_images(
+        &self,
+        id: i64,
+        what: &str,
+        not: &dyn Fn(String) -> RunnerError,
+    ) -> Result<(BuildRow, BuildInput), RunnerError> {
         let row = self.inner.row(id)?;
         if !row.status.is_final() {
             return Err(RunnerError::NotFinished {
@@ -365,12 +355,10 @@ impl Runner {
             });
         }
         let input = input_of(&row)?;
-        let not = |why: &str| RunnerError::NotRebasable {
-            id,
-            why: why.to_string(),
-        };
         if input.repro_of.is_some() {
-            return Err(not("it is a repro: rebase the build it checked"));
+            return Err(not(format!(
+                "it is a repro itself: {what} the build it checked"
+            )));
         }
         let built = row
             .report
@@ -378,25 +366,21 @@ impl Runner {
             .and_then(|r| crate::pipeline::report::Report::from_value(r).ok())
             .is_some_and(|r| r.succeeded_variants().next().is_some());
         if !built {
-            return Err(not(
-                "no variant of it succeeded: there is no image to rebase",
-            ));
+            return Err(not(format!(
+                "no variant of it succeeded: there is no image to {what}"
+            )));
         }
         if let Some(w) = row.worker.as_deref().filter(|w| *w != self.worker_name()) {
-            return Err(not(&format!(
-                "its output layout is on worker {w}: ask that worker's API for the rebase"
+            return Err(not(format!(
+                "its output layout is on worker {w}: ask that worker's API to {what} it"
             )));
         }
         if !self.inner.build_dir(id).join("out/report.json").is_file() {
-            return Err(not("its output layout is gone (deleted or past retention)"));
+            return Err(not(
+                "its output layout is gone (deleted or past retention)".into()
+            ));
         }
-        let rebase = BuildInput {
-            repro_of: None,
-            retry_of: None,
-            rebase_of: Some(id),
-            ..input
-        };
-        self.submit(&rebase, principal, None)
+        Ok((row, input))
     }
 
     /// Removes a finished build's record, events and output.
@@ -1246,16 +1230,7 @@ impl Inner {
         cancel: &Cancel,
         log: &BuildLog,
     ) -> Ran {
-        let failed = |e: String| {
-            (
-                BuildStatus::Failed,
-                Finished {
-                    error: Some(e),
-                    ..Default::default()
-                },
-                None,
-            )
-        };
+        let failed = failed_ran;
         let report = self.build_dir(of).join("out/report.json");
         let of_row = self.row(of).ok();
         if let Some(w) = of_row
@@ -1372,6 +1347,18 @@ fn sweep_leftovers(tag: &str, grace: Duration) -> usize {
 
 /// How a build ran: its status, what the record says, and its report when it has one.
 type Ran = (BuildStatus, Finished, Option<Report>);
+
+/// A build that failed before it had a report, and why.
+fn failed_ran(error: String) -> Ran {
+    (
+        BuildStatus::Failed,
+        Finished {
+            error: Some(error),
+            ..Default::default()
+        },
+        None,
+    )
+}
 
 /// What a stored build asked for.
 fn input_of(row: &BuildRow) -> Result<BuildInput, RunnerError> {

@@ -21,7 +21,7 @@ use crate::store::{BuildStatus, ListFilter};
 use crate::target::Target;
 
 use super::events::BuildLog;
-use super::{BuildInput, Finished, Inner, Ran};
+use super::{failed_ran, BuildInput, Finished, Inner, Ran};
 
 /// Who a rebase the base watch queued was started by.
 pub const BASE_WATCH: &str = "base-watch";
@@ -38,16 +38,7 @@ impl Inner {
         cancel: &Cancel,
         log: &BuildLog,
     ) -> Ran {
-        let failed = |e: String| {
-            (
-                BuildStatus::Failed,
-                Finished {
-                    error: Some(e),
-                    ..Default::default()
-                },
-                None,
-            )
-        };
+        let failed = failed_ran;
         let src_dir = self.build_dir(of).join("out");
         let old = std::fs::read(src_dir.join("report.json"))
             .ok()
@@ -75,24 +66,8 @@ impl Inner {
             (Ok(s), Ok(o)) => (s, o),
             (Err(e), _) | (_, Err(e)) => return failed(e.to_string()),
         };
-        let options = RegistryOptions {
-            insecure: project.insecure.clone(),
-            ca_bundle: project.ca_bundle.clone(),
-            cancel: cancel.clone(),
-            ..Default::default()
-        };
-        let cache_dir = self
-            .config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(BlobCache::default_dir);
-        // The point of a rebase is a base that moved: its tag is asked again.
-        let lookup = Lookup {
-            cache_dir: &cache_dir,
-            pin: None,
-            refresh: true,
-            ttl: DEFAULT_BASE_TTL,
-        };
+        let (cache_dir, options) = self.base_access(project, cancel);
+        let lookup = fresh(&cache_dir);
         log.say(
             "rebase",
             &format!("rebasing build {of}'s images onto {base_text}, without compiling"),
@@ -190,6 +165,22 @@ impl Inner {
             },
             Some(report),
         )
+    }
+
+    /// The blob cache and the registry options a project's base is read with.
+    fn base_access(&self, p: &Project, cancel: &Cancel) -> (std::path::PathBuf, RegistryOptions) {
+        let cache_dir = self
+            .config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(BlobCache::default_dir);
+        let options = RegistryOptions {
+            insecure: p.insecure.clone(),
+            ca_bundle: p.ca_bundle.clone(),
+            cancel: cancel.clone(),
+            ..Default::default()
+        };
+        (cache_dir, options)
     }
 
     /// Pushes every rebased image and its documents, then every tag: a failed image moves no tag.
@@ -317,22 +308,8 @@ impl Inner {
         }
         let base_text = p.base.as_deref().unwrap_or(DEFAULT_BASE);
         let base = BaseRef::parse(base_text).map_err(|e| e.to_string())?;
-        let cache_dir = self
-            .config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(BlobCache::default_dir);
-        let lookup = Lookup {
-            cache_dir: &cache_dir,
-            pin: None,
-            refresh: true,
-            ttl: DEFAULT_BASE_TTL,
-        };
-        let options = RegistryOptions {
-            insecure: p.insecure.clone(),
-            ca_bundle: p.ca_bundle.clone(),
-            ..Default::default()
-        };
+        let (cache_dir, options) = self.base_access(p, &Cancel::default());
+        let lookup = fresh(&cache_dir);
         let (now, _) =
             resolve_ref(&base, &targets, &lookup, &options).map_err(|e| e.to_string())?;
         if now.digest == report.base.digest {
@@ -356,5 +333,16 @@ impl Inner {
         self.submit(&rebase, BASE_WATCH, Some(&key))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A lookup that asks a base's tag again: the point of a rebase, and of the watch, is a base
+/// that moved.
+fn fresh(cache_dir: &std::path::Path) -> Lookup<'_> {
+    Lookup {
+        cache_dir,
+        pin: None,
+        refresh: true,
+        ttl: DEFAULT_BASE_TTL,
     }
 }
