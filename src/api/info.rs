@@ -457,6 +457,77 @@ pub async fn registry_check(
     .await
 }
 
+/// What a project's base resolves to now, to tell whether a build's base has moved.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BaseNow {
+    pub project: String,
+    /// The base as configured (the project's, else the default).
+    pub base: String,
+    /// What its tag resolves to now (an index or a manifest), asked fresh.
+    #[schema(value_type = String)]
+    pub digest: crate::oci::Digest,
+}
+
+/// What a project's base tag resolves to now (one manifest read, no layer): a build whose
+/// report names another base digest can be rebased (`POST /api/v1/builds/{id}/rebase`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/registry/base",
+    tag = "projects",
+    params(RegistryQuery),
+    responses(
+        (status = 200, description = "The base and its digest now", body = BaseNow),
+        (status = 422, description = "Unknown project", body = super::error::ErrorBody),
+        (status = 502, description = "The base's registry or layout cannot be read", body = super::error::ErrorBody),
+    )
+)]
+pub async fn base_now(
+    State(state): State<AppState>,
+    Query(q): Query<RegistryQuery>,
+) -> Result<Json<BaseNow>, ApiError> {
+    let project = pick_project(&state, &q.project)?.clone();
+    let cache_dir = state
+        .runner
+        .config()
+        .cache_dir
+        .clone()
+        .unwrap_or_else(crate::registry::pull::BlobCache::default_dir);
+    blocking(move || {
+        let base = project
+            .base
+            .clone()
+            .unwrap_or_else(|| crate::spec::DEFAULT_BASE.to_string());
+        let unreadable = |e: String| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "base_unreadable", e)
+                .hint("check the project's base and its registry (galley doctor)")
+        };
+        let digest =
+            match crate::spec::BaseRef::parse(&base).map_err(|e| unreadable(e.to_string()))? {
+                crate::spec::BaseRef::Layout { dir, tag } => crate::oci::layout::Layout::open(&dir)
+                    .and_then(|l| l.resolve(&tag))
+                    .map(|d| d.digest)
+                    .map_err(|e| unreadable(e.to_string()))?,
+                crate::spec::BaseRef::Registry(r) => {
+                    let options = RegistryOptions {
+                        insecure: project.insecure.clone(),
+                        ca_bundle: project.ca_bundle.clone(),
+                        ..Default::default()
+                    };
+                    let cache = crate::registry::pull::BlobCache::open(&cache_dir)
+                        .map_err(|e| unreadable(e.to_string()))?;
+                    crate::registry::pull::current_digest(&r, &options, &cache)
+                        .map_err(|e| unreadable(e.to_string()))?
+                }
+            };
+        Ok(Json(BaseNow {
+            project: project.name.clone(),
+            base,
+            digest,
+        }))
+    })
+    .await
+}
+
 /// The checks of one project's push repository.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegistryCheck {

@@ -218,6 +218,7 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(info::next_version))
         .routes(routes!(info::registry))
         .routes(routes!(info::registry_check))
+        .routes(routes!(info::base_now))
         .routes(routes!(info::workers))
         .routes(routes!(metrics));
     let public = OpenApiRouter::new()

@@ -321,6 +321,28 @@ impl Puller<'_> {
 
 /// Pulls a base image for `targets` into `cache`. A tag resolved less than `ttl` ago is taken
 /// from the cache; `refresh` asks the registry whatever the age.
+/// What `reference` resolves to on its registry now (an index or a manifest), asked fresh:
+/// one manifest GET, kept in the blob cache; no layer is fetched.
+pub fn current_digest(
+    reference: &Reference,
+    options: &RegistryOptions,
+    cache: &BlobCache,
+) -> Result<Digest, RegistryError> {
+    if let Some(d) = &reference.digest {
+        return Ok(d.clone());
+    }
+    let mut p = Puller {
+        reference,
+        options,
+        cache,
+        client: None,
+        blobs_downloaded: 0,
+        bytes_downloaded: 0,
+    };
+    let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
+    p.fetch_manifest(&tag, None)
+}
+
 pub fn pull(
     reference: &Reference,
     targets: &[Target],

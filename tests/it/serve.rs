@@ -890,6 +890,7 @@ fn serve_openapi_document_lists_every_route_and_validates() {
         ("get", "/api/v1/versions/next"),
         ("get", "/api/v1/registry"),
         ("get", "/api/v1/registry/check"),
+        ("get", "/api/v1/registry/base"),
         ("get", "/api/v1/workers"),
     ];
     let mut listed = Vec::new();

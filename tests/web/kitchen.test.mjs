@@ -304,8 +304,10 @@ test("Reproduce rebuilds a finished build elsewhere and shows the verdict on bot
 });
 
 test("Rebase moves a finished build's images onto the base as it is, without compiling", async () => {
-  // On the original build's view (the previous test left it there).
+  // The build the view shows (a finished one: the previous tests end there), loaded afresh.
   const original = buildId();
+  await page.goto(`${proxy.url()}/#/builds/${original}`);
+  await page.locator("#build-status", { hasText: "succeeded" }).waitFor();
   const before = await apiGet(`/api/v1/builds/${original}`);
   assert.match(await page.locator("#build-meta").textContent(), /base oci:base:3\.20 \(sha256:/);
   await page.getByRole("button", { name: "Rebase" }).click();
@@ -316,10 +318,17 @@ test("Rebase moves a finished build's images onto the base as it is, without com
   await page.locator("#log li", { hasText: "without compiling" }).first().waitFor();
   const record = await apiGet(`/api/v1/builds/${rebased}`);
   assert.equal(record.inputs.rebase_of, original);
-  // The base did not move: the same images, digest for digest.
+  // The base did not move: the same images, digest for digest, and nothing says it moved.
   for (const v of before.variants) {
     assert.equal(record.variants.find((x) => x.name === v.name).digest, v.digest, v.name);
   }
+  assert.equal(await page.locator("#base-moved").isHidden(), true);
+  // The base's tag moves (a label added to it): the build view says so.
+  execFileSync("umoci", ["config", "--image", `${path.join(work, "base")}:3.20`, "--config.label", "moved=yes"]);
+  await page.goto(`${proxy.url()}/#/builds/${original}`);
+  const moved = page.locator("#base-moved", { hasText: "base moved" });
+  await moved.waitFor();
+  assert.match(await moved.textContent(), /Rebase moves its images onto it/);
 });
 
 test("a bad version and no variant are explained next to their fields", async () => {

@@ -479,6 +479,7 @@ async function openBuild(id) {
     multiTarget: new Set(rows.map((r) => r[1])).size > 1 };
   renderMatrix(rows, record.inputs.push);
   renderMeta();
+  checkBase(record);
   const filter = $("log-filter");
   filter.replaceChildren(el("option", { value: "", text: "every variant" }),
     ...record.inputs.variants.map((v) => el("option", { value: v, text: v })));
@@ -575,6 +576,21 @@ async function reproduce() {
     announce(`Repro ${r.id} queued`);
     location.hash = `#/builds/${r.id}`;
   } catch (e) { showAlert(e); }
+}
+
+/** Says when a finished build's base tag now resolves to another digest than it was built on
+ *  (GET /api/v1/registry/base): the Rebase button then moves its images onto it. */
+async function checkBase(record) {
+  const moved = $("base-moved");
+  moved.hidden = true;
+  const base = record.report && record.report.base;
+  if (!base || record.status !== "succeeded" || record.inputs.repro_of) return;
+  try {
+    const now = await api("GET", `/api/v1/registry/base?project=${encodeURIComponent(record.project)}`);
+    if (!view || view.id !== record.id || now.digest === base.digest) return;
+    moved.textContent = `base moved: ${now.base} is now ${now.digest.slice(0, 19)}, this build is on ${base.digest.slice(0, 19)}: Rebase moves its images onto it, without compiling`;
+    moved.hidden = false;
+  } catch (e) { /* the base cannot be read now: nothing to say about it */ }
 }
 
 async function rebase() {
