@@ -319,8 +319,6 @@ impl Puller<'_> {
     }
 }
 
-/// Pulls a base image for `targets` into `cache`. A tag resolved less than `ttl` ago is taken
-/// from the cache; `refresh` asks the registry whatever the age.
 /// What `reference` resolves to on its registry now (an index or a manifest), asked fresh:
 /// one manifest GET, kept in the blob cache; no layer is fetched.
 pub fn current_digest(
@@ -343,6 +341,8 @@ pub fn current_digest(
     p.fetch_manifest(&tag, None)
 }
 
+/// Pulls a base image for `targets` into `cache`. A tag resolved less than `ttl` ago is taken
+/// from the cache; `refresh` asks the registry whatever the age.
 pub fn pull(
     reference: &Reference,
     targets: &[Target],
