@@ -58,10 +58,12 @@ pub enum Command {
 #[command(after_help = "Examples:
   galley rebase oci:out:sqlite-1.4.2 --base registry.example.com/library/alpine:3.21
   galley rebase oci:out:sqlite-1.4.2 --base oci:bases/b:2 --from-base oci:bases/a:1 --output rebased
+  galley rebase registry.example.com/team/authd:sqlite-1.4.2 --base registry.example.com/library/alpine:3.21
 
 The tags move last, together: the image's own tag by default, or every --tag.")]
 pub struct RebaseArgs {
-    /// The image: oci:DIR:TAG (an OCI layout galley wrote).
+    /// The image: oci:DIR:TAG (an OCI layout galley wrote), or host/repo:tag (rebased and
+    /// pushed back with its tag, unless --output is given).
     pub image: String,
     /// The new base: host/repo:tag, host/repo@sha256:..., or oci:DIR:TAG.
     #[arg(long)]

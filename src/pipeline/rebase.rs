@@ -39,6 +39,8 @@ pub enum RebaseError {
     Json(#[from] JsonError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
     #[error("{0} was not built by galley (no {BASE_DIGEST} annotation, or no galley layer on top): only galley's images can be rebased")]
     NotGalley(String),
     #[error("{image} is for {platform}, which galley does not build")]
@@ -272,6 +274,78 @@ pub fn rebase(req: &RebaseRequest<'_>) -> Result<RebaseReport, RebaseError> {
         tags: req.tags.to_vec(),
         referrers,
     })
+}
+
+/// Brings a registry image (an index or a manifest, every platform of it), its blobs and its
+/// referrers into `into`, tagged `tag`; returns what the tag names. A rebase then reads it as
+/// it reads a layout.
+pub fn pull_image(
+    reference: &Reference,
+    options: &RegistryOptions,
+    cache_dir: &std::path::Path,
+    into: &Layout,
+    tag: &str,
+) -> Result<Descriptor, RebaseError> {
+    use crate::registry::pull::{current_digest, pull_referrers, BlobCache};
+    let registry = |e: crate::registry::RegistryError| RebaseError::Registry(Box::new(e));
+    let cache = BlobCache::open(cache_dir).map_err(registry)?;
+    let top = current_digest(reference, options, &cache).map_err(registry)?;
+    let from = cache.layout();
+    let raw: Value = from.read_json("image manifest or index", &top)?;
+    let children: Vec<Descriptor> = match raw.get("manifests") {
+        Some(_) => from.read_json::<Index>("image index", &top)?.manifests,
+        None => vec![Descriptor::new(MEDIA_MANIFEST, top.clone(), 0)],
+    };
+    let media_type = if raw.get("manifests").is_some() {
+        MEDIA_INDEX
+    } else {
+        MEDIA_MANIFEST
+    };
+    let mut subjects = Vec::new();
+    for child in &children {
+        // By digest: each platform's manifest, config and layers, through the blob cache.
+        let pinned = Reference {
+            tag: None,
+            digest: Some(child.digest.clone()),
+            ..reference.clone()
+        };
+        // A manifest pulled by its digest is read whatever the target asked for: the rebase
+        // finds each image's platform in its config.
+        let at = BaseRef::Registry(pinned);
+        let (image, _) = resolve_ref(&at, &[Target::ALL[0]], &no_refresh(cache_dir), options)?;
+        into.copy_blob_from(from, &child.digest)?;
+        for p in &image.platforms {
+            into.copy_blob_from(from, &p.manifest.config.digest)?;
+            for l in &p.manifest.layers {
+                into.copy_blob_from(from, &l.digest)?;
+            }
+        }
+        subjects.push(child.digest.clone());
+    }
+    into.put_blob(&from.read_json_blob(&top)?)?;
+    let referrers = pull_referrers(reference, &subjects, options, &cache).map_err(registry)?;
+    for (r, _) in &referrers {
+        into.copy_blob_from(from, &r.digest)?;
+        let m: Manifest = from.read_json("artifact manifest", &r.digest)?;
+        into.copy_blob_from(from, &m.config.digest)?;
+        for l in &m.layers {
+            into.copy_blob_from(from, &l.digest)?;
+        }
+    }
+    into.add_referrers(&referrers)?;
+    let size = from.read_json_blob(&top)?.len() as u64;
+    let desc = Descriptor::new(media_type, top, size);
+    into.set_tags(&[(tag.to_string(), desc.clone())])?;
+    Ok(desc)
+}
+
+fn no_refresh(cache_dir: &std::path::Path) -> Lookup<'_> {
+    Lookup {
+        cache_dir,
+        pin: None,
+        refresh: false,
+        ttl: crate::registry::pull::DEFAULT_BASE_TTL,
+    }
 }
 
 /// The config of the base each platform image was built on, by target: from `--from-base`, else

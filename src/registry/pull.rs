@@ -341,6 +341,71 @@ pub fn current_digest(
     p.fetch_manifest(&tag, None)
 }
 
+/// The referrers of each of `subjects` in `reference`'s repository (the referrers API, else the
+/// distribution spec's `sha256-<hex>` tag), their artifact manifests and blobs fetched into
+/// `cache`. Returns each referrer's descriptor with the subject it refers to.
+pub fn pull_referrers(
+    reference: &Reference,
+    subjects: &[Digest],
+    options: &RegistryOptions,
+    cache: &BlobCache,
+) -> Result<Vec<(Descriptor, Digest)>, RegistryError> {
+    let mut p = Puller {
+        reference,
+        options,
+        cache,
+        client: None,
+        blobs_downloaded: 0,
+        bytes_downloaded: 0,
+    };
+    let mut out = Vec::new();
+    for subject in subjects {
+        for d in p.referrers_of(subject)? {
+            p.ensure_manifest(&d.digest)?;
+            let m: Manifest = p.read_json("artifact manifest", &d.digest)?;
+            p.ensure_blob(&m.config)?;
+            for l in &m.layers {
+                p.ensure_blob(l)?;
+            }
+            out.push((d, subject.clone()));
+        }
+    }
+    Ok(out)
+}
+
+impl Puller<'_> {
+    /// The referrers list of `subject`: the API's answer, else the fallback tag's index, else
+    /// none.
+    fn referrers_of(&mut self, subject: &Digest) -> Result<Vec<Descriptor>, RegistryError> {
+        let repo = self.reference.repository.clone();
+        for path in [
+            format!("/v2/{repo}/referrers/{subject}"),
+            format!("/v2/{repo}/manifests/sha256-{}", subject.hex()),
+        ] {
+            let client = self.client()?;
+            let url = client.url(&path);
+            let step = Step {
+                repository: &repo,
+                what: format!("list the referrers of {subject}"),
+            };
+            let resp = client.send(&step, &|http| {
+                Ok(http.get(url.clone()).header(ACCEPT, MEDIA_INDEX))
+            })?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                continue;
+            }
+            if !resp.status().is_success() {
+                return Err(client.status_error(&step, resp));
+            }
+            let body = read_bounded(resp, MAX_JSON_BLOB);
+            let index: Index = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(format!("the referrers of {subject}: {e}")))?;
+            return Ok(index.manifests);
+        }
+        Ok(Vec::new())
+    }
+}
+
 /// Pulls a base image for `targets` into `cache`. A tag resolved less than `ttl` ago is taken
 /// from the cache; `refresh` asks the registry whatever the age.
 pub fn pull(

@@ -156,12 +156,9 @@ fn rebase_swaps_the_base_keeps_galleys_layer_and_comes_back_to_the_same_digest()
             "was built on",
         ),
         (
-            vec![
-                "docker.io/library/alpine:3.20".into(),
-                "--base".into(),
-                b.clone(),
-            ],
-            "oci:DIR:TAG",
+            // A repository without a tag names no image.
+            vec!["127.0.0.1:1/team/x".into(), "--base".into(), b.clone()],
+            "host/repo:tag",
         ),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -328,4 +325,90 @@ fn a_base_watch_rebases_and_pushes_once_when_the_base_tag_moves() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, list) = svc.get("/api/v1/builds?limit=50");
     assert_eq!(list["builds"].as_array().unwrap().len(), 2, "{list}");
+}
+
+/// `galley rebase host/repo:tag`: an image galley pushed, rebased in place: pulled with its
+/// SBOM and provenance, moved onto base B (in the same registry), pushed back with its tag.
+#[test]
+fn rebase_of_a_registry_image_pushes_it_back_with_its_documents() {
+    let _heavy = heavy();
+    require("skopeo");
+    let dir = scratch("rebase-registry");
+    let project = dir.join("tiny");
+    crate::support::copy_fixture("tiny", &project);
+    let registry = RealRegistry::start(Auth::Anonymous);
+    let host = registry.host();
+    crate::registry_e2e::seed_base(&host, None);
+    let b = base_b(&dir);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(&b)
+            .arg(format!("docker://{host}/library/busybox-b:3.21")),
+    );
+    let repo = format!("{host}/team/tiny");
+    let base_a = format!("{host}/library/busybox:3.20");
+    let (out, report) = crate::support::build(
+        &project,
+        &dir.join("out"),
+        &[
+            "--variants",
+            "sqlite",
+            "--version",
+            "1.0.0",
+            "--no-compress",
+            "--base",
+            &base_a,
+            "--push",
+            &repo,
+        ],
+        &[("DOCKER_CONFIG", "/nonexistent-galley-rebase")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = report.unwrap()["variants"][0]["digest"].clone();
+    let image = format!("{repo}:sqlite-1.0.0");
+    let moved = galley()
+        .args([
+            "rebase",
+            &image,
+            "--base",
+            &format!("{host}/library/busybox-b:3.21"),
+            "--json",
+        ])
+        .env("DOCKER_CONFIG", "/nonexistent-galley-rebase")
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let moved: Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(moved["from"], before);
+    let inspect = |reference: &str, raw: bool| -> Value {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--tls-verify=false"]);
+        if raw {
+            cmd.arg("--raw");
+        }
+        serde_json::from_slice(&run_ok(cmd.arg(format!("docker://{reference}"))).stdout).unwrap()
+    };
+    let remote = inspect(&image, false);
+    assert_eq!(remote["Digest"], moved["to"], "{remote}");
+    assert_eq!(remote["Layers"].as_array().unwrap().len(), 3, "{remote}");
+    // The documents followed: the referrers tag of the new digest lists the SBOM and provenance.
+    let hex = moved["to"].as_str().unwrap().trim_start_matches("sha256:");
+    let referrers = inspect(&format!("{repo}:sha256-{hex}"), true);
+    let kinds: Vec<&str> = referrers["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["artifactType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{referrers}");
+    assert!(kinds.contains(&"application/spdx+json"), "{referrers}");
 }
