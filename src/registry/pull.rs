@@ -140,7 +140,22 @@ struct Puller<'a> {
     bytes_downloaded: u64,
 }
 
-impl Puller<'_> {
+impl<'a> Puller<'a> {
+    fn new(
+        reference: &'a Reference,
+        options: &'a RegistryOptions,
+        cache: &'a BlobCache,
+    ) -> Puller<'a> {
+        Puller {
+            reference,
+            options,
+            cache,
+            client: None,
+            blobs_downloaded: 0,
+            bytes_downloaded: 0,
+        }
+    }
+
     fn client(&mut self) -> Result<&Client, RegistryError> {
         if self.client.is_none() {
             let credential = self.options.credential_for(&self.reference.registry)?;
@@ -329,14 +344,7 @@ pub fn current_digest(
     if let Some(d) = &reference.digest {
         return Ok(d.clone());
     }
-    let mut p = Puller {
-        reference,
-        options,
-        cache,
-        client: None,
-        blobs_downloaded: 0,
-        bytes_downloaded: 0,
-    };
+    let mut p = Puller::new(reference, options, cache);
     let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
     p.fetch_manifest(&tag, None)
 }
@@ -350,14 +358,7 @@ pub fn pull_referrers(
     options: &RegistryOptions,
     cache: &BlobCache,
 ) -> Result<Vec<(Descriptor, Digest)>, RegistryError> {
-    let mut p = Puller {
-        reference,
-        options,
-        cache,
-        client: None,
-        blobs_downloaded: 0,
-        bytes_downloaded: 0,
-    };
+    let mut p = Puller::new(reference, options, cache);
     let mut out = Vec::new();
     for subject in subjects {
         for d in p.referrers_of(subject)? {
@@ -416,14 +417,7 @@ pub fn pull(
     refresh: bool,
     ttl: Duration,
 ) -> Result<Pulled, RegistryError> {
-    let mut p = Puller {
-        reference,
-        options,
-        cache,
-        client: None,
-        blobs_downloaded: 0,
-        bytes_downloaded: 0,
-    };
+    let mut p = Puller::new(reference, options, cache);
     let cached = cache
         .cached_resolution(reference)
         .filter(|(d, _)| cache.layout().has_blob(d));

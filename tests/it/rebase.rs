@@ -38,6 +38,17 @@ umoci gc --layout "$b""#;
     format!("oci:{}:3.21", b.display())
 }
 
+/// The tiny fixture in `dir/tiny`, an anonymous registry with base A at
+/// `HOST/library/busybox:3.20`, and base B as a layout: (project, registry, host, B).
+fn tiny_on_a_registry(dir: &Path) -> (std::path::PathBuf, RealRegistry, String, String) {
+    let project = dir.join("tiny");
+    crate::support::copy_fixture("tiny", &project);
+    let registry = RealRegistry::start(Auth::Anonymous);
+    let host = registry.host();
+    crate::registry_e2e::seed_base(&host, None);
+    (project, registry, host, base_b(dir))
+}
+
 fn rebase(args: &[&str]) -> std::process::Output {
     galley().arg("rebase").args(args).output().unwrap()
 }
@@ -258,12 +269,8 @@ fn a_base_watch_rebases_and_pushes_once_when_the_base_tag_moves() {
     let _heavy = heavy();
     require("skopeo");
     let dir = scratch("rebase-watch");
-    let project = dir.join("tiny");
-    crate::support::copy_fixture("tiny", &project);
-    let registry = RealRegistry::start(Auth::Anonymous);
-    let host = registry.host();
-    crate::registry_e2e::seed_base(&host, None);
-    let b = base_b(&dir);
+    // The registry lives as long as the test.
+    let (project, _registry, host, b) = tiny_on_a_registry(&dir);
     let repo = format!("{host}/team/tiny");
     let svc = Service::start(
         &dir.join("svc"),
@@ -334,12 +341,8 @@ fn rebase_of_a_registry_image_pushes_it_back_with_its_documents() {
     let _heavy = heavy();
     require("skopeo");
     let dir = scratch("rebase-registry");
-    let project = dir.join("tiny");
-    crate::support::copy_fixture("tiny", &project);
-    let registry = RealRegistry::start(Auth::Anonymous);
-    let host = registry.host();
-    crate::registry_e2e::seed_base(&host, None);
-    let b = base_b(&dir);
+    // The registry lives as long as the test.
+    let (project, _registry, host, b) = tiny_on_a_registry(&dir);
     run_ok(
         Command::new("skopeo")
             .args(["copy", "-q", "--dest-tls-verify=false"])
