@@ -1189,30 +1189,7 @@ impl Inner {
             });
         checkout.remove();
         Ok(match result {
-            Ok(report) => {
-                let status = if report.succeeded {
-                    BuildStatus::Succeeded
-                } else {
-                    BuildStatus::Failed
-                };
-                let error = (!report.succeeded).then(|| {
-                    report
-                        .variants
-                        .iter()
-                        .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.variant)))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                });
-                (
-                    status,
-                    Finished {
-                        tools: serde_json::to_value(&report.tools).ok(),
-                        error,
-                        ..Default::default()
-                    },
-                    Some(report),
-                )
-            }
+            Ok(report) => ran_of(report),
             Err(e) => (BuildStatus::Failed, failed(e), None),
         })
     }
@@ -1347,6 +1324,33 @@ fn sweep_leftovers(tag: &str, grace: Duration) -> usize {
 
 /// How a build ran: its status, what the record says, and its report when it has one.
 type Ran = (BuildStatus, Finished, Option<Report>);
+
+/// A build that ended with a report: succeeded when every variant did, else failed with each
+/// failed variant's error.
+fn ran_of(report: Report) -> Ran {
+    let status = if report.succeeded {
+        BuildStatus::Succeeded
+    } else {
+        BuildStatus::Failed
+    };
+    let error = (!report.succeeded).then(|| {
+        report
+            .variants
+            .iter()
+            .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.variant)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    (
+        status,
+        Finished {
+            tools: serde_json::to_value(&report.tools).ok(),
+            error,
+            ..Default::default()
+        },
+        Some(report),
+    )
+}
 
 /// A build that failed before it had a report, and why.
 fn failed_ran(error: String) -> Ran {

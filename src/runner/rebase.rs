@@ -21,7 +21,7 @@ use crate::store::{BuildStatus, ListFilter};
 use crate::target::Target;
 
 use super::events::BuildLog;
-use super::{failed_ran, BuildInput, Finished, Inner, Ran};
+use super::{failed_ran, ran_of, BuildInput, Inner, Ran};
 
 /// Who a rebase the base watch queued was started by.
 pub const BASE_WATCH: &str = "base-watch";
@@ -143,28 +143,7 @@ impl Inner {
         if let Err(e) = written {
             return failed(format!("cannot write the report: {e}"));
         }
-        let status = if report.succeeded {
-            BuildStatus::Succeeded
-        } else {
-            BuildStatus::Failed
-        };
-        let error = (!report.succeeded).then(|| {
-            report
-                .variants
-                .iter()
-                .filter_map(|v| v.error.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        (
-            status,
-            Finished {
-                tools: serde_json::to_value(&report.tools).ok(),
-                error,
-                ..Default::default()
-            },
-            Some(report),
-        )
+        ran_of(report)
     }
 
     /// The blob cache and the registry options a project's base is read with.

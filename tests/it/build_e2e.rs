@@ -129,21 +129,7 @@ fn builds_three_variants_that_skopeo_umoci_and_chroot_accept() {
 fn rebuilding_into_the_same_layout_keeps_one_entry_per_tag() {
     let _heavy = heavy();
     let dir = scratch("e2e-rebuild");
-    let project = dir.join("tiny");
-    copy_fixture("tiny", &project);
-    let out = dir.join("out");
-    let first = build_ok(
-        &project,
-        &out,
-        &[
-            "--variants",
-            "sqlite",
-            "--version",
-            "1.0.0",
-            "--no-compress",
-        ],
-        &[],
-    );
+    let (project, out, first) = crate::support::tiny_sqlite_built(&dir);
     let second = build_ok(
         &project,
         &out,
