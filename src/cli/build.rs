@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use super::BuildArgs;
 use crate::cancel::{Cancel, DEFAULT_GRACE};
 use crate::oci::archive::{Archive, Format};
+use crate::pipeline::report::CacheUse;
 use crate::pipeline::{self, Context, EventSink, LogLine, PipelineError, StageEvent};
 use crate::spec::{BuildRequest, BuildSpec};
 use crate::toolchain::CargoZigbuild;
@@ -63,7 +64,11 @@ impl EventSink for Printer {
         let ms = e.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default();
         let cache = e
             .cache
-            .map(|c| if c.cached { " (cached)" } else { "" })
+            .map(|c| match c.used {
+                CacheUse::Cached => " (cached)",
+                CacheUse::Remote => " (remote)",
+                CacheUse::Ran => "",
+            })
             .unwrap_or_default();
         let _ = writeln!(
             err,
@@ -233,6 +238,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
             })?),
         },
         base_pin: None,
+        cache_repo: args.cache_repo,
+        cache_key_file: args.cache_key_file,
+        cache_unsigned: args.cache_unsigned.then_some(true),
     };
     let spec = BuildSpec::resolve(&req)?;
     let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);

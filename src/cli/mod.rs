@@ -288,6 +288,17 @@ pub struct BuildArgs {
     /// The stage cache's size limit (e.g. 2GiB, 500MiB); least recently used entries go first.
     #[arg(long, env = "GALLEY_CACHE_MAX")]
     pub cache_max: Option<String>,
+    /// The stage cache's remote tier: a repository (host/repo) every host reads and uploads
+    /// entries to (default galley.toml's cache_repository).
+    #[arg(long, env = "GALLEY_CACHE_REPO", value_name = "REPOSITORY")]
+    pub cache_repo: Option<String>,
+    /// The key the hosts share to sign and verify remote cache entries (default galley.toml's
+    /// cache_key_file).
+    #[arg(long, env = "GALLEY_CACHE_KEY_FILE", value_name = "FILE")]
+    pub cache_key_file: Option<PathBuf>,
+    /// Read remote cache entries without a key: trusts whoever can push to the cache repository.
+    #[arg(long)]
+    pub cache_unsigned: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

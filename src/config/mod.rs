@@ -43,6 +43,12 @@ pub struct ProjectConfig {
     pub sbom: Option<bool>,
     /// Attach a SLSA provenance statement to each image as an OCI referrer (default true).
     pub provenance: Option<bool>,
+    /// The stage cache's remote tier: a repository (`host/repo`) the hosts share.
+    pub cache_repository: Option<String>,
+    /// The key the hosts share to sign and verify remote entries (relative: to the project).
+    pub cache_key_file: Option<PathBuf>,
+    /// Read remote entries without a key, trusting whoever can push there (default false).
+    pub cache_unsigned: Option<bool>,
     #[serde(default)]
     pub image: ImageConfig,
 }

@@ -207,6 +207,11 @@ pub struct ProjectFile {
     /// How often the base's tag is asked again; when its digest moved, the project's latest
     /// succeeded build is rebased (and pushed when it pushed). Absent: never.
     pub watch_base: Option<String>,
+    /// The stage cache's remote tier for this project's builds (`host/repo`), instead of its
+    /// galley.toml's `cache_repository`.
+    pub cache_repository: Option<String>,
+    /// The key the hosts share for that tier, instead of galley.toml's `cache_key_file`.
+    pub cache_key_file: Option<PathBuf>,
     #[serde(default)]
     pub registry: RegistryFile,
 }
@@ -237,6 +242,9 @@ pub struct Project {
     pub base: Option<String>,
     /// `watch_base`: how often the base's tag is asked again.
     pub watch_base: Option<Duration>,
+    /// The stage cache's remote tier (validated when a build resolves).
+    pub cache_repository: Option<String>,
+    pub cache_key_file: Option<PathBuf>,
     pub insecure: Vec<String>,
     pub ca_bundle: Option<PathBuf>,
 }
@@ -704,6 +712,17 @@ fn project(
             }
         },
     };
+    if let Some(r) = &p.cache_repository {
+        match crate::registry::Reference::parse(r) {
+            Ok(r) if r.tag.is_none() && r.digest.is_none() => {}
+            _ => {
+                return Err(invalid(
+                    format!("{field}.cache_repository"),
+                    format!("{r:?} is not a repository (host/repo, no tag)"),
+                ))
+            }
+        }
+    }
     if let Some(b) = &p.base {
         crate::registry::reference::BaseRef::parse(b)
             .map_err(|e| invalid(format!("{field}.base"), e.to_string()))?;
@@ -726,6 +745,8 @@ fn project(
         push,
         base: p.base.clone(),
         watch_base,
+        cache_repository: p.cache_repository.clone(),
+        cache_key_file: p.cache_key_file.as_deref().map(rel),
         insecure: p.registry.insecure.clone(),
         ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
     })

@@ -33,7 +33,7 @@ use crate::spec::{BuildSpec, VariantSpec};
 use crate::target::Target;
 use crate::toolchain::{CompileRequest, ToolVersions, Toolchain};
 use base::{BaseError, BaseImage};
-use cached::{cached, Answer, Keep, Keyed};
+use cached::{cached, Answer, Keep, Keyed, Tiers};
 pub use events::{EventSink, LogLine, Stage, StageEvent, StageStatus, Stream};
 use report::{BaseReport, PlatformReport, PushReport, Report, StageTiming, Status, VariantReport};
 
@@ -55,6 +55,8 @@ pub enum PipelineError {
     Base(#[from] BaseError),
     #[error(transparent)]
     Registry(Box<RegistryError>),
+    #[error("{0}")]
+    RemoteCache(String),
     #[error("cannot create the work directory {dir}: {source}")]
     Work {
         dir: PathBuf,
@@ -95,6 +97,26 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     let (base, base_layout) = base::resolve(spec, &registry)?;
     // Credentials are looked up now, so a missing helper fails before anything compiles.
     let pushers = pushers(spec, &base, &registry)?;
+    let stage_cache = match spec.stage_cache {
+        None => None,
+        Some(max) => match StageCache::open(&spec.cache_dir, max) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // A cache that cannot be used makes the build slower, never wrong.
+                tracing::warn!("stage cache off: {e}");
+                None
+            }
+        },
+    };
+    // The remote tier: a key file that is configured and unusable stops the build here,
+    // before anything compiles; a registry that does not answer later only makes it slower.
+    let remote = match (&stage_cache, &spec.cache_remote) {
+        (Some(local), Some(r)) => Some(
+            crate::cache::remote::Remote::open(r, local, &registry)
+                .map_err(|e| PipelineError::RemoteCache(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let out = Layout::create(&spec.output).map_err(|source| PipelineError::Output {
         dir: spec.output.clone(),
         source,
@@ -117,17 +139,6 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         source,
     })?;
     let tools = ctx.toolchain.versions(&spec.project);
-    let stage_cache = match spec.stage_cache {
-        None => None,
-        Some(max) => match StageCache::open(&spec.cache_dir, max) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                // A cache that cannot be used makes the build slower, never wrong.
-                tracing::warn!("stage cache off: {e}");
-                None
-            }
-        },
-    };
     let b = Build {
         spec,
         ctx,
@@ -135,10 +146,19 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
         base: &base,
         pushers: &pushers,
         tools: &tools,
-        cache: stage_cache.as_ref(),
+        cache: stage_cache.as_ref().map(|local| Tiers {
+            local,
+            remote: remote.as_ref(),
+        }),
     };
     let built = build_variants(&b, &work);
     let _ = std::fs::remove_dir_all(&work);
+    if ctx.cancel.is_cancelled() {
+        // Stops the uploads too (they share the build's cancel) and waits for the thread.
+        if let Some(r) = &remote {
+            r.finish();
+        }
+    }
     ctx.cancel.check()?;
 
     let collected = collect_variants(&b, built);
@@ -182,6 +202,15 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     report.succeeded = variants.iter().all(|v| v.status == Status::Succeeded);
     report.variants = variants;
     report.tags_moved = true;
+    // The uploads ran beside the later stages and the pushes; what is left finishes now, after
+    // the tags moved: a slow or failing cache repository never holds up or fails a release.
+    if let Some(r) = &remote {
+        let summary = r.finish();
+        for w in &summary.warnings {
+            tracing::warn!("{w}");
+        }
+        report.remote_cache = Some(summary);
+    }
     report.total_ms = started.elapsed().as_millis() as u64;
     write_report(&out, &path, &report)?;
     Ok(report)
@@ -258,6 +287,7 @@ fn report_of(
         tags_moved: false,
         variants: Vec::new(),
         total_ms: 0,
+        remote_cache: None,
     }
 }
 
@@ -286,8 +316,8 @@ struct Build<'a> {
     base: &'a BaseImage,
     pushers: &'a Pushers,
     tools: &'a ToolVersions,
-    /// The stage cache, unless it is off.
-    cache: Option<&'a StageCache>,
+    /// The stage cache's tiers, unless it is off.
+    cache: Option<Tiers<'a>>,
 }
 
 /// One platform image of one variant, as its worker returns it.
@@ -445,8 +475,8 @@ struct Unit<'a> {
 /// How a stage used the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheNote {
-    /// The output came from the cache (the work was not done).
-    pub cached: bool,
+    /// Which tier answered (the work was not done), or `Ran`.
+    pub used: report::CacheUse,
     pub key: String,
 }
 
@@ -519,10 +549,7 @@ impl<'a> Unit<'a> {
             status,
             started_at,
             ms,
-            cache: self
-                .cache_note
-                .as_ref()
-                .map(|n| report::CacheUse::of(n.cached)),
+            cache: self.cache_note.as_ref().map(|n| n.used),
             cache_key: self.cache_note.as_ref().map(|n| n.key.clone()),
         });
         self.event(stage, status, Some(ms), error.as_deref());
@@ -543,9 +570,12 @@ impl<'a> Unit<'a> {
     fn take_answer<T>(&mut self, stage: Stage, keyed: Option<&Keyed<'_>>, a: Answer<T>) -> T {
         if let Some(k) = keyed {
             self.cache_note = Some(CacheNote {
-                cached: a.cached,
+                used: a.used,
                 key: k.key.clone(),
             });
+        }
+        if let Some(e) = a.remote_note {
+            self.say(stage, &format!("warning: {e}: running the stage"));
         }
         if let Some(e) = a.not_kept {
             self.say(stage, &format!("warning: not cached: {e}"));
@@ -637,11 +667,16 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
                 Ok::<_, String>(((), Some(keep)))
             },
         )?;
-        if answer.cached {
+        if answer.cached() {
+            let tier = if answer.used == report::CacheUse::Remote {
+                "remote"
+            } else {
+                "cached"
+            };
             u.say(
                 Stage::Compile,
                 &format!(
-                    "cached: {} (inputs unchanged, cargo not started)",
+                    "{tier}: {} (inputs unchanged, cargo not started)",
                     req.describe()
                 ),
             );
@@ -857,7 +892,7 @@ fn compress_stage(
                 Ok::<_, String>(((compressed, packed), keep))
             },
         )?;
-        let cached = answer.cached;
+        let cached = answer.cached();
         let (compressed, packed) = u.take_answer(Stage::Compress, keyed.as_ref(), answer);
         let shipped = match packed {
             Some(packed) => {

@@ -66,6 +66,9 @@ pub struct Report {
     pub tags_moved: bool,
     pub variants: Vec<VariantReport>,
     pub total_ms: u64,
+    /// What the stage cache's remote tier did (absent without a cache repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_cache: Option<crate::cache::remote::RemoteReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,19 +214,19 @@ pub struct StageTiming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheUse {
-    /// The cache answered: the stage's work was not done.
+    /// The local tier answered: the stage's work was not done.
     Cached,
+    /// The remote tier (the cache repository) answered: the stage's work was not done here or
+    /// anywhere since the entry was uploaded.
+    Remote,
     /// The stage ran (and its output was offered to the cache).
     Ran,
 }
 
 impl CacheUse {
-    pub fn of(cached: bool) -> CacheUse {
-        if cached {
-            CacheUse::Cached
-        } else {
-            CacheUse::Ran
-        }
+    /// A tier answered: the work was not done.
+    pub fn cached(self) -> bool {
+        self != CacheUse::Ran
     }
 }
 
@@ -394,10 +397,10 @@ impl Report {
                     .stages
                     .iter()
                     .map(|t| {
-                        let cached = if t.cache == Some(CacheUse::Cached) {
-                            " (cached)"
-                        } else {
-                            ""
+                        let cached = match t.cache {
+                            Some(CacheUse::Cached) => " (cached)",
+                            Some(CacheUse::Remote) => " (remote)",
+                            _ => "",
                         };
                         format!("{} {:.1}s{cached}", t.stage, t.ms as f64 / 1000.0)
                     })

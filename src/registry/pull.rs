@@ -374,6 +374,29 @@ pub fn pull_referrers(
     Ok(out)
 }
 
+/// An artifact by tag in `reference`'s repository, its manifest and every blob it names (config
+/// and layers, each checked against its digest) fetched into `cache`. `None` when the repository
+/// has no such tag.
+pub fn pull_artifact(
+    reference: &Reference,
+    tag: &str,
+    options: &RegistryOptions,
+    cache: &BlobCache,
+) -> Result<Option<(Digest, Manifest)>, RegistryError> {
+    let mut p = Puller::new(reference, options, cache);
+    let digest = match p.fetch_manifest(tag, None) {
+        Ok(d) => d,
+        Err(RegistryError::Status { status: 404, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m: Manifest = p.read_json("artifact manifest", &digest)?;
+    p.ensure_blob(&m.config)?;
+    for l in &m.layers {
+        p.ensure_blob(l)?;
+    }
+    Ok(Some((digest, m)))
+}
+
 impl Puller<'_> {
     /// The referrers list of `subject`: the API's answer, else the fallback tag's index, else
     /// none.

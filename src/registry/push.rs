@@ -15,7 +15,7 @@ use super::retry::Try;
 use super::{Reference, RegistryError, RegistryOptions};
 use crate::oci::json::canonical;
 use crate::oci::layout::{Layout, MAX_JSON_BLOB};
-use crate::oci::{is_index, Descriptor, Digest, Index, Manifest, MEDIA_INDEX};
+use crate::oci::{is_index, Descriptor, Digest, Index, Manifest, MEDIA_INDEX, MEDIA_MANIFEST};
 
 /// What a push did with blobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -164,6 +164,25 @@ impl Pusher {
             refs.push(format!("{}:{tag}@{}", self.target.name(), desc.digest));
         }
         Ok(refs)
+    }
+
+    /// Whether the repository has a manifest under `reference` (a tag or a digest): one HEAD.
+    pub fn has_manifest(&self, reference: &str) -> Result<bool, RegistryError> {
+        let url = self
+            .client
+            .url(&format!("/v2/{}/manifests/{reference}", self.repo()));
+        let step = Step {
+            repository: self.repo(),
+            what: format!("check manifest {reference}"),
+        };
+        let resp = self.client.send(&step, &|http| {
+            Ok(http.head(url.clone()).header(ACCEPT, MEDIA_MANIFEST))
+        })?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.client.status_error(&step, resp)),
+        }
     }
 
     /// Pushes a referrer: an artifact manifest (an SBOM, a provenance) whose `subject` is the

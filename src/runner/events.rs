@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
 use crate::oci::time::rfc3339_millis;
-use crate::pipeline::report::CacheUse;
 use crate::pipeline::{EventSink, LogLine, StageEvent, StageStatus, Stream};
 use crate::store::{BuildStatus, NewEvent, StatusFacts, Store, StoreError, StoredEvent};
 
@@ -325,7 +324,7 @@ impl EventSink for BuildLog {
             self.metrics.stage_duration(e.stage, ms);
         }
         if let (Some(c), StageStatus::Succeeded) = (e.cache, e.status) {
-            self.metrics.stage_cache(e.stage, c.cached);
+            self.metrics.stage_cache(e.stage, c.used);
         }
         let change = BuildEvent::Stage(StageChange {
             ts: ts(),
@@ -335,7 +334,7 @@ impl EventSink for BuildLog {
             status: e.status,
             ms: e.ms,
             detail: e.detail.map(str::to_string),
-            cache: e.cache.map(|c| CacheUse::of(c.cached)),
+            cache: e.cache.map(|c| c.used),
             cache_key: e.cache.map(|c| c.key.clone()),
         });
         if let Err(err) = self.state_change(&[change], None) {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::pipeline::report::CacheUse;
 use crate::pipeline::Stage;
 
 type Labels = Vec<(&'static str, String)>;
@@ -90,7 +91,7 @@ impl Metrics {
         let cache = Family::<Labels, Counter>::default();
         registry.register(
             "stage_cache",
-            "Stage cache look-ups, by stage and result (hit or miss)",
+            "Stage cache look-ups, by stage, result (hit or miss) and tier (local, remote; none for a miss)",
             cache.clone(),
         );
         let open_streams = Gauge::default();
@@ -150,12 +151,18 @@ impl Metrics {
             .observe(ms as f64 / 1000.0);
     }
 
-    /// A stage that went through the stage cache: a hit or a miss.
-    pub fn stage_cache(&self, stage: Stage, hit: bool) {
+    /// A stage that went through the stage cache: a hit of a tier, or a miss.
+    pub fn stage_cache(&self, stage: Stage, used: CacheUse) {
+        let (result, tier) = match used {
+            CacheUse::Cached => ("hit", "local"),
+            CacheUse::Remote => ("hit", "remote"),
+            CacheUse::Ran => ("miss", "none"),
+        };
         self.cache
             .get_or_create(&vec![
                 ("stage", stage.as_str().to_string()),
-                ("result", if hit { "hit" } else { "miss" }.to_string()),
+                ("result", result.to_string()),
+                ("tier", tier.to_string()),
             ])
             .inc();
     }

@@ -1172,6 +1172,8 @@ impl Inner {
             upx: std::env::var_os("GALLEY_UPX").map(PathBuf::from),
             cache_dir: self.config.cache_dir.clone(),
             cache_max_bytes: self.config.cache_max_bytes,
+            cache_repo: project.cache_repository.clone(),
+            cache_key_file: project.cache_key_file.clone(),
             ..Default::default()
         };
         let result = BuildSpec::resolve(&req)

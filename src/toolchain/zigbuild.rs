@@ -69,9 +69,12 @@ fn build_env(req: &CompileRequest<'_>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Variables whose value is only where something lives (remapped, or a socket): they do not
-/// change what cargo builds, and counting them would defeat the compile cache.
+/// Variables whose value is only where something lives (remapped, or a socket) or how to reach
+/// the network: they do not change what cargo builds, and counting them would give every host
+/// its own keys (the remote tier shares keys across hosts). The tools on PATH count by their
+/// versions.
 const NOT_INPUTS: &[&str] = &[
+    "PATH",
     "HOME",
     "USER",
     "TMPDIR",
@@ -79,8 +82,29 @@ const NOT_INPUTS: &[&str] = &[
     "RUSTUP_HOME",
     "ZIG_GLOBAL_CACHE_DIR",
     "ZIG_LOCAL_CACHE_DIR",
+    "PYENV_ROOT",
     "SSH_AUTH_SOCK",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CARGO_HTTP_CAINFO",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
 ];
+
+/// Whether a variable is a compile input: not in `NOT_INPUTS`, and not a credential (a
+/// registry token changes who may download, not what is built; and entries travel to the
+/// remote tier, where no secret may go).
+fn is_input(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    !NOT_INPUTS.contains(&name)
+        && !["TOKEN", "PASSWORD", "SECRET", "CREDENTIAL"]
+            .iter()
+            .any(|s| upper.contains(s))
+}
 
 /// The cargo configuration files cargo reads from outside the project (its parents and
 /// `$CARGO_HOME`), and rust-toolchain files of the parents: their contents are inputs.
@@ -273,7 +297,7 @@ impl Toolchain for CargoZigbuild {
         let env: std::collections::BTreeMap<String, String> = proc::inherited_env()
             .into_iter()
             .chain(build_env(req))
-            .filter(|(k, _)| !NOT_INPUTS.contains(&k.as_str()))
+            .filter(|(k, _)| is_input(k))
             .collect();
         Ok(serde_json::json!({
             "tools": {"rustc": tools.rustc, "cargo_zigbuild": tools.cargo_zigbuild, "zig": tools.zig},
@@ -319,6 +343,28 @@ impl Toolchain for CargoZigbuild {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locations_and_credentials_are_not_compile_inputs() {
+        for name in [
+            "PATH",
+            "CARGO_HOME",
+            "https_proxy",
+            "CARGO_REGISTRY_TOKEN",
+            "CARGO_REGISTRIES_CORP_TOKEN",
+            "MY_PASSWORD",
+        ] {
+            assert!(!is_input(name), "{name}");
+        }
+        for name in [
+            "RUSTUP_TOOLCHAIN",
+            "CC",
+            "CFLAGS_x86_64_unknown_linux_musl",
+            "LANG",
+        ] {
+            assert!(is_input(name), "{name}");
+        }
+    }
 
     #[test]
     fn build_environment_patterns_match_names_and_prefixes() {

@@ -75,6 +75,7 @@ mod repro;
 mod reproducible;
 mod serve;
 mod service;
+mod shared_cache;
 mod store_pg;
 mod strip;
 mod support;
