@@ -155,6 +155,12 @@ fn spawn(cmd: &mut Command, cancel: &Cancel) -> Result<(Child, GroupGuard), Proc
     Ok((child, guard))
 }
 
+/// Starts a long-running child (a server) in its own process group, registered with `cancel`:
+/// a cancel stops it, and dropping the guard after reaping it stops any member left.
+pub fn spawn_child(cmd: &mut Command, cancel: &Cancel) -> Result<(Child, GroupGuard), ProcError> {
+    spawn(cmd, cancel)
+}
+
 /// Stops a child's whole process group: its grandchildren (rustc, zig, linkers) too.
 pub fn kill_group(child: &mut Child) {
     if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {

@@ -73,6 +73,8 @@ pub struct BuildRequest {
     pub cache_key_file: Option<PathBuf>,
     /// Read unsigned remote entries, instead of galley.toml's `cache_unsigned`.
     pub cache_unsigned: Option<bool>,
+    /// sccache's Redis endpoint, instead of galley.toml's `sccache`.
+    pub sccache: Option<String>,
 }
 
 impl BuildRequest {
@@ -178,6 +180,8 @@ pub struct BuildSpec {
     pub stage_cache: Option<u64>,
     /// The stage cache's remote tier, when a cache repository is configured.
     pub cache_remote: Option<crate::cache::remote::RemoteSpec>,
+    /// Compile through sccache on this backend.
+    pub sccache: Option<crate::toolchain::sccache::SccacheSpec>,
     /// Attach an SPDX SBOM to each image (galley.toml `sbom`, default true).
     pub sbom: bool,
     /// Attach a SLSA provenance statement to each image (galley.toml `provenance`, default true).
@@ -286,6 +290,8 @@ pub enum SpecError {
     BadPush(String),
     #[error("cache_repository {0:?} is not a repository: give host/repo without tag or digest (e.g. registry.example.com/team/galley-cache)")]
     BadCacheRepository(String),
+    #[error("sccache {url:?} is not allowed: {why}")]
+    BadSccache { url: String, why: String },
     #[error(
         "base_ttl {0:?} is not a duration: use a number with s, m, h or d (e.g. 30m, 24h, 7d)"
     )]
@@ -758,8 +764,18 @@ impl BuildSpec {
 
         let inputs = inputs_of(req, &variants, &base, &targets);
         let cache_remote = cache_remote_of(req, config, &project)?;
+        let sccache = match req.sccache.as_ref().or(config.sccache.as_ref()) {
+            None => None,
+            Some(url) => Some(crate::toolchain::sccache::SccacheSpec::parse(url).map_err(
+                |why| SpecError::BadSccache {
+                    url: crate::config::serve::redact_url(url),
+                    why,
+                },
+            )?),
+        };
         Ok(BuildSpec {
             cache_remote,
+            sccache,
             project,
             binary,
             profile,

@@ -241,6 +241,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<Outcome> {
         cache_repo: args.cache_repo,
         cache_key_file: args.cache_key_file,
         cache_unsigned: args.cache_unsigned.then_some(true),
+        sccache: args.sccache,
     };
     let spec = BuildSpec::resolve(&req)?;
     let cancel = Cancel::new(&format!("galley-cli-{}", std::process::id()), DEFAULT_GRACE);

@@ -299,6 +299,11 @@ pub struct BuildArgs {
     /// Read remote cache entries without a key: trusts whoever can push to the cache repository.
     #[arg(long)]
     pub cache_unsigned: bool,
+    /// Compile through sccache on this Redis (redis://host:port[/db]; a password comes from
+    /// SCCACHE_REDIS_PASSWORD): dependency crates other hosts compiled are hits (default
+    /// galley.toml's sccache).
+    #[arg(long, env = "GALLEY_SCCACHE", value_name = "URL")]
+    pub sccache: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

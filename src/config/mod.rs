@@ -49,6 +49,9 @@ pub struct ProjectConfig {
     pub cache_key_file: Option<PathBuf>,
     /// Read remote entries without a key, trusting whoever can push there (default false).
     pub cache_unsigned: Option<bool>,
+    /// Compile through sccache on this Redis (`redis://host:port[/db]`): dependency crates are
+    /// shared across hosts.
+    pub sccache: Option<String>,
     #[serde(default)]
     pub image: ImageConfig,
 }

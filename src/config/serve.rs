@@ -212,6 +212,8 @@ pub struct ProjectFile {
     pub cache_repository: Option<String>,
     /// The key the hosts share for that tier, instead of galley.toml's `cache_key_file`.
     pub cache_key_file: Option<PathBuf>,
+    /// sccache's Redis endpoint for this project's compiles, instead of galley.toml's `sccache`.
+    pub sccache: Option<String>,
     #[serde(default)]
     pub registry: RegistryFile,
 }
@@ -245,6 +247,7 @@ pub struct Project {
     /// The stage cache's remote tier (validated when a build resolves).
     pub cache_repository: Option<String>,
     pub cache_key_file: Option<PathBuf>,
+    pub sccache: Option<String>,
     pub insecure: Vec<String>,
     pub ca_bundle: Option<PathBuf>,
 }
@@ -712,6 +715,10 @@ fn project(
             }
         },
     };
+    if let Some(url) = &p.sccache {
+        crate::toolchain::sccache::SccacheSpec::parse(url)
+            .map_err(|why| invalid(format!("{field}.sccache"), why))?;
+    }
     if let Some(r) = &p.cache_repository {
         match crate::registry::Reference::parse(r) {
             Ok(r) if r.tag.is_none() && r.digest.is_none() => {}
@@ -747,6 +754,7 @@ fn project(
         watch_base,
         cache_repository: p.cache_repository.clone(),
         cache_key_file: p.cache_key_file.as_deref().map(rel),
+        sccache: p.sccache.clone(),
         insecure: p.registry.insecure.clone(),
         ca_bundle: p.registry.ca_bundle.as_deref().map(rel),
     })

@@ -617,6 +617,7 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
         external_sources: &spec.external_sources,
         zig_cache: Some(&zig_cache),
         source_date_epoch: spec.source_date_epoch,
+        sccache: spec.sccache.as_ref(),
     };
     let raw = dir.join(format!("{}.raw", variant.binary));
     let keyed = b
@@ -634,7 +635,7 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
             |c, outputs| {
                 let digest: crate::oci::Digest = outputs["raw"].as_str()?.parse().ok()?;
                 match c.restore(&digest, &raw) {
-                    Ok(()) => Some(()),
+                    Ok(()) => Some(None),
                     // A corrupt entry is rebuilt, never used.
                     Err(e) => {
                         u.say(Stage::Compile, &format!("{e}; compiling"));
@@ -664,7 +665,7 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
                     outputs: serde_json::json!({}),
                     files: vec![("raw", raw.clone())],
                 };
-                Ok::<_, String>(((), Some(keep)))
+                Ok::<_, String>((compiled.sccache, Some(keep)))
             },
         )?;
         if answer.cached() {
@@ -681,10 +682,39 @@ fn compile(b: &Build<'_>, unit: &mut Unit<'_>, dir: &Path) -> Result<PathBuf, St
                 ),
             );
         }
-        u.take_answer(Stage::Compile, keyed.as_ref(), answer);
+        if let Some(used) = u.take_answer(Stage::Compile, keyed.as_ref(), answer) {
+            sccache_said(u, used);
+        }
         Ok::<_, String>(())
     })?;
     Ok(raw)
+}
+
+/// Says what sccache did in a compile: in the log (the events and the kitchen show it), in the
+/// report, and its warning when the compile went on without it.
+fn sccache_said(u: &mut Unit<'_>, used: crate::toolchain::SccacheUse) {
+    if let Some(s) = used.stats {
+        u.say(
+            Stage::Compile,
+            &format!(
+                "sccache: {} hits, {} misses, {} not cacheable (hit rate {:.0}%){}",
+                s.hits,
+                s.misses,
+                s.not_cacheable,
+                s.hit_rate(),
+                if s.fixed_paths {
+                    ""
+                } else {
+                    ", at this host's paths"
+                }
+            ),
+        );
+        u.report.sccache = Some(s);
+    }
+    if let Some(w) = used.warning {
+        u.say(Stage::Compile, &format!("warning: {w}"));
+        u.report.warnings.push(w);
+    }
 }
 
 /// The layer stage, answered by the stage cache when the binary, the files and every layer

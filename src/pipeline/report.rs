@@ -168,6 +168,10 @@ pub struct PlatformReport {
     /// What pushing the referrers did (apart from `push`, the image's own blobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers_push: Option<PushStats>,
+    /// What sccache did in this platform's compile (absent without sccache, or when the stage
+    /// cache answered and cargo did not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sccache: Option<crate::toolchain::sccache::SccacheStats>,
 }
 
 /// An artifact attached to an image.
@@ -307,6 +311,7 @@ impl PlatformReport {
             push: None,
             referrers: Vec::new(),
             referrers_push: None,
+            sccache: None,
         }
     }
 }

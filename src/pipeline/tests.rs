@@ -61,6 +61,7 @@ fn spec(dir: &Path, variants: &[(&str, &str)]) -> BuildSpec {
         external_sources: Vec::new(),
         stage_cache: Some(1 << 30),
         cache_remote: None,
+        sccache: None,
         sbom: false,
         provenance: true,
         version: "1.0.0".into(),

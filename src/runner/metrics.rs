@@ -32,6 +32,9 @@ pub struct Metrics {
     retries: Counter,
     retries_seen: AtomicU64,
     cache: Family<Labels, Counter>,
+    sccache: Family<Labels, Counter>,
+    sccache_hit_rate: Histogram,
+    remote_uploads: Family<Labels, Counter>,
     /// Event streams open now (set by the API).
     pub open_streams: Gauge,
     http: Family<Labels, Histogram>,
@@ -94,6 +97,24 @@ impl Metrics {
             "Stage cache look-ups, by stage, result (hit or miss) and tier (local, remote; none for a miss)",
             cache.clone(),
         );
+        let sccache = Family::<Labels, Counter>::default();
+        registry.register(
+            "sccache_compiles",
+            "Compiles through sccache, by result (hit, miss, not_cacheable)",
+            sccache.clone(),
+        );
+        let sccache_hit_rate = Histogram::new([0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]);
+        registry.register(
+            "sccache_hit_ratio",
+            "Per build with sccache: hits over cacheable compiles (0 to 1)",
+            sccache_hit_rate.clone(),
+        );
+        let remote_uploads = Family::<Labels, Counter>::default();
+        registry.register(
+            "stage_cache_remote_uploads",
+            "Entries offered to the remote stage cache, by result (uploaded, present, failed)",
+            remote_uploads.clone(),
+        );
         let open_streams = Gauge::default();
         registry.register(
             "sse_streams_open",
@@ -118,6 +139,9 @@ impl Metrics {
             .set(1);
         Metrics {
             cache,
+            sccache,
+            sccache_hit_rate,
+            remote_uploads,
             open_streams,
             http,
             registry: Mutex::new(registry),
@@ -165,6 +189,43 @@ impl Metrics {
                 ("tier", tier.to_string()),
             ])
             .inc();
+    }
+
+    /// What a finished build's compiles got from sccache, and what its remote tier uploaded.
+    pub fn build_caches(&self, report: &crate::pipeline::report::Report) {
+        let mut total = crate::toolchain::sccache::SccacheStats::default();
+        let mut any = false;
+        for p in report.variants.iter().flat_map(|v| &v.platforms) {
+            if let Some(s) = &p.sccache {
+                any = true;
+                total.hits += s.hits;
+                total.misses += s.misses;
+                total.not_cacheable += s.not_cacheable;
+            }
+        }
+        if any {
+            for (result, n) in [
+                ("hit", total.hits),
+                ("miss", total.misses),
+                ("not_cacheable", total.not_cacheable),
+            ] {
+                self.sccache
+                    .get_or_create(&vec![("result", result.to_string())])
+                    .inc_by(n);
+            }
+            self.sccache_hit_rate.observe(total.hit_rate() / 100.0);
+        }
+        if let Some(r) = &report.remote_cache {
+            for (result, n) in [
+                ("uploaded", r.uploaded),
+                ("present", r.present),
+                ("failed", r.upload_failures),
+            ] {
+                self.remote_uploads
+                    .get_or_create(&vec![("result", result.to_string())])
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// One HTTP request answered.

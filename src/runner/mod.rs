@@ -1003,6 +1003,9 @@ impl Inner {
             e.push_str(&format!("the log is incomplete: {f}"));
         }
         let duration_ms = t0.elapsed().as_millis() as u64;
+        if let Some(r) = &report {
+            self.metrics.build_caches(r);
+        }
         let (status, written) =
             self.record_outcome(id, &log, status, finished, report, duration_ms);
         if let Err(e) = self.store.checkpoint() {
@@ -1174,6 +1177,7 @@ impl Inner {
             cache_max_bytes: self.config.cache_max_bytes,
             cache_repo: project.cache_repository.clone(),
             cache_key_file: project.cache_key_file.clone(),
+            sccache: project.sccache.clone(),
             ..Default::default()
         };
         let result = BuildSpec::resolve(&req)

@@ -90,7 +90,10 @@ impl Toolchain for FakeToolchain {
             status: "fake".into(),
             tail: format!("cannot write {}: {e}", path.display()),
         })?;
-        Ok(Compiled { path })
+        Ok(Compiled {
+            path,
+            sccache: None,
+        })
     }
 
     fn versions(&self, _project: &Path) -> ToolVersions {

@@ -4,6 +4,7 @@
 
 pub mod fake;
 mod limit;
+pub mod sccache;
 mod zigbuild;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct CompileRequest<'a> {
     /// zig's global cache when the environment names none (galley keeps it warm across builds).
     pub zig_cache: Option<&'a Path>,
     pub source_date_epoch: u64,
+    /// Compile through sccache on this shared backend (dependency crates across hosts).
+    pub sccache: Option<&'a sccache::SccacheSpec>,
 }
 
 impl CompileRequest<'_> {
@@ -70,6 +73,16 @@ impl CompileRequest<'_> {
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub path: PathBuf,
+    /// How sccache served the compile, when it was asked for.
+    pub sccache: Option<SccacheUse>,
+}
+
+/// What became of sccache in one compile: its statistics, or why the compile went on without
+/// it (Redis down, no sccache) or with this host's own paths (no private mount namespace).
+#[derive(Debug, Clone, Default)]
+pub struct SccacheUse {
+    pub stats: Option<sccache::SccacheStats>,
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

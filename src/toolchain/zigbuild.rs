@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{CompileError, CompileRequest, Compiled, ToolVersions, Toolchain};
+use super::sccache::{FixedRoot, Server};
+use super::{CompileError, CompileRequest, Compiled, SccacheUse, ToolVersions, Toolchain};
 use crate::cancel::Cancel;
 use crate::proc;
 
@@ -136,9 +137,9 @@ fn outer_config_files(project: &Path) -> Vec<PathBuf> {
 
 impl CargoZigbuild {
     /// The rustc flags that make output independent of where the project and cargo's caches live.
-    fn remap_flags(project: &Path, target_dir: &Path) -> Vec<String> {
+    fn remap_flags(cargo_home: Option<&Path>, project: &Path, target_dir: &Path) -> Vec<String> {
         let mut flags = Vec::new();
-        if let Some(home) = cargo_home() {
+        if let Some(home) = cargo_home {
             flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
         }
         flags.push(format!("--remap-path-prefix={}=/build", project.display()));
@@ -148,6 +149,51 @@ impl CargoZigbuild {
             target_dir.display()
         ));
         flags
+    }
+}
+
+/// Whether this host can give compiles a private mount namespace: asked once per process.
+fn fixed_root() -> Result<(), String> {
+    static WORKS: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    WORKS.get_or_init(super::sccache::fixed_root_works).clone()
+}
+
+/// sccache's server for one compile, when configured and reachable, and the fixed build root
+/// when this host can give one. What went wrong is a warning: the compile goes on without.
+fn start_sccache(
+    req: &CompileRequest<'_>,
+    target_dir: &Path,
+    cancel: &Cancel,
+) -> (Option<Server>, Option<FixedRoot>, SccacheUse) {
+    let mut used = SccacheUse::default();
+    let Some(spec) = req.sccache else {
+        return (None, None, used);
+    };
+    let root = match (cargo_home(), fixed_root()) {
+        (Some(cargo_home), Ok(())) => Some(FixedRoot {
+            project: req.project.to_path_buf(),
+            cargo_home,
+            target_dir: target_dir.to_path_buf(),
+        }),
+        (None, _) => {
+            used.warning = Some("sccache runs at this host's paths (no CARGO_HOME or HOME): other hosts' entries will miss".into());
+            None
+        }
+        (_, Err(why)) => {
+            used.warning = Some(format!(
+                "sccache runs at this host's paths ({why}): other hosts' entries will miss"
+            ));
+            None
+        }
+    };
+    match Server::start(spec, root.as_ref(), cancel) {
+        Ok(server) => (Some(server), root, used),
+        Err(why) => {
+            used.warning = Some(format!(
+                "sccache off for this compile: {why}; compiling uncached"
+            ));
+            (None, None, used)
+        }
     }
 }
 
@@ -162,6 +208,18 @@ impl Toolchain for CargoZigbuild {
             .target_dir
             .clone()
             .unwrap_or_else(|| req.project.join("target"));
+        let (server, root, mut sccache) = start_sccache(req, &target_dir, cancel);
+        // At the fixed build root cargo sees the project, CARGO_HOME and the target dir at the
+        // same paths on every host; elsewhere, at this host's own.
+        let home = cargo_home();
+        let (project, home, target_in) = match &root {
+            Some(_) => (
+                FixedRoot::src(),
+                Some(FixedRoot::cargo()),
+                FixedRoot::target(),
+            ),
+            None => (req.project.to_path_buf(), home, target_dir.clone()),
+        };
         let mut cmd = proc::command("cargo");
         cmd.current_dir(req.project).arg("zigbuild");
         if req.profile == "release" {
@@ -181,11 +239,11 @@ impl Toolchain for CargoZigbuild {
         }
         // The project's own rustflags first, galley's remapping after: both reach rustc.
         let mut flags = req.rustflags.to_vec();
-        flags.extend(Self::remap_flags(req.project, &target_dir));
+        flags.extend(Self::remap_flags(home.as_deref(), &project, &target_in));
         cmd.arg("--bin")
             .arg(req.binary)
             .arg("--target-dir")
-            .arg(&target_dir)
+            .arg(&target_in)
             .arg("--message-format=json-render-diagnostics")
             .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
             .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
@@ -195,6 +253,20 @@ impl Toolchain for CargoZigbuild {
         }
         if let (Some(zig), None) = (req.zig_cache, std::env::var_os("ZIG_GLOBAL_CACHE_DIR")) {
             cmd.env("ZIG_GLOBAL_CACHE_DIR", zig);
+        }
+        if let Some(server) = &server {
+            for (k, v) in server.client_env() {
+                cmd.env(k, v);
+            }
+        }
+        if let Some(r) = &root {
+            cmd.env("CARGO_HOME", FixedRoot::cargo());
+            if let Err(why) = r.apply(&mut cmd) {
+                return Err(CompileError::Failed {
+                    status: "not started".into(),
+                    tail: why,
+                });
+            }
         }
 
         let executables: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
@@ -231,7 +303,18 @@ impl Toolchain for CargoZigbuild {
                     t.remove(0);
                 }
             },
-        )?;
+        );
+        if let Some(server) = &server {
+            match server.stats(cancel) {
+                Ok(mut stats) => {
+                    stats.fixed_paths = root.is_some();
+                    sccache.stats = Some(stats);
+                }
+                Err(why) => sccache.warning = Some(format!("sccache's statistics: {why}")),
+            }
+        }
+        drop(server);
+        let status = status?;
 
         let tail = tail.into_inner().unwrap_or_else(|e| e.into_inner());
         if !status.success() {
@@ -255,7 +338,13 @@ impl Toolchain for CargoZigbuild {
         }
         let executables = executables.into_inner().unwrap_or_else(|e| e.into_inner());
         match executables.iter().find(|(name, _)| name == req.binary) {
-            Some((_, path)) => Ok(Compiled { path: path.clone() }),
+            Some((_, path)) => Ok(Compiled {
+                path: match &root {
+                    Some(r) => r.outside(path),
+                    None => path.clone(),
+                },
+                sccache: req.sccache.map(|_| sccache),
+            }),
             None => Err(CompileError::NoBinary {
                 binary: req.binary.to_string(),
                 built: if executables.is_empty() {

@@ -73,6 +73,7 @@ mod registry_faults;
 mod release;
 mod repro;
 mod reproducible;
+mod sccache;
 mod serve;
 mod service;
 mod shared_cache;

@@ -249,8 +249,8 @@ fn serve_builds_pushes_streams_and_records_without_leaking_secrets() {
     );
     // The rebuild's compile came from the stage cache; requests are counted by route pattern.
     for want in [
-        "galley_stage_cache_total{stage=\"compile\",result=\"miss\"}",
-        "galley_stage_cache_total{stage=\"compile\",result=\"hit\"}",
+        "galley_stage_cache_total{stage=\"compile\",result=\"miss\",tier=\"none\"}",
+        "galley_stage_cache_total{stage=\"compile\",result=\"hit\",tier=\"local\"}",
         &format!("galley_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
         "galley_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/builds/{id}\",status=\"200\"}",
         "galley_sse_streams_open ",

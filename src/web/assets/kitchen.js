@@ -284,10 +284,11 @@ function setCell(variant, target, stage, status, ms, detail, cache) {
   if (!td) return;
   td.dataset.status = status;
   td.className = `s-${status}`;
-  const text = `${SYMBOL[status] || ""} ${status}${cache === "cached" && status === "succeeded" ? " (cached)" : ""}`;
+  const from = cache === "cached" || cache === "remote" ? cache : null;
+  const text = `${SYMBOL[status] || ""} ${status}${from && status === "succeeded" ? ` (${from})` : ""}`;
   td.replaceChildren(el("span", { text }), el("span", { class: "ms", text: secs(ms) }));
   td.title = detail || "";
-  td.setAttribute("aria-label", `${variant} ${stage}: ${status}${cache === "cached" ? " from the cache" : ""}${ms !== undefined && ms !== null ? `, ${secs(ms)}` : ""}${detail ? `: ${detail}` : ""}`);
+  td.setAttribute("aria-label", `${variant} ${stage}: ${status}${cache === "cached" ? " from the cache" : cache === "remote" ? " from the shared cache" : ""}${ms !== undefined && ms !== null ? `, ${secs(ms)}` : ""}${detail ? `: ${detail}` : ""}`);
 }
 
 function renderMatrix(rows, withPush) {
@@ -506,12 +507,25 @@ function renderResults(report) {
     for (const p of v.platforms) {
       const z = p.sizes;
       card.append(el("p", { class: "sizes", text: `${p.platform}: ${bytes(z.raw)} raw → ${bytes(z.stripped)} stripped → ${z.compressed ? bytes(z.compressed) + " compressed" : "not compressed"} → ${bytes(z.image)} image` }));
+      if (p.sccache) {
+        const s = p.sccache;
+        const rate = s.hits + s.misses ? Math.round((s.hits * 100) / (s.hits + s.misses)) : 0;
+        card.append(el("p", { class: "sccache", text: `sccache: ${s.hits} hits, ${s.misses} misses, ${s.not_cacheable} not cacheable (hit rate ${rate}%)` }));
+      }
       chartRows.push({ label: v.platforms.length > 1 ? `${v.variant} ${arch(p.target)}` : v.variant, stages: p.stages });
     }
     const warnings = [...(v.warnings || []), ...(v.push && v.push.withheld ? [v.push.withheld] : [])];
     if (v.error) card.append(el("p", { class: "error", text: v.error }));
     if (warnings.length) card.append(el("ul", { class: "warnings", "aria-label": "warnings" }, ...warnings.map((w) => el("li", { text: w }))));
     cards.push(card);
+  }
+  const rc = report.remote_cache;
+  if (rc) {
+    const shared = el("article", { class: "card", "aria-label": "shared stage cache" });
+    shared.append(el("h4", { text: "Shared stage cache" }),
+      el("p", { text: `${rc.repository}: ${rc.hits} hits, ${rc.misses} misses, ${rc.refused} refused; ${rc.uploaded} uploaded, ${rc.present} already there (reads: ${rc.reads})` }));
+    if (rc.warnings && rc.warnings.length) shared.append(el("ul", { class: "warnings", "aria-label": "shared cache warnings" }, ...rc.warnings.map((w) => el("li", { text: w }))));
+    cards.push(shared);
   }
   $("result-cards").replaceChildren(...cards);
   $("chart").replaceChildren(chart(chartRows));
