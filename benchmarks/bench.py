@@ -231,8 +231,27 @@ def galley_stages(path):
             push[v["variant"]] = {"ms": v["push"].get("ms"), "blobs": v["push"].get("blobs")}
         if v.get("status") != "ok" and v.get("status") != "succeeded":
             push.setdefault("status", {})[v["variant"]] = v.get("status")
+    sccache = {}
+    for v in report.get("variants", []):
+        for p in v.get("platforms") or []:
+            for k, n in (p.get("sccache") or {}).items():
+                if isinstance(n, int) and not isinstance(n, bool):
+                    sccache[k] = sccache.get(k, 0) + n
     return {"stages_ms": stages, "total_ms": report.get("total_ms"), "sizes": sizes, "push": push,
-            "toolchain": report.get("toolchain"), "succeeded": report.get("succeeded")}
+            "toolchain": report.get("toolchain"), "succeeded": report.get("succeeded"),
+            "cache_uses": cache_uses(report), "remote_cache": report.get("remote_cache"),
+            "sccache": sccache or None}
+
+
+def cache_uses(report):
+    """How many stages each tier answered (cached, remote) or ran, over every variant."""
+    out = {}
+    for v in report.get("variants", []):
+        for p in v.get("platforms") or []:
+            for st in p.get("stages", []):
+                if st.get("cache"):
+                    out[st["cache"]] = out.get(st["cache"], 0) + 1
+    return out
 
 
 def flow_disk(flow, fdir):
@@ -248,7 +267,8 @@ def main():
     ap.add_argument("--variants", default="sqlite,postgres,mysql", help="variants of the warm scenarios")
     ap.add_argument("--cold-variants", default="sqlite,postgres,mysql")
     ap.add_argument("--scenarios", default="change,nochange,cold",
-                    help="change, nochange, cold, coldproj (cold project, warm toolchain: host flows only)")
+                    help="change, nochange, cold, coldproj (cold project, warm toolchain: host flows only), "
+                         "ephemeral (a fresh runner with the shared tiers warm: galley flows only)")
     ap.add_argument("--cold-flows", default=None,
                     help="flows of the cold scenario, each optionally FLOW:REPS (default: --flows, --reps each)")
     ap.add_argument("--reps", type=int, default=3)
@@ -368,7 +388,7 @@ def main():
                 f.write(str(du_bytes([os.path.join(fdir, "storage")])))
         baseline[flow] = int(open(bfile).read())
 
-    warm = [s for s in scenarios if s not in ("cold", "coldproj")]
+    warm = [s for s in scenarios if s not in ("cold", "coldproj", "ephemeral")]
     if warm:
         # Prime: one untimed build, so the warm scenarios start from a built state.
         for flow in flows:
@@ -393,6 +413,34 @@ def main():
                         if r["exit"] == 0:
                             break
                     else:
+                        failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
+    # ephemeral: a fresh runner per build (galley.sh runner-prepare: an empty target dir, local
+    # stage cache and CARGO_HOME, zig's cache with the toolchain alone), the shared tiers (the
+    # registry's stage cache, sccache on Redis) warm from an earlier build of another commit (the
+    # seed, not counted). Then the one-line change on a fresh runner ("ephemeral"), and the same
+    # commit again on another fresh runner, every stage a remote hit ("ephemeral-same").
+    if "ephemeral" in scenarios:
+        for rep in range(args.first_rep, args.first_rep + args.reps):
+            for flow in [f for f in flows if FLOWS[f][0] == "galley.sh"]:
+                if late():
+                    continue
+                for tag, scenario in (("seed", None), ("edit", "ephemeral"), ("same", "ephemeral-same")):
+                    if tag != "same":
+                        edits[flow] = edits.get(flow, 0) + 1
+                        edit(flow, f"{flow}.{rep}.{edits[flow]}")
+                    p = action(flow, "runner-prepare", args.variants, f"runner-{tag}{rep}")
+                    if p["exit"] != 0:
+                        failed.append(f"{flow} runner-prepare rep {rep}: see {p['log']}")
+                        break
+                    r = action(flow, "runner-build", args.variants, f"ephemeral-{tag}{rep}")
+                    if scenario is None:
+                        print(f"bench: {flow:13} seed     [{args.variants}] {r['wall_s']:8.1f} s (not counted)", file=sys.stderr)
+                        if r["exit"] != 0:
+                            failed.append(f"{flow} ephemeral seed rep {rep}: see {r['log']}")
+                            break
+                        continue
+                    record(flow, scenario, rep, args.variants, r)
+                    if r["exit"] != 0:
                         failed.append(f"{flow} {scenario} rep {rep}: see {r['log']}")
     # cold: every cache of the flow emptied. coldproj: the same, then the toolchain warmed (zig's
     # musl and compiler-rt built by linking a dependency-free crate), as a multi-stage builder

@@ -14,9 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import COLD_EMPTIES, FLOWS  # noqa: E402
 
 CONTENDED = 0.25  # average cores used by other processes during a run (of nproc)
-SCEN_ORDER = ["cold", "coldproj", "change", "nochange"]
+SCEN_ORDER = ["cold", "coldproj", "change", "nochange", "ephemeral", "ephemeral-same"]
 SCEN_NAME = {"cold": "cold", "coldproj": "cold project, warm toolchain", "change": "one-line change",
-             "nochange": "no change"}
+             "nochange": "no change", "ephemeral": "ephemeral runner, one-line change",
+             "ephemeral-same": "ephemeral runner, same commit"}
 FLOW_ORDER = list(FLOWS)
 
 
@@ -254,6 +255,7 @@ def markdown(data, name):
                  "fixture, not timed), as a multi-stage builder image arrives with its libc "
                  "prebuilt. Nothing of the project is in it: zig cc also caches C objects, so a "
                  "kept cache would hold sqlite3.c already.")
+    L += ephemeral_section(data)
     failed = [r for r in data["runs"] if r["exit"] != 0]
     if failed:
         L += ["", "## Failed runs", "",
@@ -271,6 +273,51 @@ def markdown(data, name):
             L.append(f"| {r['flow']} | {SCEN_NAME[r['scenario']]} | {r['rep']} | {fmt_s(r['wall_s'])} | "
                      f"{r['other_cores_avg']:.2f} | {r['loadavg_start']}/{r['loadavg_end']} |")
     return "\n".join(L) + "\n"
+
+
+def ephemeral_section(data):
+    """The ephemeral runner against its goals: within 2x of the warm host's one-line change, at
+    least 4x faster than the cold multi-stage build of the same variants; the same commit again
+    close to the no-change publish. With what the shared tiers answered."""
+    summary = data["summary"]
+    eph = [s for s in summary if s["scenario"] in ("ephemeral", "ephemeral-same") and s["n"]]
+    if not eph:
+        return []
+    by = {(s["flow"], s["scenario"], s["variants"]): s for s in summary if s["n"]}
+    L = ["", "## Ephemeral runner", "",
+         "A fresh runner per build: an empty target dir, local stage cache and CARGO_HOME (crates "
+         "downloaded again), zig's cache holding musl and compiler-rt alone. Warm: the registry's "
+         "stage cache and sccache on Redis, from an earlier build of another commit (the seed, not "
+         "counted). Goals: within 2x of the warm host, at least 4x faster than the cold multi-stage "
+         "build of the same variants; the same commit again close to the no-change publish.", "",
+         "| scenario | flow | variants | wall s | compared with | its s | ratio | goal | stages: remote / ran | sccache hits / misses / not cacheable |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in eph:
+        runs = [r for r in data["runs"] if r["flow"] == s["flow"] and r["scenario"] == s["scenario"]
+                and r["variants"] == s["variants"] and r["exit"] == 0 and r.get("galley")]
+        uses = runs[-1]["galley"].get("cache_uses", {}) if runs else {}
+        sc = (runs[-1]["galley"].get("sccache") or {}) if runs else {}
+        tiers = f"{uses.get('remote', 0)} / {uses.get('ran', 0)}"
+        sccache = f"{sc.get('hits', 0)} / {sc.get('misses', 0)} / {sc.get('not_cacheable', 0)}" if sc else "-"
+        if s["scenario"] == "ephemeral":
+            against = [("change", s["flow"], "warm host, one-line change", 2.0, "<="),
+                       ("cold", "naive", "cold multi-stage (naive)", 0.25, "<="),
+                       ("cold", "cachemount", "cold multi-stage (cache mounts)", 0.25, "<=")]
+        else:
+            against = [("nochange", s["flow"], "warm host, no change", None, None)]
+        for scen, flow, label, goal, _ in against:
+            o = by.get((flow, scen, s["variants"]))
+            if not o:
+                continue
+            ratio = s["wall_median_s"] / o["wall_median_s"]
+            verdict = "-" if goal is None else ("met" if ratio <= goal else "**missed**")
+            goal_text = "-" if goal is None else (f"<= {goal:g}x" if goal >= 1 else f">= {1 / goal:g}x faster")
+            L.append(f"| {SCEN_NAME[s['scenario']]} | {s['flow']} | {s['variants']} | {fmt_s(s['wall_median_s'])} | "
+                     f"{label} | {fmt_s(o['wall_median_s'])} | {ratio:.2f}x | {goal_text}: {verdict} | {tiers} | {sccache} |")
+        if not any(by.get((flow, scen, s["variants"])) for scen, flow, *_ in against):
+            L.append(f"| {SCEN_NAME[s['scenario']]} | {s['flow']} | {s['variants']} | {fmt_s(s['wall_median_s'])} | "
+                     f"(nothing to compare with in this run) | - | - | - | {tiers} | {sccache} |")
+    return L
 
 
 def merge_sizes(paths):

@@ -3,7 +3,7 @@
 # fixtures/authd, pushing to a private local registry. See benchmarks/README.md.
 #
 #   bash benchmarks/run.sh            # the full matrix: 8 flows x {change, nochange, cold} x 3 reps, 3 variants
-#   bash benchmarks/run.sh --quick    # smoke test: 1 rep, sqlite, no-change only, every flow end to end
+#   bash benchmarks/run.sh --quick    # smoke test: 1 rep, sqlite, no-change (and the ephemeral runner), every flow end to end
 #
 # Options (after --quick they override it): --reps N, --first-rep N, --flows a,b, --variants a,b (warm scenarios),
 # --cold-variants a,b, --cold-flows a:3,b:1, --scenarios change,nochange,cold, --deadline-min M (start
@@ -15,7 +15,7 @@ repo=$PWD
 orig_args="$*"; quick=0; bench_args=(); results=""; notes=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) quick=1; bench_args+=(--reps 1 --variants sqlite --scenarios nochange --strict) ;;
+    --quick) quick=1; bench_args+=(--reps 1 --variants sqlite --scenarios nochange,ephemeral --strict) ;;
     --reps|--first-rep|--flows|--variants|--cold-variants|--cold-flows|--scenarios) bench_args+=("$1" "$2"); shift ;;
     --deadline-min) bench_args+=(--deadline "$(( $(date +%s) + $2 * 60 ))"); shift ;;
     --results) results=$2; shift ;;
@@ -59,7 +59,16 @@ http:
 YML
 env -u REGISTRY_HTTP_ADDR docker-registry serve "$BENCH_DIR/registry.yml" >"$BENCH_DIR/registry.log" 2>&1 &
 export REGISTRY_PID=$!
-trap 'kill "$REGISTRY_PID" 2>/dev/null || true; wait "$REGISTRY_PID" 2>/dev/null || true' EXIT
+# Redis for sccache (the ephemeral-runner scenario): Debian's redis-server, no persistence.
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$BENCH_DIR/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$BENCH_DIR/redis" >"$BENCH_DIR/redis.log" 2>&1 &
+REDIS_PID=$!
+export BENCH_REDIS=redis://127.0.0.1:$redis_port
+# The key the runners share to sign the registry's stage cache entries.
+[ -s "$BENCH_DIR/cache.key" ] || head -c 32 /dev/urandom | base64 >"$BENCH_DIR/cache.key"
+trap 'kill "$REGISTRY_PID" "$REDIS_PID" 2>/dev/null || true; wait "$REGISTRY_PID" "$REDIS_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 for _ in $(seq 50); do curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && break; sleep 0.2; done
 curl -fsS "http://$REGISTRY/v2/" >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$BENCH_DIR/base:$RUNTIME_TAG" \

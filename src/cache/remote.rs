@@ -255,6 +255,7 @@ impl Remote {
         let staging = local.root.join("remote");
         std::fs::create_dir_all(&staging)
             .map_err(|e| RemoteError::Staging(format!("{}: {e}", staging.display())))?;
+        remove_stale(&staging);
         let mut report = RemoteReport {
             repository: spec.repository.name(),
             reads: Some(reads),
@@ -467,6 +468,32 @@ impl Remote {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+impl Drop for Remote {
+    /// No upload thread outlives its build, whichever way the build ended.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Scratch directories of fetches and uploads a killed galley left behind (an hour old: a
+/// running build's are minutes old at most).
+fn remove_stale(staging: &Path) {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

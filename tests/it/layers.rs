@@ -17,8 +17,9 @@ const LAYERS: &[&str] = &[
     "config",
     "attest",
     "toolchain",
-    "registry",
+    // The stage cache's remote tier speaks to its registry through `registry`.
     "cache",
+    "registry",
     "git",
     "elf",
     "oci",
