@@ -178,14 +178,9 @@ impl FixedRoot {
         let as_root = uid == 0;
         let uid_map = format!("{uid} {uid} 1\n");
         let gid_map = format!("{gid} {gid} 1\n");
-        let step = |what: &'static str| {
-            move |e: rustix::io::Errno| -> std::io::Error {
-                std::io::Error::new(
-                    std::io::Error::from(e).kind(),
-                    format!("fixed build root: {what}: {e}"),
-                )
-            }
-        };
+        // An errno becomes an io::Error without allocating (the label only says which step;
+        // `fixed_root_works` ran the whole sequence once already, so a failure here is rare).
+        let step = |_what: &'static str| <std::io::Error as From<rustix::io::Errno>>::from;
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
         // on memory prepared above (no allocation, no lock).
         unsafe {
