@@ -153,12 +153,8 @@ fn run_inner(spec: &BuildSpec, ctx: &Context<'_>) -> Result<Report, PipelineErro
     };
     let built = build_variants(&b, &work);
     let _ = std::fs::remove_dir_all(&work);
-    if ctx.cancel.is_cancelled() {
-        // Stops the uploads too (they share the build's cancel) and waits for the thread.
-        if let Some(r) = &remote {
-            r.finish();
-        }
-    }
+    // A cancel stops the uploads too (they share the build's cancel); dropping `remote` on the
+    // way out waits for its thread.
     ctx.cancel.check()?;
 
     let collected = collect_variants(&b, built);
