@@ -339,24 +339,28 @@ impl Remote {
             Err(e) => return Fetched::Unavailable(e.to_string()),
         };
         let tag = Self::tag(kind, key);
-        let (digest, manifest) = match pull_artifact(&self.repository, &tag, &self.options, &blobs)
+        // Type and signature first: a forged entry's blobs are never downloaded.
+        let vet = |digest: &Digest, manifest: &crate::oci::Manifest| {
+            self.vet(blobs.layout(), kind, key, digest, manifest)
+        };
+        let (_, manifest) = match pull_artifact(&self.repository, &tag, &self.options, &blobs, vet)
         {
             Ok(Some(found)) => found,
             Ok(None) => return Fetched::Miss,
-            // Bytes that do not match their digest: the entry was changed in the registry.
+            // A refused manifest, or bytes that do not match their digest.
             Err(RegistryError::Invalid { what, .. }) => return Fetched::Refused(what),
             Err(e) => return Fetched::Unavailable(e.to_string()),
         };
-        match self.check_and_import(local, blobs.layout(), kind, key, &digest, &manifest) {
+        match self.check_and_import(local, blobs.layout(), kind, key, &manifest) {
             Ok(()) => Fetched::Hit,
             Err(why) => Fetched::Refused(why),
         }
     }
 
-    /// Checks a fetched entry (type, signature, what it names) and writes it to the local tier.
-    fn check_and_import(
+    /// What can be checked from the manifest alone: the artifact type, the layers' media
+    /// types, and the signature over every layer's digest.
+    fn vet(
         &self,
-        local: &StageCache,
         layout: &Layout,
         kind: Kind,
         key: &str,
@@ -388,6 +392,23 @@ impl Remote {
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// Checks what the entry document says (its stage, key, inputs and objects) and writes the
+    /// entry to the local tier. The manifest passed `vet`.
+    fn check_and_import(
+        &self,
+        local: &StageCache,
+        layout: &Layout,
+        kind: Kind,
+        key: &str,
+        manifest: &crate::oci::Manifest,
+    ) -> Result<(), String> {
+        let (entry, objects) = manifest
+            .layers
+            .split_first()
+            .ok_or("the entry has no layers")?;
         let doc: serde_json::Value = layout
             .read_json("cache entry", &entry.digest)
             .map_err(|e| e.to_string())?;

@@ -376,12 +376,14 @@ pub fn pull_referrers(
 
 /// An artifact by tag in `reference`'s repository, its manifest and every blob it names (config
 /// and layers, each checked against its digest) fetched into `cache`. `None` when the repository
-/// has no such tag.
+/// has no such tag. `vet` sees the manifest (its bytes are in `cache`) before any blob is
+/// fetched; what it refuses is an `Invalid` error and no blob is fetched.
 pub fn pull_artifact(
     reference: &Reference,
     tag: &str,
     options: &RegistryOptions,
     cache: &BlobCache,
+    vet: impl FnOnce(&Digest, &Manifest) -> Result<(), String>,
 ) -> Result<Option<(Digest, Manifest)>, RegistryError> {
     let mut p = Puller::new(reference, options, cache);
     let digest = match p.fetch_manifest(tag, None) {
@@ -390,6 +392,7 @@ pub fn pull_artifact(
         Err(e) => return Err(e),
     };
     let m: Manifest = p.read_json("artifact manifest", &digest)?;
+    vet(&digest, &m).map_err(|what| p.invalid(what))?;
     p.ensure_blob(&m.config)?;
     for l in &m.layers {
         p.ensure_blob(l)?;
