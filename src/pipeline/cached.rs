@@ -72,7 +72,7 @@ pub struct Answer<T> {
 impl<T> Answer<T> {
     /// The work was not done: a tier answered.
     pub fn cached(&self) -> bool {
-        self.used != CacheUse::Ran
+        self.used.cached()
     }
 }
 

@@ -178,19 +178,19 @@ impl FixedRoot {
         let as_root = uid == 0;
         let uid_map = format!("{uid} {uid} 1\n");
         let gid_map = format!("{gid} {gid} 1\n");
-        // An errno becomes an io::Error without allocating (the label only says which step;
-        // `fixed_root_works` ran the whole sequence once already, so a failure here is rare).
-        let step = |_what: &'static str| <std::io::Error as From<rustix::io::Errno>>::from;
+        // An errno becomes an io::Error without allocating (`fixed_root_works` ran the whole
+        // sequence once already, so a failure here is rare).
+        let errno = <std::io::Error as From<rustix::io::Errno>>::from;
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
         // on memory prepared above (no allocation, no lock).
         unsafe {
             cmd.pre_exec(move || {
                 use rustix::thread::UnshareFlags;
                 if as_root {
-                    rustix::thread::unshare_unsafe(UnshareFlags::NEWNS).map_err(step("unshare"))?;
+                    rustix::thread::unshare_unsafe(UnshareFlags::NEWNS).map_err(errno)?;
                 } else {
                     rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)
-                        .map_err(step("unshare a user namespace"))?;
+                        .map_err(errno)?;
                     write_proc(c"/proc/self/setgroups", b"deny\n")?;
                     write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
                     write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
@@ -200,7 +200,7 @@ impl FixedRoot {
                     c"/",
                     MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
                 )
-                .map_err(step("make mounts private"))?;
+                .map_err(errno)?;
                 rustix::mount::mount(
                     c"galley",
                     root.as_c_str(),
@@ -208,14 +208,13 @@ impl FixedRoot {
                     MountFlags::empty(),
                     None,
                 )
-                .map_err(step("mount a tmpfs"))?;
+                .map_err(errno)?;
                 for (from, to) in &binds {
                     rustix::fs::mkdir(to.as_c_str(), rustix::fs::Mode::from_raw_mode(0o755))
-                        .map_err(step("mkdir"))?;
-                    rustix::mount::mount_bind(from.as_c_str(), to.as_c_str())
-                        .map_err(step("bind"))?;
+                        .map_err(errno)?;
+                    rustix::mount::mount_bind(from.as_c_str(), to.as_c_str()).map_err(errno)?;
                 }
-                rustix::process::chdir(workdir.as_c_str()).map_err(step("chdir"))?;
+                rustix::process::chdir(workdir.as_c_str()).map_err(errno)?;
                 Ok(())
             });
         }

@@ -2,7 +2,7 @@
 //! no temporary file, no half-written layout and no tag.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use galley::cancel::{processes, tagged};
@@ -69,19 +69,15 @@ pub fn survivors(tree: &[(i32, i32)]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn ctrl_c_of_galley_build_stops_every_child_and_leaves_nothing() {
-    require("cargo-zigbuild");
-    let _heavy = heavy();
-    let dir = scratch("cancel-ctrl-c");
-    let project = slow_project(&dir);
-    let out = dir.join("out");
-    let mut child = galley()
+/// Starts `galley build` of the sqlite variant of `project` (without UPX) into `out`, with
+/// `extra` arguments; its stderr is piped.
+pub fn slow_build(project: &Path, out: &Path, extra: &[&str]) -> Child {
+    galley()
         .arg("build")
         .arg("--project")
-        .arg(&project)
+        .arg(project)
         .arg("--output")
-        .arg(&out)
+        .arg(out)
         .arg("--base")
         .arg(base_arg())
         .args([
@@ -91,11 +87,34 @@ fn ctrl_c_of_galley_build_stops_every_child_and_leaves_nothing() {
             "1.0.0",
             "--no-compress",
         ])
+        .args(extra)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Sends SIGINT (Ctrl-C) to `child` and waits: its exit status, how long it took to end after
+/// the signal, and its stderr.
+pub fn interrupt(child: &mut Child) -> (ExitStatus, Duration, String) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let sent = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    (status, took, stderr)
+}
+
+#[test]
+fn ctrl_c_of_galley_build_stops_every_child_and_leaves_nothing() {
+    require("cargo-zigbuild");
+    let _heavy = heavy();
+    let dir = scratch("cancel-ctrl-c");
+    let project = slow_project(&dir);
+    let out = dir.join("out");
+    let mut child = slow_build(&project, &out, &[]);
     let tag = format!("galley-cli-{}", child.id());
     let tree = wait_for_tree(&tag, Duration::from_secs(300));
     let names: Vec<String> = tree.iter().map(|(p, _)| comm(*p)).collect();
@@ -105,12 +124,7 @@ fn ctrl_c_of_galley_build_stops_every_child_and_leaves_nothing() {
     );
     assert!(out.join(".galley-work").is_dir(), "the build had started");
 
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    let sent = Instant::now();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let status = child.wait().unwrap();
-    let took = sent.elapsed();
-    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    let (status, took, stderr) = interrupt(&mut child);
     assert_eq!(status.code(), Some(130), "{stderr}");
     // The grace period (10 s) plus a second, at most.
     assert!(took < Duration::from_secs(11), "took {took:?}: {stderr}");

@@ -199,35 +199,14 @@ fn a_second_host_gets_its_dependency_crates_from_sccache() {
 /// server (in their mount namespaces) all stop, and nothing is left in the output directory.
 #[test]
 fn ctrl_c_stops_the_sccache_server_with_the_compile() {
-    use crate::cancel::{comm, slow_project, survivors, wait_for_tree};
-    use crate::support::{base_arg, galley, EPOCH};
+    use crate::cancel::{comm, interrupt, slow_build, slow_project, survivors, wait_for_tree};
     require("sccache");
     let _g = heavy();
     let redis = Redis::start();
     let dir = scratch("sccache-cancel");
     let project = slow_project(&dir);
     let out = dir.join("out");
-    let mut child = galley()
-        .arg("build")
-        .arg("--project")
-        .arg(&project)
-        .arg("--output")
-        .arg(&out)
-        .arg("--base")
-        .arg(base_arg())
-        .args([
-            "--variants",
-            "sqlite",
-            "--version",
-            "1.0.0",
-            "--no-compress",
-        ])
-        .args(["--sccache", &redis.url()])
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = slow_build(&project, &out, &["--sccache", &redis.url()]);
     let tag = format!("galley-cli-{}", child.id());
     let tree = wait_for_tree(&tag, Duration::from_secs(300));
     let names: Vec<String> = tree.iter().map(|(p, _)| comm(*p)).collect();
@@ -235,10 +214,7 @@ fn ctrl_c_stops_the_sccache_server_with_the_compile() {
         names.iter().any(|n| n == "sccache") && names.iter().any(|n| n == "cargo"),
         "the server and cargo run: {names:?}"
     );
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let status = child.wait().unwrap();
-    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    let (status, _, stderr) = interrupt(&mut child);
     assert_eq!(status.code(), Some(130), "{stderr}");
     let left = survivors(&tree);
     assert!(left.is_empty(), "still running after Ctrl-C: {left:?}");
